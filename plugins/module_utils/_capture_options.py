@@ -1,0 +1,355 @@
+# Copyright: contributors to hostmesh.sidecar
+# Apache License 2.0
+"""Validate traffic_capture's options into one immutable value.
+
+Every check happens here, before anything on the host is read or written, and
+every error names the option, the value and what would be accepted.
+"""
+
+import ipaddress
+import re
+from collections import namedtuple
+
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+    IPV4,
+    IPV6,
+)
+
+STATES = ("present", "absent")
+MODES = ("redirect", "tproxy")
+BACKENDS = ("auto", "iptables-nft", "iptables-legacy", "nftables")
+FAMILY_CHOICES = ("auto", IPV4, IPV6)
+
+# Suffixes of every chain the builder may create; the longest bounds the prefix.
+CHAIN_SUFFIXES = (
+    "INBOUND",
+    "IN_REDIRECT",
+    "OUTPUT",
+    "REDIRECT",
+    "DIVERT",
+    "TPROXY",
+    "DROP_INVALID",
+    "DNS_OUTPUT",
+    "DNS_PREROUTING",
+)
+MAX_CHAIN_NAME = 28
+_CHAIN_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_IFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_RESERVED_ROUTE_TABLES = (0, 253, 254, 255)
+
+DEFAULTS = {
+    "state": "present",
+    "mode": "redirect",
+    "proxy_port": 15001,
+    "inbound_capture_port": 15006,
+    "proxy_uid": [1337],
+    "proxy_gid": [1337],
+    "inbound_ports": ["*"],
+    "inbound_ports_exclude": [22, 15090, 15021, 15020],
+    "outbound_cidrs": ["*"],
+    "outbound_cidrs_exclude": [],
+    "outbound_ports": [],
+    "outbound_ports_exclude": [],
+    "exclude_interfaces": [],
+    "ip_families": "auto",
+    "dns_redirect": False,
+    "dns_capture_all": False,
+    "dns_port": 15053,
+    "drop_invalid": False,
+    "tproxy_mark": 1337,
+    "tproxy_route_table": 133,
+    "chain_prefix": "HOSTMESH_",
+    "backend": "auto",
+    "lock_wait": 30,
+    "rules_file": None,
+}
+
+CaptureOptions = namedtuple(
+    "CaptureOptions",
+    (
+        "state",
+        "mode",
+        "proxy_port",
+        "inbound_capture_port",
+        "proxy_uid",
+        "proxy_gid",
+        "inbound_ports",  # None means every port ("*"); else a tuple of ports
+        "inbound_ports_exclude",
+        "outbound_cidrs",  # {family: tuple of networks}, or None for every address
+        "outbound_cidrs_exclude",  # {family: tuple of networks}
+        "outbound_ports",
+        "outbound_ports_exclude",
+        "exclude_interfaces",
+        "ip_families",  # "auto" or a tuple of families
+        "dns_redirect",
+        "dns_capture_all",
+        "dns_port",
+        "drop_invalid",
+        "tproxy_mark",
+        "tproxy_route_table",
+        "chain_prefix",
+        "backend",
+        "lock_wait",
+        "rules_file",
+        "ssh_port",  # the port of the SSH connection running us, always excluded
+    ),
+)
+
+
+class CaptureOptionError(ValueError):
+    """A bad option value; the message names the option, value and what is accepted."""
+
+    def __init__(self, option, value, accepted):
+        self.option = option
+        self.value = value
+        self.accepted = accepted
+        super().__init__("%s: %r is not valid; %s" % (option, value, accepted))
+
+
+def _integer(option, value, low, high, accepted):
+    if isinstance(value, bool):
+        raise CaptureOptionError(option, value, accepted)
+    if isinstance(value, str) and re.match(r"^\s*\d+\s*$", value):
+        value = int(value)
+    if not isinstance(value, int) or not low <= value <= high:
+        raise CaptureOptionError(option, value, accepted)
+    return value
+
+
+def _port(option, value):
+    return _integer(option, value, 1, 65535, "expected a port number from 1 to 65535")
+
+
+def _boolean(option, value):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("yes", "true", "on", "1"):
+        return True
+    if text in ("no", "false", "off", "0"):
+        return False
+    raise CaptureOptionError(option, value, "expected true or false")
+
+
+def _as_list(option, value):
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return [part.strip() for part in str(value).split(",") if part.strip()]
+    raise CaptureOptionError(option, value, "expected a list")
+
+
+def _unique(values):
+    seen = []
+    for value in values:
+        if value not in seen:
+            seen.append(value)
+    return tuple(seen)
+
+
+def _ports(option, value, allow_star=False):
+    items = _as_list(option, value)
+    if allow_star and any(str(item).strip() == "*" for item in items):
+        if len(items) != 1:
+            raise CaptureOptionError(option, value, "'*' means every port and stands alone")
+        return None
+    return _unique(_port(option, item) for item in items)
+
+
+def _ids(option, value):
+    accepted = "expected a list of numeric ids from 0 to 4294967294"
+    return _unique(_integer(option, item, 0, 4294967294, accepted) for item in _as_list(option, value))
+
+
+def _networks(option, value, allow_star=False):
+    """Split CIDRs by family, normalised as iptables prints them."""
+    items = _as_list(option, value)
+    if allow_star and any(str(item).strip() == "*" for item in items):
+        if len(items) != 1:
+            raise CaptureOptionError(option, value, "'*' means every address and stands alone")
+        return None
+    by_family = {IPV4: [], IPV6: []}
+    for item in items:
+        try:
+            network = ipaddress.ip_network(str(item).strip(), strict=False)
+        except ValueError:
+            raise CaptureOptionError(
+                option, item, "expected an IPv4 or IPv6 address or CIDR such as 10.0.0.0/8"
+            ) from None
+        family = IPV4 if network.version == 4 else IPV6
+        by_family[family].append(str(network))
+    return {family: _unique(nets) for family, nets in by_family.items()}
+
+
+def _choice(option, value, choices):
+    if value not in choices:
+        raise CaptureOptionError(option, value, "expected one of %s" % ", ".join(choices))
+    return value
+
+
+def _families(value):
+    if value in (None, "auto", ["auto"]):
+        return "auto"
+    items = _as_list("ip_families", value)
+    if not items:
+        raise CaptureOptionError("ip_families", value, "expected 'auto' or a list of ipv4, ipv6")
+    for item in items:
+        _choice("ip_families", item, (IPV4, IPV6))
+    return tuple(family for family in (IPV4, IPV6) if family in items)
+
+
+def _chain_prefix(value):
+    longest = max(len(suffix) for suffix in CHAIN_SUFFIXES)
+    if not isinstance(value, str) or not _CHAIN_PREFIX_RE.match(value):
+        raise CaptureOptionError(
+            "chain_prefix",
+            value,
+            "expected letters, digits and '_', starting with a letter (e.g. HOSTMESH_)",
+        )
+    if len(value) + longest > MAX_CHAIN_NAME:
+        raise CaptureOptionError(
+            "chain_prefix",
+            value,
+            "chain names are at most %d characters and the longest suffix is %d, "
+            "so the prefix may have at most %d" % (MAX_CHAIN_NAME, longest, MAX_CHAIN_NAME - longest),
+        )
+    return value
+
+
+def _interfaces(value):
+    names = _as_list("exclude_interfaces", value)
+    for name in names:
+        if not isinstance(name, str) or not _IFACE_RE.match(name) or name in (".", ".."):
+            raise CaptureOptionError("exclude_interfaces", name, "expected an interface name of 1-15 characters")
+    return _unique(names)
+
+
+def ssh_port_from_environment(environ):
+    """The local port of the SSH connection this process runs under, if any."""
+    fields = (environ.get("SSH_CONNECTION") or "").split()
+    if len(fields) == 4 and fields[3].isdigit() and 0 < int(fields[3]) < 65536:
+        return int(fields[3])
+    return None
+
+
+def parse_options(params, ssh_port=None):
+    """Validate ``params`` (the module's parameters) into CaptureOptions.
+
+    Returns (options, warnings). Raises CaptureOptionError on the first bad value.
+    """
+    values = dict(DEFAULTS)
+    values.update({key: value for key, value in params.items() if value is not None and key in DEFAULTS})
+    warnings = []
+
+    state = _choice("state", values["state"], STATES)
+    mode = _choice("mode", values["mode"], MODES)
+    proxy_port = _port("proxy_port", values["proxy_port"])
+    inbound_capture_port = _port("inbound_capture_port", values["inbound_capture_port"])
+    if proxy_port == inbound_capture_port:
+        raise CaptureOptionError(
+            "inbound_capture_port", inbound_capture_port, "it must differ from proxy_port (%d)" % proxy_port
+        )
+    dns_port = _port("dns_port", values["dns_port"])
+    if dns_port in (proxy_port, inbound_capture_port):
+        raise CaptureOptionError("dns_port", dns_port, "it must differ from proxy_port and inbound_capture_port")
+
+    proxy_uid = _ids("proxy_uid", values["proxy_uid"])
+    proxy_gid = _ids("proxy_gid", values["proxy_gid"])
+    if not proxy_uid and not proxy_gid:
+        raise CaptureOptionError(
+            "proxy_uid", list(proxy_uid), "proxy_uid or proxy_gid must name the proxy, or its own traffic would loop"
+        )
+
+    inbound_ports = _ports("inbound_ports", values["inbound_ports"], allow_star=True)
+    inbound_ports_exclude = _ports("inbound_ports_exclude", values["inbound_ports_exclude"])
+    if inbound_ports:
+        both = [port for port in inbound_ports if port in inbound_ports_exclude]
+        if both:
+            raise CaptureOptionError(
+                "inbound_ports", both[0], "the port is also in inbound_ports_exclude; list it in one of them"
+            )
+    for option, port in (("proxy_port", proxy_port), ("inbound_capture_port", inbound_capture_port)):
+        if inbound_ports and port in inbound_ports:
+            raise CaptureOptionError("inbound_ports", port, "it is %s; capturing it would loop" % option)
+
+    if ssh_port is not None:
+        if inbound_ports is None and ssh_port not in inbound_ports_exclude:
+            inbound_ports_exclude = (*inbound_ports_exclude, ssh_port)
+            warnings.append(
+                "inbound_ports_exclude did not list %d, the port of the SSH connection running this task; "
+                "it is excluded from capture anyway so the host stays reachable" % ssh_port
+            )
+        elif inbound_ports and ssh_port in inbound_ports:
+            inbound_ports = tuple(port for port in inbound_ports if port != ssh_port)
+            warnings.append(
+                "inbound_ports listed %d, the port of the SSH connection running this task; "
+                "it is not captured so the host stays reachable" % ssh_port
+            )
+
+    outbound_cidrs = _networks("outbound_cidrs", values["outbound_cidrs"], allow_star=True)
+    outbound_cidrs_exclude = _networks("outbound_cidrs_exclude", values["outbound_cidrs_exclude"])
+    outbound_ports = _ports("outbound_ports", values["outbound_ports"])
+    outbound_ports_exclude = _ports("outbound_ports_exclude", values["outbound_ports_exclude"])
+    both = [port for port in outbound_ports if port in outbound_ports_exclude]
+    if both:
+        raise CaptureOptionError(
+            "outbound_ports", both[0], "the port is also in outbound_ports_exclude; list it in one of them"
+        )
+
+    tproxy_mark = _integer(
+        "tproxy_mark", values["tproxy_mark"], 1, 0xFFFFFFFF, "expected a firewall mark from 1 to 4294967295"
+    )
+    tproxy_route_table = _integer(
+        "tproxy_route_table",
+        values["tproxy_route_table"],
+        1,
+        0xFFFFFFFF,
+        "expected a routing table id from 1 to 4294967295 other than 253 (default), 254 (main), 255 (local)",
+    )
+    if tproxy_route_table in _RESERVED_ROUTE_TABLES:
+        raise CaptureOptionError(
+            "tproxy_route_table",
+            tproxy_route_table,
+            "253 (default), 254 (main) and 255 (local) belong to the system; pick another table",
+        )
+
+    dns_redirect = _boolean("dns_redirect", values["dns_redirect"])
+    dns_capture_all = _boolean("dns_capture_all", values["dns_capture_all"])
+    if dns_capture_all and not dns_redirect:
+        raise CaptureOptionError("dns_capture_all", True, "it needs dns_redirect: true")
+
+    lock_wait = _integer("lock_wait", values["lock_wait"], 0, 3600, "expected seconds from 0 to 3600")
+    rules_file = values["rules_file"]
+    if rules_file is not None and (not isinstance(rules_file, str) or not rules_file.startswith("/")):
+        raise CaptureOptionError("rules_file", rules_file, "expected an absolute path")
+
+    options = CaptureOptions(
+        state=state,
+        mode=mode,
+        proxy_port=proxy_port,
+        inbound_capture_port=inbound_capture_port,
+        proxy_uid=proxy_uid,
+        proxy_gid=proxy_gid,
+        inbound_ports=inbound_ports,
+        inbound_ports_exclude=inbound_ports_exclude,
+        outbound_cidrs=outbound_cidrs,
+        outbound_cidrs_exclude=outbound_cidrs_exclude,
+        outbound_ports=outbound_ports,
+        outbound_ports_exclude=outbound_ports_exclude,
+        exclude_interfaces=_interfaces(values["exclude_interfaces"]),
+        ip_families=_families(values["ip_families"]),
+        dns_redirect=dns_redirect,
+        dns_capture_all=dns_capture_all,
+        dns_port=dns_port,
+        drop_invalid=_boolean("drop_invalid", values["drop_invalid"]),
+        tproxy_mark=tproxy_mark,
+        tproxy_route_table=tproxy_route_table,
+        chain_prefix=_chain_prefix(values["chain_prefix"]),
+        backend=_choice("backend", values["backend"], BACKENDS),
+        lock_wait=lock_wait,
+        rules_file=rules_file,
+        ssh_port=ssh_port,
+    )
+    return options, warnings

@@ -1,0 +1,205 @@
+# Copyright: contributors to hostmesh.sidecar
+# Apache License 2.0
+"""Turn validated options into the rule set for one address family.
+
+Pure: the same options give the same rules. The layout follows istio-iptables
+(``tools/istio-iptables``): with ``chain_prefix: ISTIO_`` and Istio's defaults
+the nat table reads exactly as a pod's does. Every rule we put in a built-in
+chain is a jump into one of our chains, so ownership is plain from the
+target's name.
+"""
+
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+    ACCEPT,
+    CONNMARK_RESTORE,
+    CONNMARK_SAVE,
+    CT_ZONE,
+    DROP,
+    IPV4,
+    MARK,
+    REDIRECT,
+    RETURN,
+    TPROXY,
+    FamilyRules,
+    IpRoute,
+    IpRule,
+    rule,
+)
+
+# Addresses Istio's inbound passthrough and localhost use, per family.
+LOCALHOST = {IPV4: "127.0.0.1/32", "ipv6": "::1/128"}
+PASSTHROUGH_SOURCE = {IPV4: "127.0.0.6/32", "ipv6": "::6/128"}
+ANY_ADDRESS = {IPV4: "0.0.0.0", "ipv6": "::"}
+DNS_PORT = 53
+DNS_ZONE_PROXY = 1  # conntrack zone for the proxy's own upstream DNS
+DNS_ZONE_APP = 2  # conntrack zone for the application's DNS via the proxy
+
+
+class ChainNames:
+    """Our chain names for a prefix."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.inbound = prefix + "INBOUND"
+        self.in_redirect = prefix + "IN_REDIRECT"
+        self.output = prefix + "OUTPUT"
+        self.redirect = prefix + "REDIRECT"
+        self.divert = prefix + "DIVERT"
+        self.tproxy = prefix + "TPROXY"
+        self.drop_invalid = prefix + "DROP_INVALID"
+        self.dns_output = prefix + "DNS_OUTPUT"
+        self.dns_prerouting = prefix + "DNS_PREROUTING"
+
+
+def build_family(options, family, nameservers=()):
+    """The full rule set for ``family`` ("ipv4"/"ipv6") when state is present.
+
+    ``nameservers``: this family's resolvers from resolv.conf, used by
+    ``dns_redirect`` when ``dns_capture_all`` is false.
+    """
+    names = ChainNames(options.chain_prefix)
+    chains = {}
+    jumps = {}
+    tproxy = options.mode == "tproxy"
+    inbound = options.inbound_ports is None or bool(options.inbound_ports)
+
+    def add_chain(table, name, rules):
+        chains[(table, name)] = tuple(rules)
+
+    def add_jump(table, builtin, jump):
+        jumps[(table, builtin)] = (*jumps.get((table, builtin), ()), jump)
+
+    # nat: outbound capture, and inbound capture in redirect mode.
+    if not tproxy:
+        if inbound:
+            add_chain("nat", names.inbound, _nat_inbound(options, names))
+        add_chain("nat", names.in_redirect, [rule(REDIRECT, {"to_ports": options.inbound_capture_port}, proto="tcp")])
+    add_chain("nat", names.output, _nat_output(options, names, family, nameservers))
+    add_chain("nat", names.redirect, [rule(REDIRECT, {"to_ports": options.proxy_port}, proto="tcp")])
+    if inbound and not tproxy:
+        add_jump("nat", "PREROUTING", rule(names.inbound, proto="tcp"))
+    add_jump("nat", "OUTPUT", rule(names.output, proto="tcp"))
+
+    if inbound and tproxy:
+        _add_tproxy(options, names, family, add_chain, add_jump)
+
+    if options.drop_invalid:
+        add_chain("mangle", names.drop_invalid, [rule(DROP, ctstate="INVALID")])
+        add_jump("mangle", "PREROUTING", rule(names.drop_invalid, proto="tcp"))
+
+    if options.dns_redirect:
+        _add_dns(options, names, family, nameservers, add_chain, add_jump)
+
+    ip_rules = ()
+    ip_routes = ()
+    if inbound and tproxy:
+        ip_rules = (IpRule(family, options.tproxy_mark, options.tproxy_route_table),)
+        ip_routes = (IpRoute(family, options.tproxy_route_table, "lo"),)
+    return FamilyRules(family, chains, jumps, ip_rules, ip_routes)
+
+
+def _inbound_exclusions(options):
+    """RETURN rules that keep excluded interfaces and ports away from capture."""
+    rules = [rule(RETURN, in_iface=iface) for iface in options.exclude_interfaces]
+    if options.inbound_ports is None:
+        rules += [rule(RETURN, proto="tcp", dport=port) for port in options.inbound_ports_exclude]
+    return rules
+
+
+def _nat_inbound(options, names):
+    rules = _inbound_exclusions(options)
+    if options.inbound_ports is None:
+        rules.append(rule(names.in_redirect, proto="tcp"))
+    else:
+        rules += [rule(names.in_redirect, proto="tcp", dport=port) for port in options.inbound_ports]
+    return rules
+
+
+def _nat_output(options, names, family, nameservers):
+    tproxy = options.mode == "tproxy"
+    localhost = LOCALHOST[family]
+    rules = [rule(RETURN, proto="tcp", dport=port) for port in options.outbound_ports_exclude]
+    rules += [rule(RETURN, out_iface=iface) for iface in options.exclude_interfaces]
+    rules.append(rule(RETURN, src=PASSTHROUGH_SOURCE[family], out_iface="lo"))
+    # With DNS capture, loopback DNS (e.g. a local stub resolver) still goes to the proxy.
+    not_dns = {"proto": "tcp", "dport": "!%d" % DNS_PORT} if options.dns_redirect else {}
+    for field, ids in (("uid_owner", options.proxy_uid), ("gid_owner", options.proxy_gid)):
+        for owner in ids:
+            # The proxy calling this host's own address over lo: treat as inbound.
+            self_call = names.in_redirect if not tproxy else RETURN
+            rules.append(rule(self_call, dst="!" + localhost, out_iface="lo", **not_dns, **{field: owner}))
+            # Anyone else on lo is talking to a local service directly.
+            rules.append(rule(RETURN, out_iface="lo", **not_dns, **{field: "!%d" % owner}))
+            # The proxy's own outbound traffic is never captured.
+            rules.append(rule(RETURN, **{field: owner}))
+    if options.dns_redirect:
+        servers = [None] if options.dns_capture_all else [_host_cidr(ns) for ns in nameservers]
+        rules += [
+            rule(REDIRECT, {"to_ports": options.dns_port}, dst=server, proto="tcp", dport=DNS_PORT)
+            for server in servers
+        ]
+    rules.append(rule(RETURN, dst=localhost))
+    rules += [rule(RETURN, dst=cidr) for cidr in options.outbound_cidrs_exclude[family]]
+    rules += [rule(names.redirect, proto="tcp", dport=port) for port in options.outbound_ports]
+    if options.outbound_cidrs is None:
+        rules.append(rule(names.redirect))
+    else:
+        rules += [rule(names.redirect, dst=cidr) for cidr in options.outbound_cidrs[family]]
+    return rules
+
+
+def _add_tproxy(options, names, family, add_chain, add_jump):
+    """mangle rules that hand new inbound connections to the proxy with TPROXY."""
+    mark = options.tproxy_mark
+    add_chain("mangle", names.divert, [rule(MARK, {"mark": mark}), rule(ACCEPT)])
+    tproxy_params = {"on_port": options.inbound_capture_port, "on_ip": ANY_ADDRESS[family], "mark": mark}
+    add_chain("mangle", names.tproxy, [rule(TPROXY, tproxy_params, dst="!" + LOCALHOST[family], proto="tcp")])
+    inbound = [
+        # Remember the mark on the connection so replies route back through lo.
+        rule(CONNMARK_SAVE, proto="tcp", mark=mark),
+        # Do not capture again what the proxy already handed over on lo.
+        rule(RETURN, in_iface="lo", proto="tcp", mark=mark),
+        rule(RETURN, src=PASSTHROUGH_SOURCE[family], in_iface="lo", proto="tcp"),
+    ]
+    inbound += _inbound_exclusions(options)
+    ports = [None] if options.inbound_ports is None else list(options.inbound_ports)
+    for port in ports:
+        inbound.append(rule(names.divert, proto="tcp", dport=port, ctstate="RELATED,ESTABLISHED"))
+        inbound.append(rule(names.tproxy, proto="tcp", dport=port))
+    add_chain("mangle", names.inbound, inbound)
+    add_chain("mangle", names.output, [rule(CONNMARK_RESTORE, connmark=mark)])
+    add_jump("mangle", "PREROUTING", rule(names.inbound, proto="tcp"))
+    add_jump("mangle", "OUTPUT", rule(names.output, proto="tcp"))
+
+
+def _add_dns(options, names, family, nameservers, add_chain, add_jump):
+    """UDP DNS to the proxy's DNS port, with Istio's conntrack-zone split in raw."""
+    servers = [None] if options.dns_capture_all else [_host_cidr(ns) for ns in nameservers]
+    owners = [("uid_owner", uid) for uid in options.proxy_uid] + [("gid_owner", gid) for gid in options.proxy_gid]
+    nat = [rule(RETURN, proto="udp", dport=DNS_PORT, **{field: owner}) for field, owner in owners]
+    nat += [
+        rule(REDIRECT, {"to_ports": options.dns_port}, dst=server, proto="udp", dport=DNS_PORT) for server in servers
+    ]
+    add_chain("nat", names.dns_output, nat)
+    add_jump("nat", "OUTPUT", rule(names.dns_output, proto="udp"))
+
+    raw_output = []
+    for field, owner in owners:
+        raw_output.append(rule(CT_ZONE, {"zone": DNS_ZONE_PROXY}, proto="udp", dport=DNS_PORT, **{field: owner}))
+        raw_output.append(
+            rule(CT_ZONE, {"zone": DNS_ZONE_APP}, proto="udp", sport=options.dns_port, **{field: owner})
+        )
+    raw_output += [
+        rule(CT_ZONE, {"zone": DNS_ZONE_APP}, dst=server, proto="udp", dport=DNS_PORT) for server in servers
+    ]
+    raw_prerouting = [
+        rule(CT_ZONE, {"zone": DNS_ZONE_PROXY}, src=server, proto="udp", sport=DNS_PORT) for server in servers
+    ]
+    add_chain("raw", names.dns_output, raw_output)
+    add_chain("raw", names.dns_prerouting, raw_prerouting)
+    add_jump("raw", "OUTPUT", rule(names.dns_output, proto="udp"))
+    add_jump("raw", "PREROUTING", rule(names.dns_prerouting, proto="udp"))
+
+
+def _host_cidr(address):
+    return address + ("/128" if ":" in address else "/32")
