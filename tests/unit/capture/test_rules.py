@@ -1,0 +1,144 @@
+"""The rule builder and iptables renderer: options in, canonical rules out."""
+
+import os
+
+from helpers import table_lines
+
+HERE = os.path.dirname(__file__)
+
+
+def seed_listing():
+    with open(os.path.join(HERE, "seed_nat.txt")) as handle:
+        return [line for line in handle.read().splitlines() if not line.startswith("-P ")]
+
+
+def test_seed_settings_give_the_seed_listing_rule_for_rule():
+    assert table_lines(chain_prefix="ISTIO_") == {"nat": seed_listing()}
+
+
+def test_default_prefix_names_our_chains():
+    lines = table_lines()["nat"]
+    assert lines[:4] == ["-N HOSTMESH_INBOUND", "-N HOSTMESH_IN_REDIRECT", "-N HOSTMESH_OUTPUT", "-N HOSTMESH_REDIRECT"]
+    assert "-A OUTPUT -p tcp -j HOSTMESH_OUTPUT" in lines
+
+
+def test_ipv6_uses_ipv6_loopback_and_passthrough_addresses():
+    lines = table_lines(family="ipv6")["nat"]
+    assert "-A HOSTMESH_OUTPUT -s ::6/128 -o lo -j RETURN" in lines
+    assert "-A HOSTMESH_OUTPUT -d ::1/128 -j RETURN" in lines
+    assert not [line for line in lines if "127.0.0" in line]
+
+
+def test_outbound_cidrs_are_split_by_family():
+    params = {"outbound_cidrs": ["10.0.0.0/8", "fd00::/8"], "outbound_cidrs_exclude": ["10.1.2.3", "fd00:1::/64"]}
+    v4 = table_lines(**params)["nat"]
+    v6 = table_lines(family="ipv6", **params)["nat"]
+    assert "-A HOSTMESH_OUTPUT -d 10.0.0.0/8 -j HOSTMESH_REDIRECT" in v4
+    assert "-A HOSTMESH_OUTPUT -d 10.1.2.3/32 -j RETURN" in v4
+    assert "-A HOSTMESH_OUTPUT -j HOSTMESH_REDIRECT" not in v4
+    assert "-A HOSTMESH_OUTPUT -d fd00::/8 -j HOSTMESH_REDIRECT" in v6
+    assert "-A HOSTMESH_OUTPUT -d fd00:1::/64 -j RETURN" in v6
+    assert not [line for line in v6 if "10.0.0.0" in line]
+    # exclusions come before inclusions
+    assert v4.index("-A HOSTMESH_OUTPUT -d 10.1.2.3/32 -j RETURN") < v4.index(
+        "-A HOSTMESH_OUTPUT -d 10.0.0.0/8 -j HOSTMESH_REDIRECT"
+    )
+
+
+def test_outbound_ports_include_and_exclude():
+    lines = table_lines(outbound_ports=[80], outbound_ports_exclude=[5432])["nat"]
+    assert lines.index("-A HOSTMESH_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN") < lines.index(
+        "-A HOSTMESH_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN"
+    )
+    assert "-A HOSTMESH_OUTPUT -p tcp -m tcp --dport 80 -j HOSTMESH_REDIRECT" in lines
+
+
+def test_explicit_inbound_ports_capture_only_those():
+    lines = table_lines(inbound_ports=[8080, 9090], inbound_ports_exclude=[])["nat"]
+    inbound = [line for line in lines if line.startswith("-A HOSTMESH_INBOUND")]
+    assert inbound == [
+        "-A HOSTMESH_INBOUND -p tcp -m tcp --dport 8080 -j HOSTMESH_IN_REDIRECT",
+        "-A HOSTMESH_INBOUND -p tcp -m tcp --dport 9090 -j HOSTMESH_IN_REDIRECT",
+    ]
+
+
+def test_no_inbound_ports_means_no_inbound_chain_or_jump():
+    lines = table_lines(inbound_ports=[])["nat"]
+    assert not [line for line in lines if "PREROUTING" in line or "HOSTMESH_INBOUND" in line]
+
+
+def test_excluded_interfaces_return_in_both_directions():
+    lines = table_lines(exclude_interfaces=["eth1"])["nat"]
+    assert lines.index("-A HOSTMESH_INBOUND -i eth1 -j RETURN") < lines.index(
+        "-A HOSTMESH_INBOUND -p tcp -j HOSTMESH_IN_REDIRECT"
+    )
+    assert "-A HOSTMESH_OUTPUT -o eth1 -j RETURN" in lines
+
+
+def test_several_proxy_uids_each_get_the_owner_rules():
+    lines = table_lines(proxy_uid=[1337, 1338], proxy_gid=[])["nat"]
+    assert [line for line in lines if "--uid-owner 1338" in line] == [
+        "-A HOSTMESH_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1338 -j HOSTMESH_IN_REDIRECT",
+        "-A HOSTMESH_OUTPUT -o lo -m owner ! --uid-owner 1338 -j RETURN",
+        "-A HOSTMESH_OUTPUT -m owner --uid-owner 1338 -j RETURN",
+    ]
+    assert not [line for line in lines if "gid-owner" in line]
+
+
+def test_tproxy_mode_uses_mangle_and_leaves_nat_for_outbound():
+    tables = table_lines(mode="tproxy", chain_prefix="ISTIO_")
+    assert "-A PREROUTING -p tcp -j ISTIO_INBOUND" in tables["mangle"]
+    assert (
+        "-A ISTIO_TPROXY ! -d 127.0.0.1/32 -p tcp -j TPROXY --on-port 15006 --on-ip 0.0.0.0 "
+        "--tproxy-mark 0x539/0xffffffff" in tables["mangle"]
+    )
+    assert "-A ISTIO_DIVERT -j MARK --set-xmark 0x539/0xffffffff" in tables["mangle"]
+    assert "-A ISTIO_INBOUND -p tcp -m tcp --dport 22 -j RETURN" in tables["mangle"]
+    assert not [line for line in tables["nat"] if "PREROUTING" in line or "IN_REDIRECT" in line]
+    assert "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j RETURN" in tables["nat"]
+
+
+def test_tproxy_ipv6_listens_on_any_v6_address():
+    tables = table_lines(family="ipv6", mode="tproxy", tproxy_mark=7)
+    assert "--on-ip :: --tproxy-mark 0x7/0xffffffff" in "\n".join(tables["mangle"])
+
+
+def test_dns_redirect_uses_resolvers_and_conntrack_zones():
+    tables = table_lines(nameservers=["192.0.2.53"], dns_redirect=True)
+    assert "-A HOSTMESH_OUTPUT -d 192.0.2.53/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053" in tables["nat"]
+    assert "-A HOSTMESH_DNS_OUTPUT -d 192.0.2.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053" in (
+        tables["nat"]
+    )
+    assert "-A HOSTMESH_DNS_OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1" in tables["raw"]
+    assert "-A HOSTMESH_DNS_OUTPUT -p udp -m udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2" in (
+        tables["raw"]
+    )
+    assert "-A HOSTMESH_DNS_PREROUTING -s 192.0.2.53/32 -p udp -m udp --sport 53 -j CT --zone 1" in tables["raw"]
+    # loopback DNS still reaches the proxy
+    assert "-A HOSTMESH_OUTPUT -o lo -p tcp -m tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN" in tables["nat"]
+
+
+def test_dns_capture_all_matches_every_destination():
+    tables = table_lines(dns_redirect=True, dns_capture_all=True)
+    assert "-A HOSTMESH_OUTPUT -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053" in tables["nat"]
+    assert "-A HOSTMESH_DNS_PREROUTING -p udp -m udp --sport 53 -j CT --zone 1" in tables["raw"]
+
+
+def test_drop_invalid_adds_a_mangle_chain():
+    tables = table_lines(drop_invalid=True)
+    assert tables["mangle"] == [
+        "-N HOSTMESH_DROP_INVALID",
+        "-A PREROUTING -p tcp -j HOSTMESH_DROP_INVALID",
+        "-A HOSTMESH_DROP_INVALID -m conntrack --ctstate INVALID -j DROP",
+    ]
+
+
+def test_ssh_port_is_excluded_even_when_forgotten():
+    lines = table_lines(ssh_port=2222, inbound_ports_exclude=[15020])["nat"]
+    assert "-A HOSTMESH_INBOUND -p tcp -m tcp --dport 2222 -j RETURN" in lines
+
+
+def test_ssh_port_is_dropped_from_an_explicit_inbound_list():
+    lines = table_lines(ssh_port=2222, inbound_ports=[2222, 8080], inbound_ports_exclude=[])["nat"]
+    assert not [line for line in lines if "2222" in line]
+    assert "-A HOSTMESH_INBOUND -p tcp -m tcp --dport 8080 -j HOSTMESH_IN_REDIRECT" in lines
