@@ -1,0 +1,127 @@
+"""The ``hostmesh-agent`` command line: run, bootstrap, validate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from typing import List, Optional
+
+from hostmesh_agent import __version__
+from hostmesh_agent.agent import Agent
+from hostmesh_agent.config import Config, ConfigError, load_config, with_node_defaults
+from hostmesh_agent.logs import setup_logging
+from hostmesh_agent.proxy import Proxy, ProxyError
+
+log = logging.getLogger("hostmesh_agent")
+
+EXIT_USAGE = 64
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= can name it
+
+
+def detect_ip() -> str:
+    """The address the host would use to reach the world; loopback if it has none.
+
+    A UDP ``connect`` only asks the kernel for a route; no packet is sent.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed to anyone
+            return sock.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def node_ip(cfg: Config) -> str:
+    return detect_ip() if cfg.node.ip == "auto" else cfg.node.ip
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config, args.run_dir)
+    return with_node_defaults(cfg, socket.gethostname())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hostmesh-agent",
+        description="Write Envoy's bootstrap, run and supervise Envoy as a mesh sidecar.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "run and supervise Envoy until SIGTERM"),
+        ("bootstrap", "print the Envoy bootstrap the agent would use"),
+        ("validate", "check the config and, when Envoy is present, the bootstrap"),
+    ):
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.add_argument("--config", required=True, help="agent config file (JSON)")
+        sp.add_argument("--run-dir", help="overrides the config's run_dir")
+        sp.add_argument(
+            "--log-level", default="info", choices=("debug", "info", "warning", "error")
+        )
+        if name == "bootstrap":
+            sp.add_argument("--epoch", type=int, default=0, help="restart epoch (default 0)")
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    agent = Agent(cfg, node_ip(cfg), lambda: _load(args))
+    log.info("hostmesh-agent %s starting: mode %s, run dir %s", __version__, cfg.mode, cfg.run_dir)
+    return agent.run()
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    proxy = Proxy(cfg, node_ip(cfg))
+    json.dump(proxy.bootstrap(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Config errors exit 78; with Envoy on PATH, the bootstrap must pass ``--mode validate``."""
+    cfg = _load(args)
+    print(f"config {args.config}: ok (mode {cfg.mode})")
+    if not shutil.which(cfg.envoy.binary):
+        print(f"envoy binary {cfg.envoy.binary!r} not found; bootstrap not checked by Envoy")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="hostmesh-validate-") as tmp:
+        proxy = Proxy(replace(cfg, run_dir=tmp), node_ip(cfg))
+        proxy.prepare_run_dir()
+        proxy.write_dynamic()
+        path = proxy.write_bootstrap(0)
+        result = subprocess.run(
+            [proxy.binary(), "--mode", "validate", "-c", path, "-l", "error"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        print("bootstrap: rejected by envoy --mode validate", file=sys.stderr)
+        return 1
+    print("bootstrap: ok (envoy --mode validate)")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level, os.environ)
+    commands = {"run": cmd_run, "bootstrap": cmd_bootstrap, "validate": cmd_validate}
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"hostmesh-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ProxyError as exc:
+        print(f"hostmesh-agent: {exc}", file=sys.stderr)
+        return 1

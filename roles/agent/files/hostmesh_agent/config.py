@@ -1,0 +1,554 @@
+"""The agent's configuration: a JSON document parsed into frozen dataclasses.
+
+Parsing is pure: it takes the decoded JSON and returns a ``Config`` or raises
+``ConfigError`` whose message names the key, the bad value and what is accepted.
+Every key here is documented in ``docs/agent.md``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+MODES = ("standalone", "xds")
+LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+IP_VERSIONS = ("v4", "v6")
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_COMPONENT_LEVEL_RE = re.compile(r"^[a-z0-9_]+:[a-z]+(,[a-z0-9_]+:[a-z]+)*$")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, missing or has a value we cannot accept."""
+
+
+# --- small validators: each returns the accepted value or raises ConfigError ----------
+
+
+def _fail(key: str, value: Any, accepted: str) -> ConfigError:
+    return ConfigError(f"config key '{key}': got {json.dumps(value)}; expected {accepted}")
+
+
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(key, value, "a string")
+    return value
+
+
+def _nonempty_str(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(key, value, "a non-empty string")
+    return value
+
+
+def _name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise _fail(key, value, "a lower-case DNS-style name (a-z, 0-9, '-', '.')")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, value, "true or false")
+    return value
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise _fail(key, value, f"an integer from {lo} to {hi}")
+        return value
+
+    return check
+
+
+def _float_range(lo: float, hi: float) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise _fail(key, value, f"a number from {lo} to {hi}")
+        return float(value)
+
+    return check
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if value not in choices:
+            raise _fail(key, value, "one of " + ", ".join(json.dumps(c) for c in choices))
+        return value
+
+    return check
+
+
+def _ip(key: str, value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except (ValueError, TypeError):
+        raise _fail(key, value, 'an IP address such as "10.0.0.5"') from None
+
+
+def _ip_or_auto(key: str, value: Any) -> str:
+    return value if value == "auto" else _ip(key, value)
+
+
+def _loopback_ip(key: str, value: Any) -> str:
+    ip = _ip(key, value)
+    if not ipaddress.ip_address(ip).is_loopback:
+        raise _fail(key, value, "a loopback address (the admin API must never leave the host)")
+    return ip
+
+
+def _cidr(key: str, value: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except (ValueError, TypeError):
+        raise _fail(key, value, 'an IP address or CIDR such as "10.0.0.0/24"') from None
+
+
+def _host_port(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if sep and host and port.isdigit() and 1 <= int(port) <= 65535:
+            return value
+    raise _fail(key, value, '"host:port" with a port from 1 to 65535')
+
+
+def _component_levels(key: str, value: Any) -> str:
+    if value == "" or (isinstance(value, str) and _COMPONENT_LEVEL_RE.match(value)):
+        return value
+    raise _fail(key, value, '"component:level[,component:level...]" such as "misc:error"')
+
+
+def _list_of(item: Callable[[str, Any], Any]) -> Callable[[str, Any], Tuple[Any, ...]]:
+    def check(key: str, value: Any) -> Tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _fail(key, value, "a list")
+        return tuple(item(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+    return check
+
+
+def _str_map(key: str, value: Any) -> Dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise _fail(key, value, "an object of string keys to string values")
+    return dict(value)
+
+
+PORT = _int_range(1, 65535)
+
+
+# --- sections -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Who this sidecar is; becomes Envoy's node id, cluster and metadata."""
+
+    name: str = ""
+    namespace: str = "default"
+    domain: str = ""
+    cluster: str = ""
+    ip: str = "auto"
+    service_account: str = "default"
+    labels: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnvoyConfig:
+    """How to run Envoy: the binary and the command-line flags the seed shows."""
+
+    binary: str = "envoy"
+    base_id: int = 1337
+    concurrency: int = 2
+    log_level: str = "warning"
+    component_log_level: str = "misc:error"
+    log_format: str = "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n\t%v"
+    drain_time_s: int = 45
+    parent_shutdown_time_s: int = 60
+    local_address_ip_version: str = "v4"
+    extra_args: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PortsConfig:
+    admin: int = 15000
+    outbound: int = 15001
+    inbound: int = 15006
+    status: int = 15020
+    health: int = 15021
+    prometheus: int = 15090
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Addresses to bind: the admin API stays on loopback; the rest is for peers."""
+
+    admin_address: str = "127.0.0.1"
+    status_address: str = "0.0.0.0"
+    inbound_address: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class SuperviseConfig:
+    """Restart backoff, crash-loop bound, drain bound and change-watch period."""
+
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 30.0
+    backoff_multiplier: float = 2.0
+    healthy_reset_s: float = 60.0
+    max_consecutive_crashes: int = 10
+    drain_timeout_s: float = 30.0
+    stop_timeout_s: float = 10.0
+    ready_timeout_s: float = 60.0
+    watch_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Workload certificate for mesh mTLS (SPIFFE IDs issued by the mesh CA)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.cert_file and self.key_file and self.ca_file)
+
+
+@dataclass(frozen=True)
+class InboundService:
+    name: str
+    port: int
+    target_port: int = 0
+    tls: bool = False
+    allowed_spiffe_ids: Tuple[str, ...] = ()
+
+    @property
+    def app_port(self) -> int:
+        return self.target_port or self.port
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    services: Tuple[InboundService, ...] = ()
+    passthrough: bool = True
+    app_address: str = "127.0.0.1"
+    source_address: str = "127.0.0.6"
+
+
+@dataclass(frozen=True)
+class OutboundService:
+    name: str
+    port: int
+    endpoints: Tuple[str, ...] = ()
+    match_cidrs: Tuple[str, ...] = ()
+    tls: bool = False
+    spiffe_ids: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    services: Tuple[OutboundService, ...] = ()
+    passthrough: bool = True
+
+
+@dataclass(frozen=True)
+class XdsConfig:
+    """An external control plane reached over ADS (gRPC) with TLS."""
+
+    address: str = ""
+    sni: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    token_file: str = ""
+    cluster_id: str = "Kubernetes"
+    mesh_id: str = ""
+    network: str = ""
+    istio_version: str = ""
+    metadata: Dict[str, str] = field(default_factory=dict)
+    initial_fetch_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str = "standalone"
+    run_dir: str = "/run/hostmesh"
+    trust_domain: str = "cluster.local"
+    node: NodeConfig = field(default_factory=NodeConfig)
+    envoy: EnvoyConfig = field(default_factory=EnvoyConfig)
+    ports: PortsConfig = field(default_factory=PortsConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    supervise: SuperviseConfig = field(default_factory=SuperviseConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    xds: XdsConfig = field(default_factory=XdsConfig)
+
+
+# --- schema: key -> validator, per section ------------------------------------------
+
+Checks = Dict[str, Callable[[str, Any], Any]]
+
+_NODE: Checks = {
+    "name": _name,
+    "namespace": _name,
+    "domain": _name,
+    "cluster": _name,
+    "ip": _ip_or_auto,
+    "service_account": _name,
+    "labels": _str_map,
+}
+_ENVOY: Checks = {
+    "binary": _nonempty_str,
+    "base_id": _int_range(0, 4294967),
+    "concurrency": _int_range(0, 256),
+    "log_level": _choice(*LOG_LEVELS),
+    "component_log_level": _component_levels,
+    "log_format": _nonempty_str,
+    "drain_time_s": _int_range(0, 3600),
+    "parent_shutdown_time_s": _int_range(1, 3600),
+    "local_address_ip_version": _choice(*IP_VERSIONS),
+    "extra_args": _list_of(_str),
+}
+_PORTS: Checks = {name: PORT for name in (f.name for f in fields(PortsConfig))}
+_LISTEN: Checks = {"admin_address": _loopback_ip, "status_address": _ip, "inbound_address": _ip}
+_SUPERVISE: Checks = {
+    "backoff_initial_s": _float_range(0.01, 60),
+    "backoff_max_s": _float_range(0.01, 3600),
+    "backoff_multiplier": _float_range(1, 10),
+    "healthy_reset_s": _float_range(0, 86400),
+    "max_consecutive_crashes": _int_range(0, 10000),
+    "drain_timeout_s": _float_range(0, 3600),
+    "stop_timeout_s": _float_range(0.1, 600),
+    "ready_timeout_s": _float_range(1, 3600),
+    "watch_interval_s": _float_range(0.1, 3600),
+}
+_TLS: Checks = {"cert_file": _str, "key_file": _str, "ca_file": _str}
+_INBOUND_SERVICE: Checks = {
+    "name": _name,
+    "port": PORT,
+    "target_port": PORT,
+    "tls": _bool,
+    "allowed_spiffe_ids": _list_of(_nonempty_str),
+}
+_OUTBOUND_SERVICE: Checks = {
+    "name": _name,
+    "port": PORT,
+    "endpoints": _list_of(_host_port),
+    "match_cidrs": _list_of(_cidr),
+    "tls": _bool,
+    "spiffe_ids": _list_of(_nonempty_str),
+}
+_XDS: Checks = {
+    "address": _host_port,
+    "sni": _str,
+    "ca_file": _str,
+    "cert_file": _str,
+    "key_file": _str,
+    "token_file": _str,
+    "cluster_id": _nonempty_str,
+    "mesh_id": _str,
+    "network": _str,
+    "istio_version": _str,
+    "metadata": _str_map,
+    "initial_fetch_timeout_s": _float_range(0, 600),
+}
+
+
+def _object(key: str, value: Any, checks: Checks, required: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Validate one JSON object against its checks; unknown keys are errors."""
+    where = f"config key '{key}'" if key else "config"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: got {json.dumps(value)}; expected an object")
+    for k in value:
+        if k not in checks:
+            accepted = ", ".join(sorted(checks))
+            raise ConfigError(f"unknown config key '{_join(key, k)}'; accepted keys: {accepted}")
+    for k in required:
+        if k not in value:
+            raise ConfigError(f"config key '{_join(key, k)}' is required")
+    return {k: checks[k](_join(key, k), v) for k, v in value.items()}
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _services(key: str, value: Any, checks: Checks, build: Callable[..., Any]) -> Tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise _fail(key, value, "a list of objects")
+    out = [
+        build(**_object(f"{key}[{i}]", v, checks, ("name", "port"))) for i, v in enumerate(value)
+    ]
+    seen: Dict[Any, int] = {}
+    for i, svc in enumerate(out):
+        for ident in (("name", svc.name), ("port", svc.port)):
+            if ident in seen:
+                raise ConfigError(
+                    f"config key '{key}[{i}].{ident[0]}': {json.dumps(ident[1])} is already "
+                    f"used by '{key}[{seen[ident]}]'; expected each service to have its own"
+                )
+            seen[ident] = i
+    return tuple(out)
+
+
+def _inbound(key: str, value: Any) -> InboundConfig:
+    checks: Checks = {
+        "services": lambda k, v: _services(k, v, _INBOUND_SERVICE, InboundService),
+        "passthrough": _bool,
+        "app_address": _ip,
+        "source_address": _ip,
+    }
+    return InboundConfig(**_object(key, value, checks))
+
+
+def _outbound(key: str, value: Any) -> OutboundConfig:
+    checks: Checks = {
+        "services": lambda k, v: _services(k, v, _OUTBOUND_SERVICE, OutboundService),
+        "passthrough": _bool,
+    }
+    parsed = OutboundConfig(**_object(key, value, checks))
+    for i, svc in enumerate(parsed.services):
+        if not svc.endpoints:
+            raise ConfigError(
+                f"config key '{key}.services[{i}].endpoints' is required; expected at least "
+                'one "host:port"'
+            )
+    return parsed
+
+
+_TOP: Checks = {
+    "mode": _choice(*MODES),
+    "run_dir": _nonempty_str,
+    "trust_domain": _name,
+    "node": lambda k, v: NodeConfig(**_object(k, v, _NODE)),
+    "envoy": lambda k, v: EnvoyConfig(**_object(k, v, _ENVOY)),
+    "ports": lambda k, v: PortsConfig(**_object(k, v, _PORTS)),
+    "listen": lambda k, v: ListenConfig(**_object(k, v, _LISTEN)),
+    "supervise": lambda k, v: SuperviseConfig(**_object(k, v, _SUPERVISE)),
+    "tls": lambda k, v: TlsConfig(**_object(k, v, _TLS)),
+    "inbound": _inbound,
+    "outbound": _outbound,
+    "xds": lambda k, v: XdsConfig(**_object(k, v, _XDS)),
+}
+
+
+def parse_config(data: Any, run_dir: Optional[str] = None) -> Config:
+    """Turn decoded JSON into a Config, checking every key and the whole."""
+    cfg = Config(**_object("", data, _TOP))
+    if run_dir is not None:
+        cfg = replace(cfg, run_dir=run_dir)
+    _check_whole(cfg)
+    return cfg
+
+
+def load_config(path: str, run_dir: Optional[str] = None) -> Config:
+    """Read and parse the config file; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    return parse_config(data, run_dir)
+
+
+def _check_whole(cfg: Config) -> None:
+    """Rules that span keys: port clashes, mode requirements, TLS prerequisites."""
+    ports = cfg.ports
+    used: Dict[int, str] = {}
+    for f in fields(ports):
+        port = getattr(ports, f.name)
+        if port in used:
+            raise ConfigError(
+                f"config key 'ports.{f.name}': {port} is already used by 'ports.{used[port]}'; "
+                "expected a distinct port for each"
+            )
+        used[port] = f.name
+    for i, svc in enumerate(cfg.inbound.services):
+        if svc.app_port in used:
+            raise ConfigError(
+                f"config key 'inbound.services[{i}].port': {svc.app_port} is the sidecar's own "
+                f"'ports.{used[svc.app_port]}'; expected an application port"
+            )
+    if cfg.supervise.backoff_max_s < cfg.supervise.backoff_initial_s:
+        raise ConfigError(
+            f"config key 'supervise.backoff_max_s': got {cfg.supervise.backoff_max_s}; "
+            f"expected at least 'supervise.backoff_initial_s' ({cfg.supervise.backoff_initial_s})"
+        )
+    if cfg.envoy.parent_shutdown_time_s <= cfg.envoy.drain_time_s:
+        raise ConfigError(
+            f"config key 'envoy.parent_shutdown_time_s': got {cfg.envoy.parent_shutdown_time_s};"
+            f" expected more than 'envoy.drain_time_s' ({cfg.envoy.drain_time_s})"
+        )
+    if cfg.mode == "xds" and not cfg.xds.address:
+        raise ConfigError("config key 'xds.address' is required when 'mode' is \"xds\"")
+    if cfg.mode == "xds":
+        tls_keys = ("cert_file", "key_file")
+        given = [k for k in tls_keys if getattr(cfg.xds, k)]
+        if given and len(given) != len(tls_keys):
+            raise ConfigError(
+                "config keys 'xds.cert_file' and 'xds.key_file' go together; got only "
+                f"'xds.{given[0]}'"
+            )
+    wants_tls = [f"inbound.services[{i}]" for i, s in enumerate(cfg.inbound.services) if s.tls]
+    wants_tls += [f"outbound.services[{i}]" for i, s in enumerate(cfg.outbound.services) if s.tls]
+    if wants_tls and not cfg.tls.configured:
+        raise ConfigError(
+            f"config key '{wants_tls[0]}.tls' is true but 'tls.cert_file', 'tls.key_file' and "
+            "'tls.ca_file' are not all set; expected the workload certificate, key and mesh CA"
+        )
+    given = [k for k in ("cert_file", "key_file", "ca_file") if getattr(cfg.tls, k)]
+    if given and not cfg.tls.configured:
+        raise ConfigError(
+            f"config key 'tls.{given[0]}' is set but not all of 'tls.cert_file', 'tls.key_file',"
+            " 'tls.ca_file' are; expected all three or none"
+        )
+
+
+def service_node(cfg: Config, ip: str) -> str:
+    """Envoy's --service-node in the seed's form: sidecar~IP~name.namespace~domain."""
+    return f"sidecar~{ip}~{cfg.node.name}.{cfg.node.namespace}~{node_domain(cfg)}"
+
+
+def node_domain(cfg: Config) -> str:
+    return cfg.node.domain or f"{cfg.node.namespace}.svc.cluster.local"
+
+
+def service_cluster(cfg: Config) -> str:
+    """Envoy's --service-cluster, as the seed shows: <service>.<namespace>."""
+    return cfg.node.cluster or f"{cfg.node.name}.{cfg.node.namespace}"
+
+
+def spiffe_id(cfg: Config) -> str:
+    return f"spiffe://{cfg.trust_domain}/ns/{cfg.node.namespace}/sa/{cfg.node.service_account}"
+
+
+def with_node_defaults(cfg: Config, hostname: str) -> Config:
+    """Fill node.name from the host name when the config leaves it out."""
+    if cfg.node.name:
+        return cfg
+    name = re.sub(r"[^a-z0-9.-]", "-", hostname.lower()).strip("-.") or "host"
+    return replace(cfg, node=replace(cfg.node, name=name))
+
+
+def restart_relevant(cfg: Config) -> List[Any]:
+    """The parts of the config that live in the bootstrap or on Envoy's command line."""
+    return [
+        cfg.mode,
+        cfg.trust_domain,
+        cfg.node,
+        cfg.envoy,
+        cfg.ports,
+        cfg.listen,
+        cfg.xds,
+        cfg.run_dir,
+    ]

@@ -1,0 +1,171 @@
+"""The Proxy: knows how to run one Envoy process for one restart epoch.
+
+It writes ``envoy-rev<N>.json``, builds the command line, starts the process
+and cleans up epoch files. It knows nothing of when or why; that is the Agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Tuple
+
+from hostmesh_agent.atomic_files import dump_json, write_atomic
+from hostmesh_agent.bootstrap import envoy_args, render_bootstrap
+from hostmesh_agent.config import Config
+from hostmesh_agent.resources import render_dynamic
+from hostmesh_agent.rundir import RunDir, bootstrap_epoch
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ProxyError(RuntimeError):
+    """Envoy cannot be started: binary missing, run dir unwritable."""
+
+
+@dataclass
+class EnvoyProcess:
+    epoch: int
+    popen: subprocess.Popen
+    started_at: float
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def exited(self) -> Optional[int]:
+        return self.popen.poll()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: if the agent dies, the kernel kills Envoy too."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def file_digest(paths: Iterable[str]) -> str:
+    """A digest of files' contents (missing files count as empty), to spot rotations."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.encode() + b"\0")
+        try:
+            with open(path, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+        except OSError:
+            h.update(b"-")
+    return h.hexdigest()[:16]
+
+
+def read_token(path: str) -> Optional[str]:
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return fh.read().strip()
+
+
+class Proxy:
+    """Runs Envoy for a given config; one instance per config generation."""
+
+    def __init__(self, cfg: Config, ip: str) -> None:
+        self.cfg = cfg
+        self.ip = ip
+        self.run_dir = RunDir(cfg.run_dir)
+
+    def binary(self) -> str:
+        found = shutil.which(self.cfg.envoy.binary)
+        if not found:
+            raise ProxyError(
+                f"envoy binary {self.cfg.envoy.binary!r} not found (config key 'envoy.binary')"
+            )
+        return os.path.realpath(found)
+
+    def binary_identity(self) -> Tuple[str, int, int, int]:
+        """Changes when the binary is replaced, which calls for a hot restart."""
+        path = self.binary()
+        st = os.stat(path)
+        return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def tls_fingerprint(self) -> str:
+        t = self.cfg.tls
+        return file_digest([t.cert_file, t.key_file, t.ca_file]) if t.configured else ""
+
+    def xds_fingerprint(self) -> str:
+        """In xDS mode certificates and token sit in the bootstrap: they need a new epoch."""
+        x = self.cfg.xds
+        if self.cfg.mode != "xds":
+            return ""
+        return file_digest([p for p in (x.ca_file, x.cert_file, x.key_file, x.token_file) if p])
+
+    def bootstrap(self) -> Dict:
+        return render_bootstrap(
+            self.cfg, self.run_dir, self.ip, read_token(self.cfg.xds.token_file)
+        )
+
+    def prepare_run_dir(self) -> None:
+        try:
+            os.makedirs(self.run_dir.dynamic_dir, mode=0o750, exist_ok=True)
+        except OSError as exc:
+            raise ProxyError(f"cannot create run dir {self.run_dir.path}: {exc.strerror}") from None
+
+    def write_dynamic(self) -> bool:
+        """Write the watched LDS/CDS/SDS files; True if any changed (Envoy reloads them)."""
+        if self.cfg.mode != "standalone":
+            return False
+        changed = False
+        for path, doc in render_dynamic(self.cfg, self.run_dir, self.tls_fingerprint()).items():
+            changed |= write_atomic(path, dump_json(doc))
+        return changed
+
+    def write_bootstrap(self, epoch: int) -> str:
+        path = self.run_dir.bootstrap(epoch)
+        write_atomic(path, dump_json(self.bootstrap()), mode=0o600)
+        return path
+
+    def start(self, epoch: int) -> EnvoyProcess:
+        binary = self.binary()
+        path = self.write_bootstrap(epoch)
+        args = [binary, *envoy_args(self.cfg, path, epoch, self.ip)]
+        log.info("starting envoy epoch %d: %s", epoch, " ".join(args))
+        try:
+            popen = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            raise ProxyError(f"cannot start {binary}: {exc.strerror}") from None
+        return EnvoyProcess(epoch=epoch, popen=popen, started_at=time.monotonic())
+
+    def remove_shared_memory(self) -> None:
+        """Once no Envoy of ours runs, drop the hot-restart region Envoy leaves in /dev/shm."""
+        # Envoy names the region after base_id * 10 (room for its per-epoch sockets).
+        path = f"/dev/shm/envoy_shared_memory_{self.cfg.envoy.base_id * 10}"
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+    def cleanup(self, live_epochs: Iterable[int]) -> None:
+        """Remove bootstrap files of epochs no process runs any more."""
+        keep = set(live_epochs)
+        try:
+            names = os.listdir(self.run_dir.path)
+        except OSError:
+            return
+        for name in names:
+            epoch = bootstrap_epoch(name)
+            if epoch >= 0 and epoch not in keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.run_dir.path, name))

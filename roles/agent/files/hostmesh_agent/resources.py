@@ -1,0 +1,306 @@
+"""Standalone mode's dynamic resources: listeners, clusters and secrets (pure).
+
+These are the files Envoy watches (LDS/CDS/SDS from files), so a change here
+applies without restarting Envoy. Layout follows Istio's sidecar so operators
+recognise it: ``virtualInbound`` on 15006 with one filter chain per inbound
+port, ``virtualOutbound`` on 15001 passing through to the original
+destination unless an upstream service matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from typing import Any, Dict, List, Tuple
+
+from hostmesh_agent.bootstrap import socket_address
+from hostmesh_agent.config import Config, InboundService, OutboundService
+from hostmesh_agent.rundir import RunDir
+
+Json = Dict[str, Any]
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+INBOUND_LISTENER = "virtualInbound"
+OUTBOUND_LISTENER = "virtualOutbound"
+INBOUND_PASSTHROUGH = "InboundPassthroughCluster"
+OUTBOUND_PASSTHROUGH = "PassthroughCluster"
+BLACKHOLE = "BlackHoleCluster"
+CERT_SECRET = "default"
+CA_SECRET = "ROOTCA"
+# Listeners whose connections a stop waits for (by stat prefix): the inbound ones it drains.
+DRAINED_STAT_PREFIXES = ("inbound",)
+
+
+def inbound_cluster_name(svc: InboundService) -> str:
+    return f"inbound|{svc.port}||{svc.name}"
+
+
+def outbound_cluster_name(svc: OutboundService) -> str:
+    return f"outbound|{svc.port}||{svc.name}"
+
+
+def discovery_response(type_url: str, resources: List[Json], version: str) -> Json:
+    """The file format Envoy reads for path-based LDS/CDS/SDS."""
+    return {
+        "version_info": version,
+        "type_url": type_url,
+        "resources": [{"@type": type_url, **r} for r in resources],
+    }
+
+
+def _sds(name: str, run_dir: RunDir) -> Json:
+    path = run_dir.sds_default if name == CERT_SECRET else run_dir.sds_rootca
+    return {
+        "name": name,
+        "sds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {
+                "path": path,
+                "watched_directory": {"path": run_dir.dynamic_dir},
+            },
+        },
+    }
+
+
+def _san_matchers(cfg: Config, spiffe_ids: Tuple[str, ...]) -> List[Json]:
+    """Match peers by SPIFFE ID; with none listed, any identity in our trust domain."""
+    if spiffe_ids:
+        matchers = [{"exact": s} for s in spiffe_ids]
+    else:
+        matchers = [{"prefix": f"spiffe://{cfg.trust_domain}/"}]
+    return [{"san_type": "URI", "matcher": m} for m in matchers]
+
+
+def _common_tls(cfg: Config, run_dir: RunDir, spiffe_ids: Tuple[str, ...]) -> Json:
+    return {
+        "tls_certificate_sds_secret_configs": [_sds(CERT_SECRET, run_dir)],
+        "combined_validation_context": {
+            "default_validation_context": {
+                "match_typed_subject_alt_names": _san_matchers(cfg, spiffe_ids)
+            },
+            "validation_context_sds_secret_config": _sds(CA_SECRET, run_dir),
+        },
+        "alpn_protocols": ["istio-peer-exchange", "istio"],
+    }
+
+
+def _tcp_proxy(stat_prefix: str, cluster: str) -> Json:
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": stat_prefix,
+            "cluster": cluster,
+        },
+    }
+
+
+_ORIGINAL_DST_FILTER = {
+    "name": "envoy.filters.listener.original_dst",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+    },
+}
+
+
+def _inbound_listener(cfg: Config, run_dir: RunDir) -> Json:
+    chains = []
+    for svc in cfg.inbound.services:
+        chain: Json = {
+            "name": f"inbound|{svc.port}",
+            "filter_chain_match": {"destination_port": svc.port},
+            "filters": [_tcp_proxy(inbound_cluster_name(svc), inbound_cluster_name(svc))],
+        }
+        if svc.tls:
+            chain["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                    "DownstreamTlsContext",
+                    "require_client_certificate": True,
+                    "common_tls_context": _common_tls(cfg, run_dir, svc.allowed_spiffe_ids),
+                },
+            }
+        chains.append(chain)
+    fallback = INBOUND_PASSTHROUGH if cfg.inbound.passthrough else BLACKHOLE
+    return {
+        "name": INBOUND_LISTENER,
+        "stat_prefix": "inbound",
+        "address": socket_address(cfg.listen.inbound_address, cfg.ports.inbound),
+        "traffic_direction": "INBOUND",
+        "listener_filters": [_ORIGINAL_DST_FILTER],
+        "filter_chains": chains,
+        "default_filter_chain": {
+            "name": "inbound-passthrough",
+            "filters": [_tcp_proxy(fallback, fallback)],
+        },
+    }
+
+
+def _prefix_range(cidr: str) -> Json:
+    net = ipaddress.ip_network(cidr, strict=False)
+    return {"address_prefix": str(net.network_address), "prefix_len": net.prefixlen}
+
+
+def _outbound_listener(cfg: Config) -> Json:
+    chains = []
+    for svc in cfg.outbound.services:
+        match: Json = {"destination_port": svc.port}
+        if svc.match_cidrs:
+            match["prefix_ranges"] = [_prefix_range(c) for c in svc.match_cidrs]
+        chains.append(
+            {
+                "name": outbound_cluster_name(svc),
+                "filter_chain_match": match,
+                "filters": [_tcp_proxy(outbound_cluster_name(svc), outbound_cluster_name(svc))],
+            }
+        )
+    fallback = OUTBOUND_PASSTHROUGH if cfg.outbound.passthrough else BLACKHOLE
+    return {
+        "name": OUTBOUND_LISTENER,
+        "stat_prefix": "outbound",
+        "address": socket_address("0.0.0.0", cfg.ports.outbound),
+        "traffic_direction": "OUTBOUND",
+        "use_original_dst": True,
+        "listener_filters": [_ORIGINAL_DST_FILTER],
+        "filter_chains": chains,
+        "default_filter_chain": {
+            "name": "outbound-passthrough",
+            "filters": [_tcp_proxy(fallback, fallback)],
+        },
+    }
+
+
+def _bind_source(address: str) -> Json:
+    return {"upstream_bind_config": {"source_address": {"address": address, "port_value": 0}}}
+
+
+def _endpoint(host_port: str) -> Json:
+    host, _, port = host_port.rpartition(":")
+    return {"endpoint": {"address": socket_address(host.strip("[]"), int(port))}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
+    source = cfg.inbound.source_address
+    clusters: List[Json] = []
+    for svc in cfg.inbound.services:
+        name = inbound_cluster_name(svc)
+        clusters.append(
+            {
+                "name": name,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": name,
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": socket_address(
+                                            cfg.inbound.app_address, svc.app_port
+                                        )
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+                **_bind_source(source),
+            }
+        )
+    for svc in cfg.outbound.services:
+        name = outbound_cluster_name(svc)
+        static = all(_is_ip(e.rpartition(":")[0].strip("[]")) for e in svc.endpoints)
+        cluster: Json = {
+            "name": name,
+            "type": "STATIC" if static else "STRICT_DNS",
+            "connect_timeout": "2s",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [{"lb_endpoints": [_endpoint(e) for e in svc.endpoints]}],
+            },
+        }
+        if svc.tls:
+            cluster["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                    "UpstreamTlsContext",
+                    "common_tls_context": _common_tls(cfg, run_dir, svc.spiffe_ids),
+                },
+            }
+        clusters.append(cluster)
+    clusters += [
+        {
+            "name": INBOUND_PASSTHROUGH,
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": "1s",
+            **_bind_source(source),
+        },
+        {
+            "name": OUTBOUND_PASSTHROUGH,
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": "2s",
+        },
+        {"name": BLACKHOLE, "type": "STATIC", "connect_timeout": "1s"},
+    ]
+    return clusters
+
+
+def _version(resources: List[Json], extra: str = "") -> str:
+    digest = hashlib.sha256((json.dumps(resources, sort_keys=True) + extra).encode())
+    return digest.hexdigest()[:16]
+
+
+def _response(type_url: str, resources: List[Json], extra: str = "") -> Json:
+    return discovery_response(type_url, resources, _version(resources, extra))
+
+
+def render_dynamic(cfg: Config, run_dir: RunDir, tls_fingerprint: str = "") -> Dict[str, Json]:
+    """Every watched file's content, keyed by its path.
+
+    Each file's version is a digest of its own resources, so a file changes (and
+    Envoy reloads it) only when what it describes changes. ``tls_fingerprint``
+    digests the certificate files' contents: a rotated certificate changes the
+    SDS files' version, which makes Envoy read the certificate files again.
+    """
+    files = {
+        run_dir.lds: _response(
+            LISTENER_TYPE, [_inbound_listener(cfg, run_dir), _outbound_listener(cfg)]
+        ),
+        run_dir.cds: _response(CLUSTER_TYPE, _clusters(cfg, run_dir)),
+    }
+    if cfg.tls.configured:
+        cert = {
+            "name": CERT_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"filename": cfg.tls.cert_file},
+                "private_key": {"filename": cfg.tls.key_file},
+            },
+        }
+        ca = {
+            "name": CA_SECRET,
+            "validation_context": {"trusted_ca": {"filename": cfg.tls.ca_file}},
+        }
+        files[run_dir.sds_default] = _response(SECRET_TYPE, [cert], tls_fingerprint)
+        files[run_dir.sds_rootca] = _response(SECRET_TYPE, [ca], tls_fingerprint)
+    return files
+
+
+def expected_listener_count(cfg: Config) -> int:
+    """Listeners Envoy must have active before standalone mode counts as ready."""
+    return 4 if cfg.mode == "standalone" else 2
