@@ -1,0 +1,57 @@
+"""A sandbox of two booted hosts shared by the tests of this folder.
+
+The finalizer and an atexit hook both destroy it, so no host outlives the
+test run even when a test fails or pytest is interrupted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tools.sandbox.sandbox import Sandbox  # noqa: E402
+
+
+def _require_machine() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("sandbox tests need root (network namespaces, systemd-nspawn)")
+    missing = [t for t in ("systemd-nspawn", "debootstrap", "ssh", "nsenter") if not shutil.which(t)]
+    if missing:
+        pytest.fail(f"sandbox tests need {', '.join(missing)}: run `make deps`")
+
+
+@pytest.fixture(scope="session")
+def sandbox(request: pytest.FixtureRequest) -> Sandbox:
+    """Two hosts, host1 and host2, booted once for the session."""
+    _require_machine()
+    sb = Sandbox("pytest-sandbox", log=lambda m: print(m, file=sys.stderr))
+    atexit.register(sb.destroy, quiet=True)
+    request.addfinalizer(lambda: sb.destroy(quiet=True))
+    sb.create(["host1", "host2"])
+    return sb
+
+
+@pytest.fixture
+def make_sandbox(request: pytest.FixtureRequest):
+    """Factory for extra, short-lived sandboxes; each is destroyed after the test."""
+    _require_machine()
+    made: list[Sandbox] = []
+
+    def make(name: str) -> Sandbox:
+        sb = Sandbox(name, log=lambda m: print(m, file=sys.stderr))
+        atexit.register(sb.destroy, quiet=True)
+        made.append(sb)
+        return sb
+
+    yield make
+    for sb in made:
+        sb.destroy(quiet=True)

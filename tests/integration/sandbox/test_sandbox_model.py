@@ -1,0 +1,81 @@
+"""The sandbox's pure parts: apt source discovery, subnets, rendered files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tools.sandbox import inventory, network, rootfs
+
+DEB822 = """\
+Types: deb
+URIs: http://mirror.invalid/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.invalid/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+def test_apt_source_prefers_the_main_archive_from_deb822() -> None:
+    src = rootfs.parse_apt_sources([DEB822], [])
+    assert src == rootfs.AptSource("http://mirror.invalid/debian", "bookworm")
+
+
+def test_apt_source_reads_one_line_format_and_skips_security() -> None:
+    text = (
+        "deb http://mirror.invalid/debian-security bookworm-security main\n"
+        "deb [arch=amd64] http://mirror.invalid/debian bookworm main\n"
+    )
+    src = rootfs.parse_apt_sources([], [text])
+    assert src == rootfs.AptSource("http://mirror.invalid/debian", "bookworm")
+
+
+def test_apt_source_missing_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="no Debian archive"):
+        rootfs.parse_apt_sources(["Types: deb-src\nURIs: x\nSuites: y\n"], [])
+
+
+def test_cache_key_changes_with_the_package_list() -> None:
+    base = rootfs.cache_key("bookworm", rootfs.PACKAGES)
+    assert base == rootfs.cache_key("bookworm", reversed(rootfs.PACKAGES))
+    assert base != rootfs.cache_key("bookworm", (*rootfs.PACKAGES, "tcpdump"))
+    assert base != rootfs.cache_key("trixie", rootfs.PACKAGES)
+
+
+def test_subnet_skips_networks_in_use() -> None:
+    assert network.pick_subnet([]) == "10.213.1.0/24"
+    assert network.pick_subnet(["10.213.1.1/24", "10.213.2.0/24"]) == "10.213.3.0/24"
+
+
+def test_subnet_exhausted_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="no free /24"):
+        network.pick_subnet(["10.213.0.0/16"])
+    with pytest.raises(RuntimeError, match="no free /24"):
+        network.pick_subnet(["10.0.0.0/8"])
+
+
+def test_addresses_and_names_fit_the_layout() -> None:
+    assert network.controller_address("10.213.7.0/24") == "10.213.7.1"
+    assert network.host_address("10.213.7.0/24", 0) == "10.213.7.11"
+    assert len(network.controller_link("abcdef")) <= 15
+    assert len(network.host_peer_link("h" * 12)) <= 15
+    assert network.host_mac("abcdef", "host1") == network.host_mac("abcdef", "host1")
+    assert network.host_mac("abcdef", "host1").startswith("02:")
+
+
+def test_inventory_and_ssh_config_name_every_host() -> None:
+    hosts = {"host1": "10.213.7.11", "host2": "10.213.7.12"}
+    inv = inventory.render_inventory(hosts, Path("/k/id"), Path("/k/ssh_config"))
+    assert '        host2:\n          ansible_host: "10.213.7.12"' in inv
+    assert 'ansible_ssh_common_args: "-F /k/ssh_config"' in inv
+    cfg = inventory.render_ssh_config(hosts, Path("/k/id"), Path("/k/known_hosts"))
+    assert "Host host1 10.213.7.11\n  HostName 10.213.7.11" in cfg
+    assert "StrictHostKeyChecking yes" in cfg
+    known = inventory.render_known_hosts({"host1": ("10.213.7.11", ["ssh-ed25519 AAAA c"])})
+    assert known == "host1,10.213.7.11 ssh-ed25519 AAAA\n"
