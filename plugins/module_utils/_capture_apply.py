@@ -233,6 +233,9 @@ def _iptables_step(host, options, variant, family, have, want):
         text = ipt.plan_restore(now, target)
         if text:
             host.iptables_restore(variant, family, text)
+            for table in now:
+                if table not in target:
+                    host.prune_empty_table(variant, family, table)
         after = ipt.parse_save(host.iptables_save(variant, family), options.chain_prefix)
         if lines(after) != lines(target):
             raise CaptureError(

@@ -68,7 +68,7 @@ class HostCommands:
     def iptables_variant_of(self, path):
         key = ("variant", path)
         if key not in self._cache:
-            rc, out, err = self._run([path, "--version"], check=False)
+            _, out, err = self._run([path, "--version"], check=False)
             text = out + err
             self._cache[key] = next((v for v, tag in _VERSION_TAG.items() if "(%s)" % tag in text), None)
         return self._cache[key]
@@ -91,6 +91,37 @@ class HostCommands:
         """Plain names of the iptables and restore commands, for the rules file."""
         base = "iptables" if family == IPV4 else "ip6tables"
         return base + "-" + variant.split("-")[1], base + "-" + variant.split("-")[1] + "-restore"
+
+    def prune_empty_table(self, variant, family, table):
+        """After our rules left an iptables-nft table: delete the built-in chains
+        it holds with no rules and an accepting policy, and the table once it has
+        no chains, so the host reads as before (iptables-nft creates them on
+        demand). Legacy tables are kernel modules and stay registered, empty."""
+        if variant != "iptables-nft" or not self.nft_available():
+            return
+        name = "%s %s" % ("ip" if family == IPV4 else "ip6", table)
+        rc, out, _ = self._run([self.binary("nft"), "list", "table", *name.split()], check=False)
+        if rc != 0:
+            return
+        chains, empty, current = [], [], None
+        for line in out.splitlines():
+            line = line.strip()
+            opened = re.match(r"^chain (\S+) \{$", line)
+            if opened:
+                current = opened.group(1)
+                chains.append(current)
+                empty.append(current)
+            elif line == "}" or line.startswith("table ") or not line:
+                continue
+            elif current in empty and not re.match(r"^type \w+ hook \w+ priority [\w+-]+; policy accept;$", line):
+                empty.remove(current)
+        doomed = [chain for chain in empty if chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")]
+        if not doomed:
+            return
+        script = ["delete chain %s %s" % (name, chain) for chain in doomed]
+        if len(doomed) == len(chains):
+            script = ["delete table %s" % name]
+        self._run([self.binary("nft"), "-f", "-"], data="\n".join(script) + "\n")
 
     # -- nftables --------------------------------------------------------------
 
@@ -123,7 +154,7 @@ class HostCommands:
 
     def ip_routes(self, family, table):
         """Our route if present: ``local default dev lo`` in ``table``."""
-        rc, out, err = self._run([*self._ip(family), "route", "show", "table", str(table)], check=False)
+        rc, out, _ = self._run([*self._ip(family), "route", "show", "table", str(table)], check=False)
         if rc != 0:
             return []
         return [

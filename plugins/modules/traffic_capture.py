@@ -362,7 +362,7 @@ def main():
 
     host = HostCommands(
         lambda argv, data=None: module.run_command(argv, data=data, binary_data=True),
-        lambda name: module.get_bin_path(name, opt_dirs=["/usr/sbin", "/sbin"]),
+        module.get_bin_path,
         lock_wait=options.lock_wait,
     )
     try:

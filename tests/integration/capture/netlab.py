@@ -5,8 +5,10 @@ iptables/nft/ip inside the namespaces, and TCP probes for real packets.
 Traffic stays inside these namespaces.
 """
 
+import difflib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,8 +43,26 @@ class Lab:
             sh(["ip", "netns", "add", ns])
             self.run(ns, ["ip", "link", "set", "lo", "up"])
         veth_h, veth_p = "hmc%s" % self.host[7:13], "hmp%s" % self.host[7:13]
-        sh(["ip", "link", "add", veth_h, "netns", self.host, "type", "veth", "peer", "name", veth_p, "netns", self.peer])
+        sh(
+            [
+                "ip",
+                "link",
+                "add",
+                veth_h,
+                "netns",
+                self.host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                veth_p,
+                "netns",
+                self.peer,
+            ]
+        )
         for ns, dev, v4, v6 in ((self.host, veth_h, HOST_V4, HOST_V6), (self.peer, veth_p, PEER_V4, PEER_V6)):
+            # No link-local address: it would appear asynchronously in route listings.
+            self.run(ns, ["ip", "link", "set", "dev", dev, "addrgenmode", "none"])
             self.run(ns, ["ip", "addr", "add", v4 + "/24", "dev", dev])
             self.run(ns, ["ip", "-6", "addr", "add", v6 + "/64", "dev", dev, "nodad"])
             self.run(ns, ["ip", "link", "set", dev, "up"])
@@ -71,13 +91,19 @@ class Lab:
         path = os.path.join(self._tmp, "args.json")
         with open(path, "w") as handle:
             json.dump({"ANSIBLE_MODULE_ARGS": params}, handle)
-        environ = {"PATH": os.environ["PATH"], "PYTHONPATH": COLLECTIONS, "LANG": "C.UTF-8"}
+        environ = {
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": os.environ.get("HM_EXTRA_PYTHONPATH", "") + ":" + COLLECTIONS,
+            "LANG": "C.UTF-8",
+        }
         environ.update(env or {})
         proc = self.run(self.host, [sys.executable, MODULE, path], check=False, env=environ)
         try:
             return json.loads(proc.stdout)
         except ValueError:
-            raise AssertionError("module printed no JSON: rc=%d\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr))
+            raise AssertionError(
+                "module printed no JSON: rc=%d\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr)
+            ) from None
 
     def ok(self, **args):
         result = self.module(**args)
@@ -106,27 +132,62 @@ class Lab:
 
     # -- reading state -------------------------------------------------------------
 
-    def ruleset(self):
-        """Everything a host's capture could touch, as text, for before/after compares."""
+    def ruleset(self, ignore_empty=False):
+        """Everything a host's capture could touch, as text, for before/after compares.
+
+        ``ignore_empty`` leaves out empty built-in chains and tables (no rules,
+        accepting policy), which carry no behaviour."""
         parts = []
         for argv in (
             ["iptables-nft-save"],
             ["ip6tables-nft-save"],
             ["iptables-legacy-save"],
             ["ip6tables-legacy-save"],
-            ["nft", "list", "ruleset"],
+            *([] if ignore_empty else [["nft", "list", "ruleset"]]),
             ["ip", "-4", "rule", "show"],
             ["ip", "-6", "rule", "show"],
             ["ip", "-4", "route", "show", "table", "all"],
             ["ip", "-6", "route", "show", "table", "all"],
         ):
             out = self.run(self.host, argv, check=False).stdout
+            if "legacy" in argv[0] or (ignore_empty and "save" in argv[0]):
+                out = _without_empty_tables(out)
+            # Packet counters move with background traffic (e.g. IPv6 MLD); they are not state.
+            out = re.sub(r"\[\d+:\d+\]", "[0:0]", out)
+            out = re.sub(r"counter packets \d+ bytes \d+", "counter", out)
             parts.append("## " + " ".join(argv))
             parts += [line for line in out.splitlines() if not line.startswith("#")]
         return "\n".join(parts)
 
     def nat_listing(self, variant="nft"):
         return self.run(self.host, ["iptables-%s" % variant, "-t", "nat", "-S"]).stdout.splitlines()
+
+
+def assert_same(expected, actual):
+    """Equal rulesets, or an AssertionError showing the unified diff."""
+    if expected != actual:
+        diff = difflib.unified_diff(expected.splitlines(), actual.splitlines(), "expected", "actual", lineterm="")
+        raise AssertionError("rulesets differ:\n" + "\n".join(diff))
+
+
+def _without_empty_tables(save_text):
+    """Legacy iptables tables are kernel modules: once used they stay registered,
+    empty and without effect. Drop such empty tables from a listing."""
+    kept, block = [], []
+    for line in save_text.splitlines():
+        if line.startswith("#"):
+            continue
+        block.append(line)
+        if line == "COMMIT":
+            empty = all(entry.startswith("*") or entry == "COMMIT" or _accepting_builtin(entry) for entry in block)
+            if not empty:
+                kept += block
+            block = []
+    return "\n".join(kept + block)
+
+
+def _accepting_builtin(line):
+    return line.startswith(":") and line.split()[1] == "ACCEPT"
 
 
 def wait_for(predicate, timeout=5.0):

@@ -59,8 +59,12 @@ def test_bad_value_names_option_and_value(params, option, shown):
     assert caught.value.option == option
     assert message.startswith(option + ": ")
     assert shown in message
-    assert "expected" in message or "must" in message or "needs" in message or "list it" in message or (
-        "stands alone" in message or "loop" in message or "belong" in message or "prefix may" in message
+    assert (
+        "expected" in message
+        or "must" in message
+        or "needs" in message
+        or "list it" in message
+        or ("stands alone" in message or "loop" in message or "belong" in message or "prefix may" in message)
     )
 
 

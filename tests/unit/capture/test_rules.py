@@ -106,12 +106,13 @@ def test_tproxy_ipv6_listens_on_any_v6_address():
 def test_dns_redirect_uses_resolvers_and_conntrack_zones():
     tables = table_lines(nameservers=["192.0.2.53"], dns_redirect=True)
     assert "-A HOSTMESH_OUTPUT -d 192.0.2.53/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053" in tables["nat"]
-    assert "-A HOSTMESH_DNS_OUTPUT -d 192.0.2.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053" in (
-        tables["nat"]
+    assert (
+        "-A HOSTMESH_DNS_OUTPUT -d 192.0.2.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"
+        in (tables["nat"])
     )
     assert "-A HOSTMESH_DNS_OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1" in tables["raw"]
-    assert "-A HOSTMESH_DNS_OUTPUT -p udp -m udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2" in (
-        tables["raw"]
+    assert (
+        "-A HOSTMESH_DNS_OUTPUT -p udp -m udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2" in (tables["raw"])
     )
     assert "-A HOSTMESH_DNS_PREROUTING -s 192.0.2.53/32 -p udp -m udp --sport 53 -j CT --zone 1" in tables["raw"]
     # loopback DNS still reaches the proxy
