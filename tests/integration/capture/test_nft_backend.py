@@ -1,0 +1,411 @@
+"""The nftables renderer against real nft and real packets, in network namespaces.
+
+Each test builds its own pair of namespaces (a captured host and a peer joined
+by a veth), loads our table with ``nft -f``, and reads it back with the exact
+arguments the module uses. Traffic stays on loopback and between these two
+namespaces.
+"""
+
+import ipaddress
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from ansible_collections.hostmesh.sidecar.plugins.module_utils import _capture_nft as nft
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family
+
+pytestmark = pytest.mark.netns
+
+HOST_V4, PEER_V4 = "10.232.0.1", "10.232.0.2"
+HOST_V6, PEER_V6 = "fd00:232::1", "fd00:232::2"
+NAMESERVERS = ("10.232.0.53", "10.232.0.54", "fd00:232::53")
+APP_UID, APP_GID = 1000, 1000
+PROXY_ID = 1337
+
+# A TCP endpoint that names itself and the destination the client asked for:
+#   serve TAG PORT [--transparent] [--loopback]   listen on v4 and v6, answer "TAG DEST"
+#   connect HOST PORT [--uid N --gid N]           print the answer, or "error ..."
+# DEST is SO_ORIGINAL_DST when conntrack has the connection (REDIRECT leaves
+# the original there), else the socket's own address (direct, or TPROXY).
+PROBE = r"""
+import os, selectors, socket, struct, sys
+
+def dest(conn):
+    v6 = conn.family == socket.AF_INET6
+    try:
+        if v6:
+            raw = conn.getsockopt(socket.IPPROTO_IPV6, 80, 28)
+            return "[%s]:%d" % (socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack("!H", raw[2:4])[0])
+        raw = conn.getsockopt(socket.SOL_IP, 80, 16)
+        return "%s:%d" % (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
+    except OSError:
+        name = conn.getsockname()
+        return ("[%s]:%d" if v6 else "%s:%d") % (name[0], name[1])
+
+def serve(tag, port, flags):
+    sel = selectors.DefaultSelector()
+    hosts = [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)] if "--loopback" in flags else [
+        ("0.0.0.0", socket.AF_INET), ("::", socket.AF_INET6)]
+    for host, family in hosts:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if "--transparent" in flags:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, 75, 1)
+            else:
+                s.setsockopt(socket.SOL_IP, 19, 1)
+        s.bind((host, port))
+        s.listen(64)
+        sel.register(s, selectors.EVENT_READ)
+    print("ready", flush=True)
+    while True:
+        for key, _ in sel.select():
+            conn, _ = key.fileobj.accept()
+            with conn:
+                conn.sendall(("%s %s\n" % (tag, dest(conn))).encode())
+
+def connect(host, port, flags):
+    "".encode("idna")  # load what getaddrinfo needs while files are still readable
+    if "--uid" in flags:
+        os.setgroups([])
+        os.setgid(int(flags[flags.index("--gid") + 1]))
+        os.setuid(int(flags[flags.index("--uid") + 1]))
+    try:
+        with socket.create_connection((host, port), timeout=1.5) as conn:
+            print(conn.makefile().readline().strip() or "error empty answer")
+    except Exception as error:
+        print("error %s" % error)
+
+if sys.argv[1] == "serve":
+    serve(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
+else:
+    connect(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
+"""
+
+
+def sh(argv, check=True, **kwargs):
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kwargs)
+
+
+class NftLab:
+    """Two namespaces, ``hm-nft-<tag>-h`` (captured) and ``hm-nft-<tag>-p`` (peer)."""
+
+    def __init__(self, workdir):
+        tag = uuid.uuid4().hex[:6]
+        self.host = "hm-nft-%s-h" % tag
+        self.peer = "hm-nft-%s-p" % tag
+        self.veth = ("hnft%sh" % tag, "hnft%sp" % tag)
+        self.probe = os.path.join(str(workdir), "probe.py")
+        self._servers = []
+        self._namespaces = []
+
+    def up(self):
+        with open(self.probe, "w") as handle:
+            handle.write(PROBE)
+        for ns in (self.host, self.peer):
+            sh(["ip", "netns", "add", ns])
+            self._namespaces.append(ns)
+            self.run(ns, ["ip", "link", "set", "lo", "up"])
+        veth_h, veth_p = self.veth
+        sh(
+            [
+                "ip",
+                "link",
+                "add",
+                veth_h,
+                "netns",
+                self.host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                veth_p,
+                "netns",
+                self.peer,
+            ]
+        )
+        for ns, dev, v4, v6 in ((self.host, veth_h, HOST_V4, HOST_V6), (self.peer, veth_p, PEER_V4, PEER_V6)):
+            self.run(ns, ["ip", "addr", "add", v4 + "/24", "dev", dev])
+            self.run(ns, ["ip", "-6", "addr", "add", v6 + "/64", "dev", dev, "nodad"])
+            self.run(ns, ["ip", "link", "set", dev, "up"])
+        return self
+
+    def down(self):
+        for proc in self._servers:
+            self._stop(proc)
+        for ns in self._namespaces:
+            sh(["ip", "netns", "del", ns], check=False)
+
+    def run(self, ns, argv, check=True, **kwargs):
+        return sh(["ip", "netns", "exec", ns, *argv], check=check, **kwargs)
+
+    # -- nft, exactly as the module drives it ------------------------------------------
+
+    def nft_apply(self, script, check=True):
+        return self.run(self.host, ["nft", *nft.APPLY_ARGS], check=check, input=script)
+
+    def listing(self, name):
+        proc = self.run(self.host, ["nft", *nft.list_args(name)], check=False)
+        return nft.listing_from_result(proc.returncode, proc.stdout, proc.stderr)
+
+    def ruleset(self, numeric=False):
+        return self.run(self.host, ["nft", *(nft.LIST_FLAGS if numeric else ()), "list", "ruleset"]).stdout
+
+    # -- packets ---------------------------------------------------------------------------
+
+    def serve(self, ns, tag, port, *flags):
+        argv = ["ip", "netns", "exec", ns, sys.executable, self.probe, "serve", tag, str(port), *flags]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._servers.append(proc)
+        line = proc.stdout.readline().strip()
+        assert line == "ready", proc.stderr.read()
+        return proc
+
+    def stop(self, proc):
+        self._stop(proc)
+        self._servers.remove(proc)
+
+    @staticmethod
+    def _stop(proc):
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+    def connect(self, ns, address, port, uid=None, gid=None):
+        argv = [sys.executable, self.probe, "connect", address, str(port)]
+        if uid is not None:
+            argv += ["--uid", str(uid), "--gid", str(gid if gid is not None else uid)]
+        return self.run(ns, argv, check=False).stdout.strip()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("the nftables integration tests need root (network namespaces, nft)")
+    lab = NftLab(tmp_path)
+    try:
+        yield lab.up()
+    finally:
+        lab.down()
+
+
+def desired(families=("ipv4", "ipv6"), **params):
+    """(table name, rendered table) for these options."""
+    opts, _ = parse_options(params)
+    rules = []
+    for family in families:
+        servers = [ns for ns in NAMESERVERS if (":" in ns) == (family == "ipv6")]
+        rules.append(build_family(opts, family, servers))
+    name = nft.table_name(opts.chain_prefix)
+    return name, nft.render_table(name, rules)
+
+
+def _cidrs(count):
+    v4 = [str(ipaddress.ip_network((0x0A000000 + (i << 8), 24))) for i in range(count)]
+    v6 = [str(ipaddress.ip_network(((0xFD00 << 112) + (i << 64), 64))) for i in range(count)]
+    return v4 + v6
+
+
+EVERYTHING = {
+    "mode": "tproxy",
+    "dns_redirect": True,
+    "dns_capture_all": True,
+    "drop_invalid": True,
+    "proxy_uid": [1337, 0],
+    "proxy_gid": [1337],
+    "outbound_cidrs_exclude": ["10.96.0.0/12", "fd00:96::/48"],
+    "outbound_ports_exclude": [5432],
+    "inbound_ports_exclude": [22, 2222],
+    "exclude_interfaces": ["eth1"],
+}
+
+COMBINATIONS = {
+    "seed": {"chain_prefix": "ISTIO_"},
+    "defaults": {},
+    "tproxy": {"mode": "tproxy"},
+    "tproxy-ports-mark": {
+        "mode": "tproxy",
+        "inbound_ports": [8080, 9090],
+        "tproxy_mark": 4294967295,
+        "tproxy_route_table": 200,
+        "inbound_capture_port": 16006,
+        "proxy_port": 16001,
+    },
+    "dns-capture-all": {"dns_redirect": True, "dns_capture_all": True},
+    "dns-nameservers": {"dns_redirect": True, "dns_port": 5353},
+    "drop-invalid": {"drop_invalid": True},
+    "cidrs-v4-v6": {
+        "outbound_cidrs": ["10.0.0.0/8", "192.168.1.7", "fd00:1::/64"],
+        "outbound_cidrs_exclude": ["10.96.0.0/12", "fd00:1:96::/96", "::ffff:10.0.0.0/104"],
+    },
+    "ports-interfaces": {
+        "outbound_ports": [80, 443],
+        "outbound_ports_exclude": [5432],
+        "inbound_ports": [8080],
+        "exclude_interfaces": ["eth1", "veth.100", "br-0@x"],
+    },
+    "several-uids": {"proxy_uid": [1337, 0, 4294967294], "proxy_gid": [1337, 1338]},
+    "gid-only": {"proxy_uid": [], "proxy_gid": [1337]},
+    "no-inbound": {"inbound_ports": []},
+    "everything": EVERYTHING,
+    "everything-ipv4-only": dict(EVERYTHING, families=("ipv4",)),
+    "everything-ipv6-only": dict(EVERYTHING, families=("ipv6",)),
+    "1000-excluded-cidrs": {"outbound_cidrs_exclude": _cidrs(500)},
+}
+
+
+@pytest.mark.parametrize("params", list(COMBINATIONS.values()), ids=list(COMBINATIONS))
+def test_nft_lists_exactly_what_we_render(lab, params):
+    name, text = desired(**params)
+    assert lab.listing(name) == ""
+    lab.nft_apply(nft.plan_script(name, "", text))
+    listing = lab.listing(name)
+    assert listing == text
+    assert nft.plan_script(name, listing, text) == ""
+
+
+def test_plan_restores_a_hand_edited_table(lab):
+    name, text = desired(**EVERYTHING)
+    lab.nft_apply(nft.plan_script(name, "", text))
+    # What an admin might do by hand: drop a rule, add one, add a chain, add a counter.
+    handles = lab.run(lab.host, ["nft", "-a", "list", "chain", "inet", name, "nat_HOSTMESH_OUTPUT"]).stdout
+    handle = next(line.split("# handle ")[1] for line in handles.splitlines() if "tcp dport 5432 return" in line)
+    lab.run(lab.host, ["nft", "delete", "rule", "inet", name, "nat_HOSTMESH_OUTPUT", "handle", handle])
+    lab.run(lab.host, ["nft", "add", "rule", "inet", name, "nat_HOSTMESH_REDIRECT", "tcp", "dport", "9", "return"])
+    lab.run(lab.host, ["nft", "add", "chain", "inet", name, "mine"])
+    lab.run(lab.host, ["nft", "insert", "rule", "inet", name, "mangle_HOSTMESH_OUTPUT", "counter"])
+    edited = lab.listing(name)
+    assert edited != text
+
+    script = nft.plan_script(name, edited, text)
+    assert script
+    lab.nft_apply(script)
+    assert lab.listing(name) == text
+    assert nft.plan_script(name, lab.listing(name), text) == ""
+
+
+def test_a_failing_script_changes_nothing(lab):
+    name, text = desired(chain_prefix="ISTIO_")
+    lab.nft_apply(nft.plan_script(name, "", text))
+    _, other = desired(chain_prefix="ISTIO_", mode="tproxy")
+    before = lab.ruleset()
+    # The replacement fails late (a jump to a chain that does not exist).
+    broken = nft.plan_script(name, text, other).replace("jump mangle_ISTIO_TPROXY", "jump mangle_NOWHERE")
+    assert lab.nft_apply(broken, check=False).returncode != 0
+    assert lab.ruleset() == before
+    assert lab.listing(name) == text
+
+
+def test_apply_and_absent_leave_other_tables_alone(lab):
+    # Stand-ins for firewalld's and Docker's own tables, with base chains on the same hooks.
+    lab.nft_apply(
+        "table inet firewalld {\n"
+        "\tchain filter_INPUT {\n\t\ttype filter hook input priority 10; policy accept;\n"
+        "\t\ttcp dport 9999 drop\n\t}\n"
+        "\tchain nat_PREROUTING {\n\t\ttype nat hook prerouting priority -90; policy accept;\n\t}\n"
+        "}\n"
+        "table ip nat {\n"
+        "\tchain DOCKER {\n\t}\n"
+        "\tchain PREROUTING {\n\t\ttype nat hook prerouting priority -100; policy accept;\n"
+        "\t\tfib daddr type local jump DOCKER\n\t}\n"
+        "}\n"
+    )
+    before, numeric_before = lab.ruleset(), lab.ruleset(numeric=True)
+    name, text = desired(**EVERYTHING)
+    assert nft.absent_script(name, lab.listing(name)) == ""
+
+    lab.nft_apply(nft.plan_script(name, lab.listing(name), text))
+    assert lab.ruleset() != before
+    assert lab.ruleset(numeric=True).replace(text, "") == numeric_before
+
+    # A changed configuration replaces our table and only ours.
+    _, seed = desired()
+    lab.nft_apply(nft.plan_script(name, lab.listing(name), seed))
+    assert lab.ruleset(numeric=True).replace(seed, "") == numeric_before
+
+    lab.nft_apply(nft.absent_script(name, lab.listing(name)))
+    assert lab.ruleset() == before
+    assert nft.absent_script(name, lab.listing(name)) == ""
+
+
+def test_redirect_mode_with_real_packets(lab):
+    lab.serve(lab.host, "outbound", 15001)
+    lab.serve(lab.host, "inbound", 15006)
+    lab.serve(lab.host, "app", 9000)
+    lab.serve(lab.host, "ssh", 22)
+    lab.serve(lab.host, "local", 7000, "--loopback")
+    lab.serve(lab.peer, "peer", 8080)
+
+    name, text = desired(ip_families=["ipv4", "ipv6"])
+    lab.nft_apply(nft.plan_script(name, lab.listing(name), text))
+
+    # The app's outbound connections reach the proxy with their original destination.
+    assert lab.connect(lab.host, PEER_V4, 8080, uid=APP_UID) == "outbound %s:8080" % PEER_V4
+    assert lab.connect(lab.host, PEER_V6, 8080, uid=APP_UID) == "outbound [%s]:8080" % PEER_V6
+    # The proxy's own traffic (by uid, or by gid alone) goes direct.
+    assert lab.connect(lab.host, PEER_V4, 8080, uid=PROXY_ID) == "peer %s:8080" % PEER_V4
+    assert lab.connect(lab.host, PEER_V6, 8080, uid=PROXY_ID) == "peer [%s]:8080" % PEER_V6
+    assert lab.connect(lab.host, PEER_V4, 8080, uid=APP_UID + 1, gid=PROXY_ID) == "peer %s:8080" % PEER_V4
+    # Loopback stays local.
+    assert lab.connect(lab.host, "127.0.0.1", 7000, uid=APP_UID) == "local 127.0.0.1:7000"
+    assert lab.connect(lab.host, "::1", 7000, uid=APP_UID) == "local [::1]:7000"
+
+    # Inbound connections reach the inbound port with their original destination.
+    assert lab.connect(lab.peer, HOST_V4, 9000) == "inbound %s:9000" % HOST_V4
+    assert lab.connect(lab.peer, HOST_V6, 9000) == "inbound [%s]:9000" % HOST_V6
+    # Excluded ports (22 among the defaults) go straight to their listener.
+    assert lab.connect(lab.peer, HOST_V4, 22) == "ssh %s:22" % HOST_V4
+    assert lab.connect(lab.peer, HOST_V6, 22) == "ssh [%s]:22" % HOST_V6
+
+    lab.nft_apply(nft.absent_script(name, lab.listing(name)))
+    assert lab.connect(lab.host, PEER_V4, 8080, uid=APP_UID) == "peer %s:8080" % PEER_V4
+    assert lab.connect(lab.host, PEER_V6, 8080, uid=APP_UID) == "peer [%s]:8080" % PEER_V6
+    assert lab.connect(lab.peer, HOST_V4, 9000) == "app %s:9000" % HOST_V4
+    assert lab.connect(lab.peer, HOST_V6, 9000) == "app [%s]:9000" % HOST_V6
+
+
+def test_one_family_captures_only_that_family(lab):
+    lab.serve(lab.host, "outbound", 15001)
+    lab.serve(lab.peer, "peer", 8080)
+    name, text = desired(families=("ipv4",))
+    lab.nft_apply(nft.plan_script(name, "", text))
+    assert lab.connect(lab.host, PEER_V4, 8080, uid=APP_UID) == "outbound %s:8080" % PEER_V4
+    assert lab.connect(lab.host, PEER_V6, 8080, uid=APP_UID) == "peer [%s]:8080" % PEER_V6
+
+
+def test_tproxy_mode_with_real_packets(lab):
+    mark, table = 1337, 133
+    for flag in ("-4", "-6"):
+        lab.run(lab.host, ["ip", flag, "rule", "add", "fwmark", str(mark), "lookup", str(table)])
+        lab.run(lab.host, ["ip", flag, "route", "add", "local", "default", "dev", "lo", "table", str(table)])
+    tproxy = lab.serve(lab.host, "tproxy", 15006, "--transparent")
+    lab.serve(lab.host, "outbound", 15001)
+    lab.serve(lab.host, "app", 9000)
+    lab.serve(lab.host, "ssh", 22)
+    lab.serve(lab.peer, "peer", 8080)
+
+    name, text = desired(mode="tproxy", tproxy_mark=mark, tproxy_route_table=table)
+    lab.nft_apply(nft.plan_script(name, "", text))
+
+    # Inbound connections land on the transparent listener, addressed as the client sent them.
+    assert lab.connect(lab.peer, HOST_V4, 9000) == "tproxy %s:9000" % HOST_V4
+    assert lab.connect(lab.peer, HOST_V6, 9000) == "tproxy [%s]:9000" % HOST_V6
+    assert lab.connect(lab.peer, HOST_V4, 22) == "ssh %s:22" % HOST_V4
+    # Outbound is still captured by redirect.
+    assert lab.connect(lab.host, PEER_V4, 8080, uid=APP_UID) == "outbound %s:8080" % PEER_V4
+    assert lab.connect(lab.host, PEER_V4, 8080, uid=PROXY_ID) == "peer %s:8080" % PEER_V4
+
+    # With no proxy listening, captured connections are dropped, as with iptables
+    # TPROXY, rather than slipping through to the app.
+    lab.stop(tproxy)
+    assert lab.connect(lab.peer, HOST_V4, 9000).startswith("error")
+    assert lab.connect(lab.peer, HOST_V6, 9000).startswith("error")
+    assert lab.connect(lab.peer, HOST_V4, 22) == "ssh %s:22" % HOST_V4
