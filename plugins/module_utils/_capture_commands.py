@@ -43,7 +43,10 @@ class HostCommands:
     # -- plumbing ----------------------------------------------------------
 
     def _run(self, argv, data=None, check=True):
-        rc, out, err = self._run_command(argv, data=data)
+        try:
+            rc, out, err = self._run_command(argv, data=data)
+        except OSError as error:
+            raise CommandError(argv, 127, "", str(error)) from None
         if check and rc != 0:
             raise CommandError(argv, rc, out, err)
         return rc, out, err

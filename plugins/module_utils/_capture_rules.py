@@ -186,12 +186,8 @@ def _add_dns(options, names, family, nameservers, add_chain, add_jump):
     raw_output = []
     for field, owner in owners:
         raw_output.append(rule(CT_ZONE, {"zone": DNS_ZONE_PROXY}, proto="udp", dport=DNS_PORT, **{field: owner}))
-        raw_output.append(
-            rule(CT_ZONE, {"zone": DNS_ZONE_APP}, proto="udp", sport=options.dns_port, **{field: owner})
-        )
-    raw_output += [
-        rule(CT_ZONE, {"zone": DNS_ZONE_APP}, dst=server, proto="udp", dport=DNS_PORT) for server in servers
-    ]
+        raw_output.append(rule(CT_ZONE, {"zone": DNS_ZONE_APP}, proto="udp", sport=options.dns_port, **{field: owner}))
+    raw_output += [rule(CT_ZONE, {"zone": DNS_ZONE_APP}, dst=server, proto="udp", dport=DNS_PORT) for server in servers]
     raw_prerouting = [
         rule(CT_ZONE, {"zone": DNS_ZONE_PROXY}, src=server, proto="udp", sport=DNS_PORT) for server in servers
     ]

@@ -361,7 +361,7 @@ def main():
         module.warn(warning)
 
     host = HostCommands(
-        lambda argv, data=None: module.run_command(argv, data=data, binary_data=True),
+        lambda argv, data=None: module.run_command(argv, data=data, binary_data=True, handle_exceptions=False),
         module.get_bin_path,
         lock_wait=options.lock_wait,
     )
