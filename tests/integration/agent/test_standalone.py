@@ -110,8 +110,7 @@ def test_hot_restarts_and_reloads_fail_no_request(envoy_binary, topo, workdir, s
             wait_for(lambda n=n: agent.metric("hostmesh_agent_epoch") == n, 10, f"epoch {n}")
             wait_for(lambda: len(agent.envoy_pids()) == 1, 10, "old epoch to exit")
             wait_for(
-                lambda n=n: [p.name for p in run_dir.glob("envoy-rev*.json")]
-                == [f"envoy-rev{n}.json"],
+                lambda n=n: [p.name for p in run_dir.glob("envoy-rev*.json")] == [f"envoy-rev{n}.json"],
                 2,
                 "old epoch's bootstrap to be removed",
             )

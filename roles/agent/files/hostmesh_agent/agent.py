@@ -222,9 +222,7 @@ class Agent:
             binary = proxy.binary_identity()
         except (ProxyError, OSError):
             binary = ()
-        return Fingerprint(
-            tuple(repr(x) for x in restart_relevant(proxy.cfg)), binary, proxy.xds_fingerprint()
-        )
+        return Fingerprint(tuple(repr(x) for x in restart_relevant(proxy.cfg)), binary, proxy.xds_fingerprint())
 
     def _start_fresh(self) -> None:
         """Start epoch 0: at boot, or after a crash when no older Envoy is left."""
@@ -414,9 +412,7 @@ class Agent:
         self._tls_fingerprint = tls
         fp = self._take_fingerprint(self.proxy)
         if fp != self._fingerprint:
-            log.info(
-                "%s: bootstrap, binary or control-plane credentials changed; hot restart", reason
-            )
+            log.info("%s: bootstrap, binary or control-plane credentials changed; hot restart", reason)
             self._fingerprint = fp
             self._hot_restart_wanted = True
 

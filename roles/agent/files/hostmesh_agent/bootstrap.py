@@ -41,9 +41,7 @@ def static_cluster(name: str, address: str, port: int, http2: bool = False) -> J
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": socket_address(address, port)}}]}
-            ],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(address, port)}}]}],
         },
     }
     if http2:
@@ -93,8 +91,7 @@ def _route_listener(name: str, address: str, port: int, path: str, cluster: str)
                                 {
                                     "name": "envoy.filters.http.router",
                                     "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters."
-                                        "http.router.v3.Router"
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
                                     },
                                 }
                             ],
@@ -170,9 +167,7 @@ def _xds_cluster(cfg: Config) -> Json:
         "dns_lookup_family": "V4_PREFERRED",
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": socket_address(host, int(port))}}]}
-            ],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, int(port))}}]}],
         },
         "typed_extension_protocol_options": _http2_options(),
     }
@@ -187,10 +182,12 @@ def _xds_cluster(cfg: Config) -> Json:
                 }
             ]
         if x.ca_file:
-            common["validation_context"] = {"trusted_ca": {"filename": x.ca_file}}
+            validation: Json = {"trusted_ca": {"filename": x.ca_file}}
+            if x.sni:  # the control plane must present a certificate for the name we dial
+                validation["match_typed_subject_alt_names"] = [{"san_type": "DNS", "matcher": {"exact": x.sni}}]
+            common["validation_context"] = validation
         tls: Json = {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-            "UpstreamTlsContext",
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "common_tls_context": common,
         }
         if x.sni:
@@ -210,9 +207,7 @@ def render_bootstrap(cfg: Config, run_dir: RunDir, ip: str, token: Optional[str]
             "/stats/prometheus",
             PROMETHEUS_CLUSTER,
         ),
-        _route_listener(
-            "health", cfg.listen.status_address, cfg.ports.health, "/healthz/ready", AGENT_CLUSTER
-        ),
+        _route_listener("health", cfg.listen.status_address, cfg.ports.health, "/healthz/ready", AGENT_CLUSTER),
     ]
     clusters = [
         static_cluster(PROMETHEUS_CLUSTER, cfg.listen.admin_address, cfg.ports.admin),
@@ -222,9 +217,7 @@ def render_bootstrap(cfg: Config, run_dir: RunDir, ip: str, token: Optional[str]
         clusters.append(_xds_cluster(cfg))
         grpc_service: Json = {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}
         if token:
-            grpc_service["initial_metadata"] = [
-                {"key": "authorization", "value": f"Bearer {token}"}
-            ]
+            grpc_service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {token}"}]
         dynamic: Json = {
             "ads_config": {
                 "api_type": "GRPC",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -12,13 +13,16 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import replace
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from hostmesh_agent import __version__
 from hostmesh_agent.agent import Agent
+from hostmesh_agent.atomic_files import dump_json, write_atomic
 from hostmesh_agent.config import Config, ConfigError, load_config, with_node_defaults
 from hostmesh_agent.logs import setup_logging
 from hostmesh_agent.proxy import Proxy, ProxyError
+from hostmesh_agent.resources import render_dynamic
+from hostmesh_agent.rundir import RunDir
 
 log = logging.getLogger("hostmesh_agent")
 
@@ -63,9 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("--config", required=True, help="agent config file (JSON)")
         sp.add_argument("--run-dir", help="overrides the config's run_dir")
-        sp.add_argument(
-            "--log-level", default="info", choices=("debug", "info", "warning", "error")
-        )
+        sp.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
         if name == "bootstrap":
             sp.add_argument("--epoch", type=int, default=0, help="restart epoch (default 0)")
     return p
@@ -97,20 +99,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
         proxy = Proxy(replace(cfg, run_dir=tmp), node_ip(cfg))
         proxy.prepare_run_dir()
         proxy.write_dynamic()
-        path = proxy.write_bootstrap(0)
-        result = subprocess.run(
-            [proxy.binary(), "--mode", "validate", "-c", path, "-l", "error"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if result.returncode != 0:
-        sys.stderr.write(result.stdout + result.stderr)
-        print("bootstrap: rejected by envoy --mode validate", file=sys.stderr)
-        return 1
-    print("bootstrap: ok (envoy --mode validate)")
+        docs = [("bootstrap", proxy.bootstrap())]
+        if cfg.mode == "standalone":
+            dynamic = render_dynamic(proxy.cfg, proxy.run_dir, "validate")
+            docs.append(("listeners and clusters", inline_dynamic(docs[0][1], dynamic, proxy.run_dir)))
+        for what, doc in docs:
+            path = os.path.join(tmp, "validate.json")
+            write_atomic(path, dump_json(doc), mode=0o600)
+            result = subprocess.run(
+                [proxy.binary(), "--mode", "validate", "-c", path, "-l", "error"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                sys.stderr.write(result.stdout + result.stderr)
+                print(f"{what}: rejected by envoy --mode validate", file=sys.stderr)
+                return 1
+            print(f"{what}: ok (envoy --mode validate)")
     return 0
+
+
+def inline_dynamic(bootstrap: Dict[str, Any], dynamic: Dict[str, Any], run_dir: RunDir) -> Dict[str, Any]:
+    """A copy of the bootstrap with the watched LDS/CDS files' resources made static.
+
+    ``envoy --mode validate`` does not read dynamic resources, so this is how
+    the listeners and clusters the agent writes get checked by Envoy itself.
+    """
+    doc = copy.deepcopy(bootstrap)
+    strip = [{k: v for k, v in r.items() if k != "@type"} for r in dynamic[run_dir.lds]["resources"]]
+    doc["static_resources"]["listeners"] += strip
+    strip = [{k: v for k, v in r.items() if k != "@type"} for r in dynamic[run_dir.cds]["resources"]]
+    doc["static_resources"]["clusters"] += strip
+    del doc["dynamic_resources"]
+    return doc
 
 
 def main(argv: Optional[List[str]] = None) -> int:

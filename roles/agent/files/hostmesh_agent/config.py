@@ -132,9 +132,7 @@ def _list_of(item: Callable[[str, Any], Any]) -> Callable[[str, Any], Tuple[Any,
 
 
 def _str_map(key: str, value: Any) -> Dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise _fail(key, value, "an object of string keys to string values")
     return dict(value)
 
@@ -384,9 +382,7 @@ def _join(prefix: str, key: str) -> str:
 def _services(key: str, value: Any, checks: Checks, build: Callable[..., Any]) -> Tuple[Any, ...]:
     if not isinstance(value, list):
         raise _fail(key, value, "a list of objects")
-    out = [
-        build(**_object(f"{key}[{i}]", v, checks, ("name", "port"))) for i, v in enumerate(value)
-    ]
+    out = [build(**_object(f"{key}[{i}]", v, checks, ("name", "port"))) for i, v in enumerate(value)]
     seen: Dict[Any, int] = {}
     for i, svc in enumerate(out):
         for ident in (("name", svc.name), ("port", svc.port)):
@@ -418,8 +414,7 @@ def _outbound(key: str, value: Any) -> OutboundConfig:
     for i, svc in enumerate(parsed.services):
         if not svc.endpoints:
             raise ConfigError(
-                f"config key '{key}.services[{i}].endpoints' is required; expected at least "
-                'one "host:port"'
+                f"config key '{key}.services[{i}].endpoints' is required; expected at least one \"host:port\""
             )
     return parsed
 
@@ -495,10 +490,7 @@ def _check_whole(cfg: Config) -> None:
         tls_keys = ("cert_file", "key_file")
         given = [k for k in tls_keys if getattr(cfg.xds, k)]
         if given and len(given) != len(tls_keys):
-            raise ConfigError(
-                "config keys 'xds.cert_file' and 'xds.key_file' go together; got only "
-                f"'xds.{given[0]}'"
-            )
+            raise ConfigError(f"config keys 'xds.cert_file' and 'xds.key_file' go together; got only 'xds.{given[0]}'")
     wants_tls = [f"inbound.services[{i}]" for i, s in enumerate(cfg.inbound.services) if s.tls]
     wants_tls += [f"outbound.services[{i}]" for i, s in enumerate(cfg.outbound.services) if s.tls]
     if wants_tls and not cfg.tls.configured:

@@ -72,8 +72,11 @@ def file_digest(paths: Iterable[str]) -> str:
 def read_token(path: str) -> Optional[str]:
     if not path:
         return None
-    with open(path, encoding="utf-8") as fh:
-        return fh.read().strip()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise ProxyError(f"cannot read {path} (config key 'xds.token_file'): {exc.strerror}") from None
 
 
 class Proxy:
@@ -87,9 +90,7 @@ class Proxy:
     def binary(self) -> str:
         found = shutil.which(self.cfg.envoy.binary)
         if not found:
-            raise ProxyError(
-                f"envoy binary {self.cfg.envoy.binary!r} not found (config key 'envoy.binary')"
-            )
+            raise ProxyError(f"envoy binary {self.cfg.envoy.binary!r} not found (config key 'envoy.binary')")
         return os.path.realpath(found)
 
     def binary_identity(self) -> Tuple[str, int, int, int]:
@@ -110,9 +111,7 @@ class Proxy:
         return file_digest([p for p in (x.ca_file, x.cert_file, x.key_file, x.token_file) if p])
 
     def bootstrap(self) -> Dict:
-        return render_bootstrap(
-            self.cfg, self.run_dir, self.ip, read_token(self.cfg.xds.token_file)
-        )
+        return render_bootstrap(self.cfg, self.run_dir, self.ip, read_token(self.cfg.xds.token_file))
 
     def prepare_run_dir(self) -> None:
         try:

@@ -67,10 +67,8 @@ def _sds(name: str, run_dir: RunDir) -> Json:
 
 def _san_matchers(cfg: Config, spiffe_ids: Tuple[str, ...]) -> List[Json]:
     """Match peers by SPIFFE ID; with none listed, any identity in our trust domain."""
-    if spiffe_ids:
-        matchers = [{"exact": s} for s in spiffe_ids]
-    else:
-        matchers = [{"prefix": f"spiffe://{cfg.trust_domain}/"}]
+    exact = [{"exact": s} for s in spiffe_ids]
+    matchers = exact or [{"prefix": f"spiffe://{cfg.trust_domain}/"}]
     return [{"san_type": "URI", "matcher": m} for m in matchers]
 
 
@@ -78,9 +76,7 @@ def _common_tls(cfg: Config, run_dir: RunDir, spiffe_ids: Tuple[str, ...]) -> Js
     return {
         "tls_certificate_sds_secret_configs": [_sds(CERT_SECRET, run_dir)],
         "combined_validation_context": {
-            "default_validation_context": {
-                "match_typed_subject_alt_names": _san_matchers(cfg, spiffe_ids)
-            },
+            "default_validation_context": {"match_typed_subject_alt_names": _san_matchers(cfg, spiffe_ids)},
             "validation_context_sds_secret_config": _sds(CA_SECRET, run_dir),
         },
         "alpn_protocols": ["istio-peer-exchange", "istio"],
@@ -100,9 +96,7 @@ def _tcp_proxy(stat_prefix: str, cluster: str) -> Json:
 
 _ORIGINAL_DST_FILTER = {
     "name": "envoy.filters.listener.original_dst",
-    "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
-    },
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"},
 }
 
 
@@ -118,8 +112,7 @@ def _inbound_listener(cfg: Config, run_dir: RunDir) -> Json:
             chain["transport_socket"] = {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-                    "DownstreamTlsContext",
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
                     "require_client_certificate": True,
                     "common_tls_context": _common_tls(cfg, run_dir, svc.allowed_spiffe_ids),
                 },
@@ -206,13 +199,7 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
                     "endpoints": [
                         {
                             "lb_endpoints": [
-                                {
-                                    "endpoint": {
-                                        "address": socket_address(
-                                            cfg.inbound.app_address, svc.app_port
-                                        )
-                                    }
-                                }
+                                {"endpoint": {"address": socket_address(cfg.inbound.app_address, svc.app_port)}}
                             ]
                         }
                     ],
@@ -236,8 +223,7 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
             cluster["transport_socket"] = {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-                    "UpstreamTlsContext",
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                     "common_tls_context": _common_tls(cfg, run_dir, svc.spiffe_ids),
                 },
             }
@@ -279,9 +265,7 @@ def render_dynamic(cfg: Config, run_dir: RunDir, tls_fingerprint: str = "") -> D
     SDS files' version, which makes Envoy read the certificate files again.
     """
     files = {
-        run_dir.lds: _response(
-            LISTENER_TYPE, [_inbound_listener(cfg, run_dir), _outbound_listener(cfg)]
-        ),
+        run_dir.lds: _response(LISTENER_TYPE, [_inbound_listener(cfg, run_dir), _outbound_listener(cfg)]),
         run_dir.cds: _response(CLUSTER_TYPE, _clusters(cfg, run_dir)),
     }
     if cfg.tls.configured:
