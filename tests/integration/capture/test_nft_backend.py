@@ -26,13 +26,23 @@ NAMESERVERS = ("10.232.0.53", "10.232.0.54", "fd00:232::53")
 APP_UID, APP_GID = 1000, 1000
 PROXY_ID = 1337
 
-# A TCP endpoint that names itself and the destination the client asked for:
-#   serve TAG PORT [--transparent] [--loopback]   listen on v4 and v6, answer "TAG DEST"
-#   connect HOST PORT [--uid N --gid N]           print the answer, or "error ..."
+# A TCP/UDP endpoint that names itself and the destination the client asked for:
+#   serve TAG PORT [--transparent] [--loopback] [--udp] [--uid N --gid N]
+#       listen on v4 and v6 (as uid N); answer TCP with "TAG DEST",
+#       UDP datagrams with "TAG"
+#   connect HOST PORT [--uid N --gid N]   TCP: print the answer, or "error ..."
+#   ask HOST PORT [--uid N --gid N]       UDP: the same
 # DEST is SO_ORIGINAL_DST when conntrack has the connection (REDIRECT leaves
 # the original there), else the socket's own address (direct, or TPROXY).
 PROBE = r"""
 import os, selectors, socket, struct, sys
+
+def become(flags):
+    "".encode("idna")  # load what getaddrinfo needs while files are still readable
+    if "--uid" in flags:
+        os.setgroups([])
+        os.setgid(int(flags[flags.index("--gid") + 1]))
+        os.setuid(int(flags[flags.index("--uid") + 1]))
 
 def dest(conn):
     v6 = conn.family == socket.AF_INET6
@@ -47,45 +57,58 @@ def dest(conn):
         return ("[%s]:%d" if v6 else "%s:%d") % (name[0], name[1])
 
 def serve(tag, port, flags):
+    become(flags)  # before the sockets exist: their owner is who created them
     sel = selectors.DefaultSelector()
     hosts = [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)] if "--loopback" in flags else [
         ("0.0.0.0", socket.AF_INET), ("::", socket.AF_INET6)]
+    kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if "--udp" in flags else [])
     for host, family in hosts:
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if "--transparent" in flags:
+        for kind in kinds:
+            s = socket.socket(family, kind)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, 75, 1)
-            else:
-                s.setsockopt(socket.SOL_IP, 19, 1)
-        s.bind((host, port))
-        s.listen(64)
-        sel.register(s, selectors.EVENT_READ)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if "--transparent" in flags:
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, 75, 1)
+                else:
+                    s.setsockopt(socket.SOL_IP, 19, 1)
+            s.bind((host, port))
+            if kind == socket.SOCK_STREAM:
+                s.listen(64)
+            sel.register(s, selectors.EVENT_READ)
     print("ready", flush=True)
     while True:
         for key, _ in sel.select():
+            if key.fileobj.type == socket.SOCK_DGRAM:
+                _, peer = key.fileobj.recvfrom(512)
+                key.fileobj.sendto(("%s\n" % tag).encode(), peer)
+                continue
             conn, _ = key.fileobj.accept()
             with conn:
                 conn.sendall(("%s %s\n" % (tag, dest(conn))).encode())
 
 def connect(host, port, flags):
-    "".encode("idna")  # load what getaddrinfo needs while files are still readable
-    if "--uid" in flags:
-        os.setgroups([])
-        os.setgid(int(flags[flags.index("--gid") + 1]))
-        os.setuid(int(flags[flags.index("--uid") + 1]))
+    become(flags)
     try:
         with socket.create_connection((host, port), timeout=1.5) as conn:
             print(conn.makefile().readline().strip() or "error empty answer")
     except Exception as error:
         print("error %s" % error)
 
-if sys.argv[1] == "serve":
-    serve(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
-else:
-    connect(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
+def ask(host, port, flags):
+    become(flags)
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(1.5)
+            sock.connect((host, port))
+            sock.send(b"query")
+            print(sock.recv(512).decode().strip() or "error empty answer")
+    except Exception as error:
+        print("error %s" % error)
+
+{"serve": serve, "connect": connect, "ask": ask}[sys.argv[1]](sys.argv[2], int(sys.argv[3]), sys.argv[4:])
 """
 
 
@@ -159,7 +182,9 @@ class NftLab:
 
     # -- packets ---------------------------------------------------------------------------
 
-    def serve(self, ns, tag, port, *flags):
+    def serve(self, ns, tag, port, *flags, uid=None):
+        if uid is not None:
+            flags = (*flags, "--uid", str(uid), "--gid", str(uid))
         argv = ["ip", "netns", "exec", ns, sys.executable, self.probe, "serve", tag, str(port), *flags]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._servers.append(proc)
@@ -179,8 +204,9 @@ class NftLab:
         proc.stdout.close()
         proc.stderr.close()
 
-    def connect(self, ns, address, port, uid=None, gid=None):
-        argv = [sys.executable, self.probe, "connect", address, str(port)]
+    def connect(self, ns, address, port, uid=None, gid=None, command="connect"):
+        """A TCP (``connect``) or UDP (``ask``) exchange; the answer or "error ..."."""
+        argv = [sys.executable, self.probe, command, address, str(port)]
         if uid is not None:
             argv += ["--uid", str(uid), "--gid", str(gid if gid is not None else uid)]
         return self.run(ns, argv, check=False).stdout.strip()
@@ -409,3 +435,27 @@ def test_tproxy_mode_with_real_packets(lab):
     assert lab.connect(lab.peer, HOST_V4, 9000).startswith("error")
     assert lab.connect(lab.peer, HOST_V6, 9000).startswith("error")
     assert lab.connect(lab.peer, HOST_V4, 22) == "ssh %s:22" % HOST_V4
+
+
+def test_dns_redirect_with_real_packets(lab):
+    # The peer plays the resolver; the host's DNS proxy runs as the proxy user and,
+    # like a real one, listens on loopback so its answers leave from the redirected address.
+    lab.serve(lab.peer, "resolver", 53, "--udp")
+    lab.serve(lab.host, "dns-proxy", 15053, "--udp", "--loopback", uid=PROXY_ID)
+    servers = {"ipv4": [PEER_V4], "ipv6": [PEER_V6]}
+    opts, _ = parse_options({"dns_redirect": True})
+    name = nft.table_name(opts.chain_prefix)
+    text = nft.render_table(name, [build_family(opts, family, servers[family]) for family in ("ipv4", "ipv6")])
+    lab.nft_apply(nft.plan_script(name, "", text))
+
+    for server in (PEER_V4, PEER_V6):
+        # The app's queries, UDP and TCP, go to the DNS proxy...
+        assert lab.connect(lab.host, server, 53, uid=APP_UID, command="ask") == "dns-proxy"
+        shown = "[%s]:53" % server if ":" in server else "%s:53" % server
+        assert lab.connect(lab.host, server, 53, uid=APP_UID) == "dns-proxy %s" % shown
+        # ...and the proxy's own queries reach the resolver.
+        assert lab.connect(lab.host, server, 53, uid=PROXY_ID, command="ask") == "resolver"
+        assert lab.connect(lab.host, server, 53, uid=PROXY_ID) == "resolver %s" % shown
+
+    lab.nft_apply(nft.absent_script(name, lab.listing(name)))
+    assert lab.connect(lab.host, PEER_V4, 53, uid=APP_UID, command="ask") == "resolver"
