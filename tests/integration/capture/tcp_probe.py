@@ -1,7 +1,7 @@
 """A tiny TCP peer for capture tests, run inside a network namespace.
 
 serve PORT [--transparent] [--v6] [--count N]
-    accept N connections; answer each with "<original destination> <peer>",
+    accept N connections; answer each with "<original destination> <peer> via=<PORT>",
     where the original destination is SO_ORIGINAL_DST when the connection was
     redirected (NAT), else the socket's own address (TPROXY or direct).
 connect HOST PORT [--uid N] [--gid N]
@@ -48,17 +48,23 @@ def serve(args):
         conn, peer = server.accept()
         with conn:
             peer_text = ("[%s]:%d" if args.v6 else "%s:%d") % (peer[0], peer[1])
-            conn.sendall(("%s %s\n" % (original_destination(conn, args.v6), peer_text)).encode())
+            answer = "%s %s via=%d\n" % (original_destination(conn, args.v6), peer_text, args.port)
+            conn.sendall(answer.encode())
 
 
 def connect(args):
+    # Resolve before dropping privileges: the interpreter's files may not be
+    # readable by the other user.
+    family, kind, proto, _, address = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
     if args.gid is not None:
         os.setgid(args.gid)
     if args.uid is not None:
         os.setuid(args.uid)
     try:
-        conn = socket.create_connection((args.host, args.port), timeout=3)
+        conn = socket.socket(family, kind, proto)
+        conn.settimeout(3)
         with conn:
+            conn.connect(address)
             data = conn.makefile().readline().strip()
     except OSError as error:
         print("error %s" % error)
