@@ -9,6 +9,12 @@ priority of the iptables table they stand for. The table is rendered in the
 canonical form that ``nft`` prints with ``list_args``, so the host's listing
 and ours compare as text, and a change replaces the whole table atomically.
 Nothing outside our table is ever named in a script.
+
+The edge runs, with ``LC_ALL=C`` so errors read as this module expects:
+``nft *list_args(name)`` -> ``listing_from_result(rc, out, err)``; then
+``plan_script`` / ``absent_script``; a non-empty script is fed on standard
+input to ``nft *APPLY_ARGS``. Policy routing for TPROXY (``ip rule``/``ip
+route``) is not nftables' job and stays with the edge.
 """
 
 import ipaddress
@@ -171,6 +177,9 @@ def render_rule(rule, family: str, chain_of=None) -> list:
         parts.append("ct mark %s" % _mark(rule.connmark))
     if rule.ctstate is not None:
         parts.append("ct state %s" % _ct_states(rule.ctstate))
+    # Unlike the owner match, meta skuid/skgid never match a packet without a
+    # socket, negated or not; our owner rules sit in OUTPUT on new TCP/UDP
+    # flows, which always have one.
     if rule.uid_owner is not None:
         parts.append("meta skuid %s" % _compare(rule.uid_owner))
     if rule.gid_owner is not None:

@@ -285,6 +285,7 @@ COMBINATIONS = {
     "everything-ipv4-only": dict(EVERYTHING, families=("ipv4",)),
     "everything-ipv6-only": dict(EVERYTHING, families=("ipv6",)),
     "1000-excluded-cidrs": {"outbound_cidrs_exclude": _cidrs(500)},
+    "empty-table": {"families": ()},
 }
 
 

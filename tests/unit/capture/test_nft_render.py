@@ -294,6 +294,10 @@ def test_a_chain_only_one_family_reaches_needs_no_limits():
     assert _chain(text, "nat_X_A") == ["tcp dport 1 return"]
 
 
+def test_no_rules_is_an_empty_table():
+    assert nft.render_table("hostmesh", []) == "table inet hostmesh {\n}\n"
+
+
 def test_a_family_given_twice_is_refused():
     v4 = families(("ipv4",))[0]
     with pytest.raises(ValueError, match="twice"):
