@@ -18,6 +18,7 @@ route``) is not nftables' job and stays with the edge.
 """
 
 import ipaddress
+from collections import Counter
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
     ACCEPT,
@@ -393,6 +394,40 @@ def render_table(name: str, family_rules_list) -> str:
         body = ([header] if header else []) + lines
         blocks.append("\tchain %s {\n%s\t}\n" % (chain, "".join("\t\t%s\n" % line for line in body)))
     return "table inet %s {\n%s}\n" % (name, "\n".join(blocks))
+
+
+def table_entries(listing: str) -> list:
+    """A listing as ``"chain: line"`` entries (chain headers and rules), for diffs."""
+    entries = []
+    chain = None
+    for raw in listing.splitlines():
+        line = raw.strip()
+        if line.startswith("chain ") and line.endswith("{"):
+            chain = line[len("chain ") : -1].strip()
+            entries.append("%s:" % chain)
+        elif line == "}":
+            chain = None
+        elif line and chain is not None:
+            entries.append("%s: %s" % (chain, line))
+    return entries
+
+
+def changes(current_listing: str, desired_text: str) -> tuple:
+    """(added, removed) entries between the host's listing and ours, in their order."""
+    current = table_entries(current_listing)
+    desired = table_entries(desired_text)
+    return _minus(desired, current), _minus(current, desired)
+
+
+def _minus(entries, other):
+    left = Counter(other)
+    out = []
+    for entry in entries:
+        if left[entry]:
+            left[entry] -= 1
+        else:
+            out.append(entry)
+    return out
 
 
 # -- scripts -----------------------------------------------------------------------

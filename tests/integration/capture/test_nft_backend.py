@@ -311,6 +311,10 @@ def test_plan_restores_a_hand_edited_table(lab):
     lab.run(lab.host, ["nft", "insert", "rule", "inet", name, "mangle_HOSTMESH_OUTPUT", "counter"])
     edited = lab.listing(name)
     assert edited != text
+    added, removed = nft.changes(edited, text)
+    assert added == ["nat_HOSTMESH_OUTPUT: tcp dport 5432 return"]
+    assert removed[0].startswith("mangle_HOSTMESH_OUTPUT: counter packets ")
+    assert removed[1:] == ["nat_HOSTMESH_REDIRECT: tcp dport 9 return", "mine:"]
 
     script = nft.plan_script(name, edited, text)
     assert script

@@ -406,6 +406,26 @@ def test_scripts_name_nothing_but_our_table():
         assert "ruleset" not in script
 
 
+def test_changes_name_the_rules_added_and_removed():
+    desired = render(families(chain_prefix="ISTIO_"))
+    edited = desired.replace("tcp dport 15090 return", "tcp dport 9 return").replace(
+        "\tchain nat_ISTIO_REDIRECT {\n\t\tmeta l4proto 6 redirect to :15001\n\t}\n", ""
+    )
+    added, removed = nft.changes(edited, desired)
+    assert added == [
+        "nat_ISTIO_INBOUND: tcp dport 15090 return",
+        "nat_ISTIO_REDIRECT:",
+        "nat_ISTIO_REDIRECT: meta l4proto 6 redirect to :15001",
+    ]
+    assert removed == ["nat_ISTIO_INBOUND: tcp dport 9 return"]
+    assert nft.changes(desired, desired) == ([], [])
+    assert nft.changes("", desired)[0] == nft.table_entries(desired)
+    assert nft.changes(desired, "")[1][:2] == [
+        "nat_PREROUTING:",
+        "nat_PREROUTING: type nat hook prerouting priority -100; policy accept;",
+    ]
+
+
 def test_absent_script():
     assert nft.absent_script("istio", "") == ""
     assert nft.absent_script("istio", "  \n") == ""
