@@ -84,7 +84,7 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             json.dump(self.report, fh)
         os.replace(tmp, self.args.report)
 
-    def StreamAggregatedResources(  # noqa: N802 (generated gRPC name)
+    def StreamAggregatedResources(
         self, request_iterator: Iterator[discovery_pb2.DiscoveryRequest], context: grpc.ServicerContext
     ) -> Iterator[discovery_pb2.DiscoveryResponse]:
         with self.lock:

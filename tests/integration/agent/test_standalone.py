@@ -126,7 +126,11 @@ def test_hot_restarts_and_reloads_fail_no_request(envoy_binary, topo, workdir, s
                 5,
                 f"port {port} through Envoy",
             )
-            assert agent.metric("hostmesh_agent_config_reloads_total") == before + 1
+            wait_for(
+                lambda before=before: agent.metric("hostmesh_agent_config_reloads_total") == before + 1,
+                2,
+                "the reload to be counted",
+            )
             time.sleep(0.3)
     finally:
         result = load.finish()

@@ -90,11 +90,11 @@ def test_errors_name_key_value_and_accepted(doc, message):
 
 
 def test_unreadable_and_invalid_files_name_the_file(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read config file .*missing.json"):
+    with pytest.raises(ConfigError, match=r"cannot read config file .*missing\.json"):
         load_config(str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
-    with pytest.raises(ConfigError, match="bad.json is not valid JSON"):
+    with pytest.raises(ConfigError, match=r"bad\.json is not valid JSON"):
         load_config(str(bad))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import http.client
+import socket
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 from urllib.parse import quote
@@ -56,6 +56,32 @@ def readiness_from_stats(stats: Dict[str, int]) -> EnvoyReadiness:
     )
 
 
+def parse_response(raw: bytes, what: str) -> Tuple[int, bytes]:
+    """Status and body of a whole HTTP/1.1 response read until the server closed."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if not sep or len(parts) < 2 or not parts[1].isdigit():
+        raise AdminError(f"envoy admin {what}: malformed response")
+    headers = {k.strip().lower(): v.strip().lower() for k, _, v in (h.partition(b":") for h in lines[1:])}
+    if headers.get(b"transfer-encoding") == b"chunked":
+        body = _dechunk(body, what)
+    return int(parts[1]), body
+
+
+def _dechunk(data: bytes, what: str) -> bytes:
+    out, pos = [], 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            raise AdminError(f"envoy admin {what}: truncated chunked body")
+        size = int(data[pos:end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2 : end + 2 + size])
+        pos = end + 2 + size + 2
+
+
 class EnvoyAdmin:
     """Talks HTTP/1.1 to Envoy's admin listener (loopback only)."""
 
@@ -65,15 +91,20 @@ class EnvoyAdmin:
         self.timeout = timeout
 
     def request(self, method: str, path: str, timeout: Optional[float] = None) -> Tuple[int, bytes]:
-        conn = http.client.HTTPConnection(self.address, self.port, timeout=timeout or self.timeout)
+        """One HTTP/1.1 exchange on a fresh connection; http.client would pull in ssl and
+        email (~8 MiB of RSS) for what is a request line and a status line."""
         try:
-            conn.request(method, path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        except (OSError, http.client.HTTPException) as exc:
+            with socket.create_connection((self.address, self.port), timeout=timeout or self.timeout) as sock:
+                sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: envoy-admin\r\nConnection: close\r\n\r\n".encode())
+                chunks = []
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+        except OSError as exc:
             raise AdminError(f"envoy admin {method} {path}: {exc}") from exc
-        finally:
-            conn.close()
+        return parse_response(b"".join(chunks), f"{method} {path}")
 
     def stats(self, names: Tuple[str, ...]) -> Dict[str, int]:
         pattern = "^(" + "|".join(n.replace(".", r"\.") for n in names) + ")$"

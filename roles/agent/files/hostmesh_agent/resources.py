@@ -9,9 +9,9 @@ destination unless an upstream service matches.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
+import zlib
 from typing import Any, Dict, List, Tuple
 
 from hostmesh_agent.bootstrap import socket_address
@@ -248,8 +248,7 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
 
 
 def _version(resources: List[Json], extra: str = "") -> str:
-    digest = hashlib.sha256((json.dumps(resources, sort_keys=True) + extra).encode())
-    return digest.hexdigest()[:16]
+    return f"{zlib.crc32((json.dumps(resources, sort_keys=True) + extra).encode()):08x}"
 
 
 def _response(type_url: str, resources: List[Json], extra: str = "") -> Json:
@@ -257,17 +256,17 @@ def _response(type_url: str, resources: List[Json], extra: str = "") -> Json:
 
 
 def render_dynamic(cfg: Config, run_dir: RunDir, tls_fingerprint: str = "") -> Dict[str, Json]:
-    """Every watched file's content, keyed by its path.
+    """Every watched file's content, keyed by its path, in the order to write them.
+
+    Secrets, then clusters, then listeners: a listener never names a cluster or a
+    secret Envoy has not been given yet.
 
     Each file's version is a digest of its own resources, so a file changes (and
     Envoy reloads it) only when what it describes changes. ``tls_fingerprint``
     digests the certificate files' contents: a rotated certificate changes the
     SDS files' version, which makes Envoy read the certificate files again.
     """
-    files = {
-        run_dir.lds: _response(LISTENER_TYPE, [_inbound_listener(cfg, run_dir), _outbound_listener(cfg)]),
-        run_dir.cds: _response(CLUSTER_TYPE, _clusters(cfg, run_dir)),
-    }
+    files: Dict[str, Json] = {}
     if cfg.tls.configured:
         cert = {
             "name": CERT_SECRET,
@@ -276,12 +275,11 @@ def render_dynamic(cfg: Config, run_dir: RunDir, tls_fingerprint: str = "") -> D
                 "private_key": {"filename": cfg.tls.key_file},
             },
         }
-        ca = {
-            "name": CA_SECRET,
-            "validation_context": {"trusted_ca": {"filename": cfg.tls.ca_file}},
-        }
+        ca = {"name": CA_SECRET, "validation_context": {"trusted_ca": {"filename": cfg.tls.ca_file}}}
         files[run_dir.sds_default] = _response(SECRET_TYPE, [cert], tls_fingerprint)
         files[run_dir.sds_rootca] = _response(SECRET_TYPE, [ca], tls_fingerprint)
+    files[run_dir.cds] = _response(CLUSTER_TYPE, _clusters(cfg, run_dir))
+    files[run_dir.lds] = _response(LISTENER_TYPE, [_inbound_listener(cfg, run_dir), _outbound_listener(cfg)])
     return files
 
 
