@@ -69,6 +69,25 @@ BASE_CHAINS = {
 }
 
 
+# Words nft's parser takes as keywords where a table name is expected (nft
+# 1.0.6, plus ones later releases made keywords); a table cannot carry them.
+_KEYWORD_TEXT = (
+    "accept add ah all and arp bridge cgroup chain comment comp constant continue counter "
+    "cpu create ct day dccp define delete describe destroy device devices dnat drop dst "
+    "dup dynamic ecn element elements eq esp ether exists expires export exthdr fib flags "
+    "flow flowtable flush frag fwd ge geneve get goto gre gretap gt handle hbh hook hour "
+    "ibriport ibrname icmp icmpv6 igmp iif iifgroup iifname iiftype import include index "
+    "inet insert interval ip ip6 ipsec jhash jump last le limit list log lshift lt map "
+    "mark masquerade meta meter mh missing monitor ne netdev nftrace not notrack numgen "
+    "obriport obrname offload oif oifgroup oifname oiftype or osf pkttype policy position "
+    "priority queue quota random redefine redirect reject rename replace reset return "
+    "rshift rt rt0 rt2 rtclassid rule ruleset sctp secmark set size skgid skuid snat "
+    "socket srh symhash synproxy table tcp th time timeout tproxy tunnel type typeof udp "
+    "udplite undefine update vlan vmap vni vxlan xor xt "
+)
+_NFT_KEYWORDS = frozenset(_KEYWORD_TEXT.split())
+
+
 class NftError(RuntimeError):
     """nft failed for a reason other than our table being absent."""
 
@@ -78,6 +97,11 @@ def table_name(chain_prefix: str) -> str:
     name = chain_prefix.rstrip("_").lower()
     if not name or not (name[0].isalpha() and name.replace("_", "").isalnum() and name.isascii()):
         raise ValueError("chain_prefix %r gives no usable nftables table name" % chain_prefix)
+    if name in _NFT_KEYWORDS:
+        raise ValueError(
+            "chain_prefix %r would name the nftables table %r, which nft reads as a keyword; "
+            "pick another prefix (e.g. HOSTMESH_)" % (chain_prefix, name)
+        )
     return name
 
 

@@ -299,6 +299,15 @@ def test_nft_lists_exactly_what_we_render(lab, params):
     assert nft.plan_script(name, listing, text) == ""
 
 
+@pytest.mark.parametrize("prefix", ["HOSTMESH_", "Mesh2_", "NAT_", "FILTER_", "A_B_", "SIDECAR_"])
+def test_table_names_from_prefixes_load(lab, prefix):
+    name, text = desired(chain_prefix=prefix)
+    lab.nft_apply(nft.plan_script(name, "", text))
+    assert lab.listing(name) == text
+    lab.nft_apply(nft.absent_script(name, text))
+    assert lab.listing(name) == ""
+
+
 def test_plan_restores_a_hand_edited_table(lab):
     name, text = desired(**EVERYTHING)
     lab.nft_apply(nft.plan_script(name, "", text))

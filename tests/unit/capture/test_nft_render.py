@@ -333,6 +333,14 @@ def test_a_family_given_twice_is_refused():
             ],
         ),
         (
+            rule(TPROXY, {"on_port": 15006, "on_ip": "fd00::1", "mark": 1}, proto="tcp", dst="fd00::1/128"),
+            "ipv6",
+            [
+                "ip6 daddr fd00::1 meta l4proto 6 tproxy ip6 to [fd00::1]:15006 meta mark set 0x00000001 accept",
+                "ip6 daddr fd00::1 meta l4proto 6 drop",
+            ],
+        ),
+        (
             rule(TPROXY, {"on_port": 15006, "on_ip": "::", "mark": 1}, proto="tcp"),
             "ipv6",
             [
@@ -361,7 +369,7 @@ def test_table_name(prefix, name):
     assert nft.table_name(prefix) == name
 
 
-@pytest.mark.parametrize("prefix", ["_", "", "9X_", "MÉSH_"])
+@pytest.mark.parametrize("prefix", ["_", "", "9X_", "MÉSH_", "IP_", "TPROXY_", "REDIRECT_", "Meta_"])
 def test_table_name_refuses_unusable_prefixes(prefix):
     with pytest.raises(ValueError, match="chain_prefix"):
         nft.table_name(prefix)
