@@ -280,27 +280,39 @@ def envoy_pids(base_id: int) -> List[int]:
     return pids
 
 
+def _openssl(*args: str) -> None:
+    run("openssl", *args)
+
+
+def make_ca(directory: Path) -> Dict[str, str]:
+    files = {"ca": str(directory / "ca.pem"), "ca-key": str(directory / "ca-key.pem")}
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", files["ca-key"], "-out", files["ca"], "-days", "2", "-subj", "/O=hostmesh test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")  # fmt: skip
+    for path in files.values():
+        os.chmod(path, 0o644)
+    return files
+
+
+def issue_cert(directory: Path, ca: Dict[str, str], name: str, san: str) -> Tuple[str, str]:
+    """A leaf certificate and key signed by the test CA; ``san`` like ``URI:spiffe://...``."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    ext, csr = directory / f"{name}.ext", directory / f"{name}.csr"
+    ext.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(csr), "-subj", f"/O=hostmesh test {name}")  # fmt: skip
+    _openssl("x509", "-req", "-in", str(csr), "-CA", ca["ca"], "-CAkey", ca["ca-key"],
+             "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
+    os.chmod(cert, 0o644)
+    os.chmod(key, 0o644)  # test keys; the agent runs as the proxy user
+    return str(cert), str(key)
+
+
 def make_pki(directory: Path, client_spiffe: str, server_dns: str) -> Dict[str, str]:
     """A test CA, a server certificate for ``server_dns`` and a client one for a SPIFFE ID."""
-    d = directory
-    files = {n: str(d / f"{n}.pem") for n in ("ca", "ca-key", "server", "server-key", "client", "client-key")}
-
-    def openssl(*args: str) -> None:
-        run("openssl", *args)
-
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", files["ca-key"], "-out", files["ca"], "-days", "2", "-subj", "/O=hostmesh test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")  # fmt: skip
-    for name, san in (("server", f"DNS:{server_dns}"), ("client", f"URI:{client_spiffe}")):
-        ext = d / f"{name}.ext"
-        ext.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n")
-        csr = d / f"{name}.csr"
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", files[f"{name}-key"], "-out", str(csr), "-subj", f"/O=hostmesh test {name}")  # fmt: skip
-        openssl("x509", "-req", "-in", str(csr), "-CA", files["ca"], "-CAkey", files["ca-key"],
-                "-CAcreateserial", "-out", files[name], "-days", "2", "-extfile", str(ext))  # fmt: skip
-    for path in files.values():
-        os.chmod(path, 0o644)  # test keys; the agent runs as the proxy user
+    files = make_ca(directory)
+    files["server"], files["server-key"] = issue_cert(directory, files, "server", f"DNS:{server_dns}")
+    files["client"], files["client-key"] = issue_cert(directory, files, "client", f"URI:{client_spiffe}")
     return files
 
 

@@ -10,6 +10,7 @@ ssl and email (about 8 MiB of RSS) to answer two GETs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socketserver
 import threading
@@ -107,9 +108,7 @@ class StatusServer:
                     return
                 if head.startswith(b"HEAD "):
                     reply = reply.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-                try:
+                with contextlib.suppress(OSError):
                     self.wfile.write(reply)
-                except OSError:
-                    pass
 
         return Handler
