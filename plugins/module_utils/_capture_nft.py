@@ -36,6 +36,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model im
     TPROXY,
     negated,
 )
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
 
 # How we read our table back: numeric everything (protocols, ct states,
 # priorities), so the text does not depend on /etc/protocols, /etc/services
@@ -97,12 +98,23 @@ def table_name(chain_prefix: str) -> str:
     name = chain_prefix.rstrip("_").lower()
     if not name or not (name[0].isalpha() and name.replace("_", "").isalnum() and name.isascii()):
         raise ValueError("chain_prefix %r gives no usable nftables table name" % chain_prefix)
-    if name in _NFT_KEYWORDS:
-        raise ValueError(
-            "chain_prefix %r would name the nftables table %r, which nft reads as a keyword; "
-            "pick another prefix (e.g. HOSTMESH_)" % (chain_prefix, name)
-        )
     return name
+
+
+def check_chain_prefix(chain_prefix: str) -> None:
+    """Refuse a prefix whose table name nft would read as a keyword (``IP_``, ``TPROXY_``).
+
+    For option validation with ``backend: nftables``, before the host is touched;
+    nft itself would only answer with a syntax error.
+    """
+    name = table_name(chain_prefix)
+    if name in _NFT_KEYWORDS:
+        raise CaptureOptionError(
+            "chain_prefix",
+            chain_prefix,
+            "with backend nftables it names the table %r, which nft reads as a keyword; "
+            "pick another prefix such as HOSTMESH_" % name,
+        )
 
 
 def chain_name(table: str, chain: str) -> str:
