@@ -113,7 +113,9 @@ def ask(host, port, flags):
 
 
 def sh(argv, check=True, **kwargs):
-    return subprocess.run(argv, check=check, capture_output=True, text=True, **kwargs)
+    # nft's messages in English, as the module reads them.
+    env = dict(os.environ, LC_ALL="C")
+    return subprocess.run(argv, check=check, capture_output=True, text=True, env=env, **kwargs)
 
 
 class NftLab:
