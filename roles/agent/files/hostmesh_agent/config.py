@@ -397,18 +397,16 @@ def _services(key: str, value: Any, checks: Checks, build: Callable[..., Any]) -
 
 def _inbound(key: str, value: Any) -> InboundConfig:
     checks: Checks = {
+        **_SECTIONS["inbound"],
         "services": lambda k, v: _services(k, v, _INBOUND_SERVICE, InboundService),
-        "passthrough": _bool,
-        "app_address": _ip,
-        "source_address": _ip,
     }
     return InboundConfig(**_object(key, value, checks))
 
 
 def _outbound(key: str, value: Any) -> OutboundConfig:
     checks: Checks = {
+        **_SECTIONS["outbound"],
         "services": lambda k, v: _services(k, v, _OUTBOUND_SERVICE, OutboundService),
-        "passthrough": _bool,
     }
     parsed = OutboundConfig(**_object(key, value, checks))
     for i, svc in enumerate(parsed.services):
@@ -433,6 +431,35 @@ _TOP: Checks = {
     "outbound": _outbound,
     "xds": lambda k, v: XdsConfig(**_object(k, v, _XDS)),
 }
+
+
+_SECTIONS: Dict[str, Checks] = {
+    "node": _NODE,
+    "envoy": _ENVOY,
+    "ports": _PORTS,
+    "listen": _LISTEN,
+    "supervise": _SUPERVISE,
+    "tls": _TLS,
+    "inbound": {"services": _INBOUND_SERVICE, "passthrough": _bool, "app_address": _ip, "source_address": _ip},
+    "outbound": {"services": _OUTBOUND_SERVICE, "passthrough": _bool},
+    "xds": _XDS,
+}
+
+
+def all_keys() -> List[str]:
+    """Every accepted key, dotted (``inbound.services[].port``); docs must list each one."""
+    keys = []
+    for top in _TOP:
+        section = _SECTIONS.get(top)
+        if section is None:
+            keys.append(top)
+            continue
+        for key, check in section.items():
+            if isinstance(check, dict):
+                keys += [f"{top}.{key}[].{sub}" for sub in check]
+            else:
+                keys.append(f"{top}.{key}")
+    return keys
 
 
 def parse_config(data: Any, run_dir: Optional[str] = None) -> Config:
