@@ -284,7 +284,7 @@ def _reachable(family_rules):
     """Our chains that packets of this family can reach from a base chain."""
     graph = _family_chains(family_rules)
     seen = set()
-    todo = [key for key in family_rules.jumps]
+    todo = list(family_rules.jumps)
     while todo:
         table, chain = todo.pop()
         for rule in graph.get((table, chain), ()):
@@ -313,14 +313,14 @@ def _merge(sequences):
     """
     families = [family for family in FAMILIES if family in sequences]
     if len(families) == 1:
-        return [((families[0],), item) for _, item in sequences[families[0]]]
+        return [((families[0],), pair[1]) for pair in sequences[families[0]]]
     first, second = (sequences[family] for family in families)
-    anchors = _common_anchors([key for key, _ in first], [key for key, _ in second])
+    anchors = _common_anchors([pair[0] for pair in first], [pair[0] for pair in second])
     merged = []
     i = j = 0
     for a, b in [*anchors, (len(first), len(second))]:
-        merged += [((families[0],), item) for _, item in first[i:a]]
-        merged += [((families[1],), item) for _, item in second[j:b]]
+        merged += [((families[0],), pair[1]) for pair in first[i:a]]
+        merged += [((families[1],), pair[1]) for pair in second[j:b]]
         if a < len(first):
             merged.append((tuple(families), first[a][1]))
         i, j = a + 1, b + 1
@@ -352,7 +352,7 @@ def _lcs(left, right):
     lkeys = [(i, key) for i, key in enumerate(left) if key is not None]
     rkeys = [(j, key) for j, key in enumerate(right) if key is not None]
     rows, cols = len(lkeys), len(rkeys)
-    table = [[0] * (cols + 1) for _ in range(rows + 1)]
+    table = [[0] * (cols + 1) for row in range(rows + 1)]
     for r in range(rows - 1, -1, -1):
         for c in range(cols - 1, -1, -1):
             if lkeys[r][1] == rkeys[c][1]:

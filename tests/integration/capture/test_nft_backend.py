@@ -227,7 +227,7 @@ def lab(tmp_path):
 
 def desired(families=("ipv4", "ipv6"), **params):
     """(table name, rendered table) for these options."""
-    opts, _ = parse_options(params)
+    opts = parse_options(params)[0]
     rules = []
     for family in families:
         servers = [ns for ns in NAMESERVERS if (":" in ns) == (family == "ipv6")]
@@ -337,7 +337,7 @@ def test_plan_restores_a_hand_edited_table(lab):
 def test_a_failing_script_changes_nothing(lab):
     name, text = desired(chain_prefix="ISTIO_")
     lab.nft_apply(nft.plan_script(name, "", text))
-    _, other = desired(chain_prefix="ISTIO_", mode="tproxy")
+    other = desired(chain_prefix="ISTIO_", mode="tproxy")[1]
     before = lab.ruleset()
     # The replacement fails late (a jump to a chain that does not exist).
     broken = nft.plan_script(name, text, other).replace("jump mangle_ISTIO_TPROXY", "jump mangle_NOWHERE")
@@ -369,7 +369,7 @@ def test_apply_and_absent_leave_other_tables_alone(lab):
     assert lab.ruleset(numeric=True).replace(text, "") == numeric_before
 
     # A changed configuration replaces our table and only ours.
-    _, seed = desired()
+    seed = desired()[1]
     lab.nft_apply(nft.plan_script(name, lab.listing(name), seed))
     assert lab.ruleset(numeric=True).replace(seed, "") == numeric_before
 
@@ -459,7 +459,7 @@ def test_dns_redirect_with_real_packets(lab):
     lab.serve(lab.peer, "resolver", 53, "--udp")
     lab.serve(lab.host, "dns-proxy", 15053, "--udp", "--loopback", uid=PROXY_ID)
     servers = {"ipv4": [PEER_V4], "ipv6": [PEER_V6]}
-    opts, _ = parse_options({"dns_redirect": True})
+    opts = parse_options({"dns_redirect": True})[0]
     name = nft.table_name(opts.chain_prefix)
     text = nft.render_table(name, [build_family(opts, family, servers[family]) for family in ("ipv4", "ipv6")])
     lab.nft_apply(nft.plan_script(name, "", text))

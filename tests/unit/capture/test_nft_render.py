@@ -23,7 +23,7 @@ NAMESERVERS = {"ipv4": ("10.0.0.53",), "ipv6": ("fd00::53",)}
 
 
 def families(families=("ipv4", "ipv6"), **params):
-    opts, _ = parse_options(params)
+    opts = parse_options(params)[0]
     return [build_family(opts, family, NAMESERVERS[family]) for family in families]
 
 
@@ -256,11 +256,12 @@ def test_one_family_limits_the_hook_jumps_and_nothing_else(family, number, other
 
 def test_each_family_sees_exactly_its_own_rules_in_order():
     """Projecting the merged table onto one family gives that family's table alone."""
-    params = dict(TPROXY_DNS_PARAMS, mode="redirect", proxy_uid=[1337, 0], inbound_ports=["*"])
+    params = {**TPROXY_DNS_PARAMS, "mode": "redirect", "proxy_uid": [1337, 0], "inbound_ports": ["*"]}
     both = nft.table_lines(families(**params))
     for index, family in enumerate(("ipv4", "ipv6")):
         alone = nft.table_lines([families(**params)[index]])
-        for chain, (_, lines) in alone.items():
+        for chain, (header, lines) in alone.items():
+            assert both[chain][0] == header
             assert _project(both[chain][1], family) == _project(lines, family), (family, chain)
 
 
