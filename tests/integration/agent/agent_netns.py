@@ -128,7 +128,7 @@ class Topology:
         self._veth = (f"hmh{tag}", f"hmp{tag}")
         self._procs: List[subprocess.Popen] = []
 
-    def up(self, capture: bool = True) -> None:
+    def up(self, capture: bool = True, capture_peer: bool = False) -> None:
         h, p = self._veth
         run("ip", "netns", "add", self.host)
         run("ip", "netns", "add", self.peer)
@@ -137,18 +137,19 @@ class Topology:
             run("ip", "-n", ns, "link", "set", "lo", "up")
             run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
             run("ip", "-n", ns, "link", "set", dev, "up")
-        if capture:
-            rules = (HERE / "capture_rules.txt").read_text()
-            run("ip", "netns", "exec", self.host, "iptables-restore", "--noflush", input_text=rules)
+        rules = (HERE / "capture_rules.txt").read_text()
+        for ns, wanted in ((self.host, capture), (self.peer, capture_peer)):
+            if wanted:
+                run("ip", "netns", "exec", ns, "iptables-restore", "--noflush", input_text=rules)
 
     def spawn(self, ns: str, *cmd: str, **kw: Any) -> subprocess.Popen:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
         self._procs.append(proc)
         return proc
 
-    def start_app(self, *ports: int) -> None:
+    def start_app(self, *ports: int, ns: str = "") -> None:
         proc = self.spawn(
-            self.host,
+            ns or self.host,
             sys.executable,
             str(HERE / "app_server.py"),
             *map(str, ports),
@@ -194,8 +195,11 @@ class LoadClient:
 class AgentProcess:
     """hostmesh-agent run as the proxy user inside the host namespace."""
 
-    def __init__(self, topo: Topology, workdir: Path, config: Dict[str, Any], env: Dict[str, str]):
+    def __init__(
+        self, topo: Topology, workdir: Path, config: Dict[str, Any], env: Dict[str, str], ns: str = ""
+    ) -> None:
         self.topo = topo
+        self.ns = ns or topo.host
         self.workdir = workdir
         self.config_path = workdir / "agent.json"
         self.log_path = workdir / "agent.log"
@@ -208,7 +212,7 @@ class AgentProcess:
             host_python(), "-S", "-m", "hostmesh_agent", "run",
             "--config", str(self.config_path), "--log-level", "debug",
         ]  # fmt: skip
-        self.proc = topo.spawn(topo.host, *cmd, stdout=self._log, stderr=self._log)
+        self.proc = topo.spawn(self.ns, *cmd, stdout=self._log, stderr=self._log)
         self.started_at = time.monotonic()
 
     def write_config(self, config: Dict[str, Any]) -> None:
@@ -229,7 +233,7 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace")
 
     def status(self, path: str) -> Tuple[int, str]:
-        return try_get(self.topo.host, "127.0.0.1", 15020, path)
+        return try_get(self.ns, "127.0.0.1", 15020, path)
 
     def ready(self) -> bool:
         return self.status("/healthz/ready")[0] == 200

@@ -19,12 +19,25 @@ def envoy_binary() -> str:
     return find_envoy()
 
 
-@pytest.fixture
-def workdir() -> Any:
+def make_workdir() -> Path:
+    """A directory the proxy user can traverse, with a run dir it owns."""
     path = Path(tempfile.mkdtemp(prefix="hm-agt-"))
     os.chmod(path, 0o755)
     (path / "run").mkdir()
     os.chown(path / "run", PROXY_UID, PROXY_UID)
+    return path
+
+
+@pytest.fixture
+def workdir() -> Any:
+    path = make_workdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def peer_workdir() -> Any:
+    path = make_workdir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -43,8 +56,10 @@ def topo() -> Any:
 def start_agent(topo: Topology, workdir: Path) -> Any:
     started: List[AgentProcess] = []
 
-    def start(config: Dict[str, Any], env: Optional[Dict[str, str]] = None) -> AgentProcess:
-        agent = AgentProcess(topo, workdir, config, env or {})
+    def start(
+        config: Dict[str, Any], env: Optional[Dict[str, str]] = None, ns: str = "", where: Optional[Path] = None
+    ) -> AgentProcess:
+        agent = AgentProcess(topo, where or workdir, config, env or {}, ns)
         started.append(agent)
         return agent
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -128,3 +132,68 @@ def test_outbound_is_captured_and_passed_through_to_original_destination(envoy_b
     code, body = try_get(topo.host, PEER_IP, 9000)
     assert (code, body.split()) == (200, ["9000", HOST_IP])
     assert outbound_connections() == before + 1
+
+
+@pytest.fixture
+def topo_both_captured(topo):
+    rules = (HERE / "capture_rules.txt").read_text()
+    subprocess.run(
+        ["ip", "netns", "exec", topo.peer, "iptables-restore", "--noflush"], input=rules, text=True, check=True
+    )
+    return topo
+
+
+def test_sidecar_to_sidecar_mtls_with_spiffe_ids(envoy_binary, topo_both_captured, workdir, peer_workdir, start_agent):
+    """Host app -> host sidecar (15001, mTLS origination) -> peer sidecar (15006, mTLS) -> peer app."""
+    topo = topo_both_captured
+    topo.start_app(9000, ns=topo.peer)
+    ca = make_ca(workdir)
+    web_cert, web_key = issue_cert(workdir, ca, "web", f"URI:{WEB_ID}")
+    peer_cert, peer_key = issue_cert(workdir, ca, "peer", f"URI:{PEER_ID}")
+    host_cfg = agent_config(
+        envoy_binary,
+        workdir,
+        tls={"cert_file": web_cert, "key_file": web_key, "ca_file": ca["ca"]},
+        outbound={
+            "services": [
+                {
+                    "name": "peer-web",
+                    "port": 9000,
+                    "endpoints": [f"{PEER_IP}:9000"],
+                    "tls": True,
+                    "spiffe_ids": [PEER_ID],
+                }
+            ]
+        },
+    )
+    peer_cfg = agent_config(
+        envoy_binary,
+        peer_workdir,
+        node={"name": "peer-1", "namespace": "demo", "ip": PEER_IP, "service_account": "peer"},
+        tls={"cert_file": peer_cert, "key_file": peer_key, "ca_file": ca["ca"]},
+        inbound={"services": [{"name": "peer-web", "port": 9000, "tls": True, "allowed_spiffe_ids": [WEB_ID]}]},
+    )
+    host_agent = start_agent(host_cfg)
+    peer_agent = start_agent(peer_cfg, ns=topo.peer, where=peer_workdir)
+    host_agent.wait_ready()
+    peer_agent.wait_ready()
+
+    # A plain-text call from a host process; the sidecars add mTLS on the wire.
+    code, body = try_get(topo.host, PEER_IP, 9000)
+    assert (code, body.split()) == (200, ["9000", "127.0.0.6"])
+
+    def stat(ns: str, name: str) -> int:
+        code, text = try_get(ns, "127.0.0.1", 15000, f"/stats?filter=^{re.escape(name)}$")
+        assert code == 200 and ":" in text, text
+        return int(text.split(":")[1])
+
+    assert stat(topo.host, "cluster.outbound|9000||peer-web.ssl.handshake") >= 1
+    assert stat(topo.peer, "listener.inbound.ssl.handshake") >= 1
+
+    # A peer that expects another identity refuses the host's certificate.
+    strict = json.loads(peer_agent.config_path.read_text())
+    strict["inbound"]["services"][0]["allowed_spiffe_ids"] = ["spiffe://cluster.local/ns/demo/sa/someone-else"]
+    peer_agent.write_config(strict)
+    peer_agent.signal(signal.SIGHUP)
+    wait_for(lambda: try_get(topo.host, PEER_IP, 9000)[0] != 200, 5, "the peer to refuse the host's identity")
+    assert peer_agent.metric("hostmesh_agent_epoch") == 0

@@ -354,7 +354,8 @@ class Agent:
                 log.warning("envoy epoch %d is no longer ready", self.current.epoch)
                 self.ready = False
                 self.backoff.unhealthy()
-            if now > self._ready_deadline and not self.ready:
+                self._ready_deadline = now + self.cfg.supervise.ready_timeout_s
+            if now > self._ready_deadline and (not self.ready or self._hot_restart_in_flight):
                 log.error(
                     "envoy epoch %d not ready after %.0fs; restarting it",
                     self.current.epoch,
