@@ -36,7 +36,6 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model im
     TPROXY,
     negated,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
 
 # How we read our table back: numeric everything (protocols, ct states,
 # priorities), so the text does not depend on /etc/protocols, /etc/services
@@ -101,20 +100,20 @@ def table_name(chain_prefix: str) -> str:
     return name
 
 
-def check_chain_prefix(chain_prefix: str) -> None:
-    """Refuse a prefix whose table name nft would read as a keyword (``IP_``, ``TPROXY_``).
+def table_name_problem(chain_prefix: str) -> str:
+    """Why nft could not hold the table for this prefix, or "" when it can.
 
-    For option validation with ``backend: nftables``, before the host is touched;
-    nft itself would only answer with a syntax error.
+    For option validation with ``backend: nftables`` (raise it as the
+    chain_prefix error, before the host is touched): nft itself would only
+    answer with a syntax error. ``IP_`` or ``TPROXY_`` name nft keywords.
     """
     name = table_name(chain_prefix)
     if name in _NFT_KEYWORDS:
-        raise CaptureOptionError(
-            "chain_prefix",
-            chain_prefix,
+        return (
             "with backend nftables it names the table %r, which nft reads as a keyword; "
-            "pick another prefix such as HOSTMESH_" % name,
+            "pick another prefix such as HOSTMESH_" % name
         )
+    return ""
 
 
 def chain_name(table: str, chain: str) -> str:
