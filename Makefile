@@ -53,12 +53,17 @@ ruff: venv
 ansible-lint: venv collection
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --profile production --offline
 
-# ansible-test must run from inside an ansible_collections/<ns>/<name> tree.
+# ansible-test must run from inside an ansible_collections/<ns>/<name> tree
+# (outside any hidden directory). Its sanity venvs bootstrap pip with a script
+# it downloads from its own site; ours does the same from ensurepip and PyPI.
+ANSIBLE_TEST_PIP := $(HOME)/.ansible/test/cache/get_pip_24_2.py
 sanity: venv
-	rm -rf $(BUILD)/sanity && mkdir -p $(BUILD)/sanity/ansible_collections/hostmesh/sidecar
-	git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $(BUILD)/sanity/ansible_collections/hostmesh/sidecar/
-	cd $(BUILD)/sanity/ansible_collections/hostmesh/sidecar && \
-	  PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --color no
+	mkdir -p $(dir $(ANSIBLE_TEST_PIP))
+	cmp -s tests/sanity/pip_bootstrap.py $(ANSIBLE_TEST_PIP) || cp tests/sanity/pip_bootstrap.py $(ANSIBLE_TEST_PIP)
+	tree=$$(mktemp -d); trap 'rm -rf "$$tree"' EXIT; \
+	dest=$$tree/ansible_collections/hostmesh/sidecar; mkdir -p $$dest; \
+	git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $$dest/; \
+	cd $$dest && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/ansible-test sanity --local --python 3.11 --requirements --color no
 
 unit: deps
 	$(BIN)/pytest -q tests/unit

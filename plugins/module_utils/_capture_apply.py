@@ -1,5 +1,6 @@
 # Copyright: contributors to hostmesh.sidecar
-# Apache License 2.0
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """What should be, what is, and the change between them, applied all-or-nothing.
 
 ``plan_capture`` reads the host through HostCommands and returns a CapturePlan:
@@ -51,7 +52,7 @@ def explain_failure(error, options):
         if ("`%s'" % word in text or "'%s'" % word in text or "%s " % word in text) and (
             "load" in text or "not supported" in text or "No such file" in text or "Could not" in text
         ):
-            value = getattr(options, option.split("/")[0], None)
+            value = getattr(options, option.split("/", 1)[0], None)
             return "%s: %r needs %s, which this host does not provide (%s)" % (
                 option,
                 value,

@@ -1,5 +1,6 @@
 # Copyright: contributors to hostmesh.sidecar
-# Apache License 2.0
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Every external command traffic_capture runs, in one place.
 
 ``HostCommands`` wraps a ``run_command(argv, data=None) -> (rc, out, err)``
@@ -71,7 +72,7 @@ class HostCommands:
     def iptables_variant_of(self, path):
         key = ("variant", path)
         if key not in self._cache:
-            _, out, err = self._run([path, "--version"], check=False)
+            _rc, out, err = self._run([path, "--version"], check=False)
             text = out + err
             self._cache[key] = next((v for v, tag in _VERSION_TAG.items() if "(%s)" % tag in text), None)
         return self._cache[key]
@@ -103,7 +104,7 @@ class HostCommands:
         if variant != "iptables-nft" or not self.nft_available():
             return
         name = "%s %s" % ("ip" if family == IPV4 else "ip6", table)
-        rc, out, _ = self._run([self.binary("nft"), "list", "table", *name.split()], check=False)
+        rc, out, _err = self._run([self.binary("nft"), "list", "table", *name.split()], check=False)
         if rc != 0:
             return
         chains, empty, current = [], [], None
@@ -157,7 +158,7 @@ class HostCommands:
 
     def ip_routes(self, family, table):
         """Our route if present: ``local default dev lo`` in ``table``."""
-        rc, out, _ = self._run([*self._ip(family), "route", "show", "table", str(table)], check=False)
+        rc, out, _err = self._run([*self._ip(family), "route", "show", "table", str(table)], check=False)
         if rc != 0:
             return []
         return [

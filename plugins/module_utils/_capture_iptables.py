@@ -1,5 +1,6 @@
 # Copyright: contributors to hostmesh.sidecar
-# Apache License 2.0
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """iptables-save / iptables-restore text: render ours, read the host's, plan the change.
 
 Rules are rendered in the canonical form ``iptables-save`` prints, so the
@@ -154,7 +155,7 @@ def parse_save(text, prefix):
             continue
         if not line.startswith("-A "):
             continue
-        _, chain, spec = line.split(" ", 2)
+        chain, spec = line.split(" ", 2)[1:]
         if chain.startswith(prefix):
             state = tables.setdefault(table, TableState())
             state.chains[chain] = (*state.chains.get(chain, ()), spec)

@@ -1,5 +1,6 @@
 # Copyright: contributors to hostmesh.sidecar
-# Apache License 2.0
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The interception rules as plain data.
 
 The rule builder produces these values from the module's options; renderers
@@ -100,7 +101,7 @@ class FamilyRules(namedtuple("FamilyRules", ("family", "chains", "jumps", "ip_ru
     __slots__ = ()
 
     def tables(self):
-        used = {table for table, _ in self.chains} | {table for table, _ in self.jumps}
+        used = {key[0] for key in self.chains} | {key[0] for key in self.jumps}
         return [table for table in TABLES if table in used]
 
     def is_empty(self):

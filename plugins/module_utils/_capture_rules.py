@@ -1,5 +1,6 @@
 # Copyright: contributors to hostmesh.sidecar
-# Apache License 2.0
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Turn validated options into the rule set for one address family.
 
 Pure: the same options give the same rules. The layout follows istio-iptables

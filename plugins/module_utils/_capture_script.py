@@ -1,5 +1,6 @@
 # Copyright: contributors to hostmesh.sidecar
-# Apache License 2.0
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The rules file: a POSIX shell script that puts capture back, or lifts it.
 
 A boot-time unit runs ``sh FILE apply`` (the default) to restore exactly what

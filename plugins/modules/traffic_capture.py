@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: contributors to hostmesh.sidecar
-# Apache License 2.0
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 DOCUMENTATION = r"""
 ---
@@ -26,7 +27,7 @@ description:
   - With O(chain_prefix=ISTIO_) and Istio's defaults, C(iptables -t nat -S)
     reads exactly as a pod's does.
 author:
-  - hostmesh.sidecar contributors
+  - hostmesh.sidecar maintainers (@hostmesh)
 options:
   state:
     description:
@@ -182,6 +183,7 @@ attributes:
     support: full
     description: Shows our rules before and after, per backend and family.
   platform:
+    support: full
     platforms: posix
     description: Linux with iptables (nft or legacy) or nft, and iproute2.
 notes:
@@ -290,8 +292,8 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options 
 ARGUMENT_SPEC = {
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
     "mode": {"type": "str", "choices": ["redirect", "tproxy"], "default": "redirect"},
-    "proxy_port": {"type": "raw", "default": 15001},
-    "inbound_capture_port": {"type": "raw", "default": 15006},
+    "proxy_port": {"type": "int", "default": 15001},
+    "inbound_capture_port": {"type": "int", "default": 15006},
     "proxy_uid": {"type": "list", "elements": "raw", "default": [1337]},
     "proxy_gid": {"type": "list", "elements": "raw", "default": [1337]},
     "inbound_ports": {"type": "list", "elements": "raw", "default": ["*"]},
@@ -304,17 +306,17 @@ ARGUMENT_SPEC = {
     "ip_families": {"type": "raw", "default": "auto"},
     "dns_redirect": {"type": "bool", "default": False},
     "dns_capture_all": {"type": "bool", "default": False},
-    "dns_port": {"type": "raw", "default": 15053},
+    "dns_port": {"type": "int", "default": 15053},
     "drop_invalid": {"type": "bool", "default": False},
-    "tproxy_mark": {"type": "raw", "default": 1337},
-    "tproxy_route_table": {"type": "raw", "default": 133},
+    "tproxy_mark": {"type": "int", "default": 1337},
+    "tproxy_route_table": {"type": "int", "default": 133},
     "chain_prefix": {"type": "str", "default": "HOSTMESH_"},
     "backend": {
         "type": "str",
         "choices": ["auto", "iptables-nft", "iptables-legacy", "nftables"],
         "default": "auto",
     },
-    "lock_wait": {"type": "raw", "default": 30},
+    "lock_wait": {"type": "int", "default": 30},
     "rules_file": {"type": "path"},
 }
 

@@ -44,7 +44,7 @@ def serve(args):
     server.bind(("::" if args.v6 else "0.0.0.0", args.port))
     server.listen(64)
     print("ready", flush=True)
-    for _ in range(args.count):
+    for _index in range(args.count):
         conn, peer = server.accept()
         with conn:
             peer_text = ("[%s]:%d" if args.v6 else "%s:%d") % (peer[0], peer[1])
@@ -55,7 +55,7 @@ def serve(args):
 def connect(args):
     # Resolve before dropping privileges: the interpreter's files may not be
     # readable by the other user.
-    family, kind, proto, _, address = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
+    family, kind, proto, _name, address = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
     if args.gid is not None:
         os.setgid(args.gid)
     if args.uid is not None:

@@ -6,7 +6,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules im
 
 
 def options(ssh_port=None, **params):
-    opts, _ = parse_options(params, ssh_port=ssh_port)
+    opts = parse_options(params, ssh_port=ssh_port)[0]
     return opts
 
 

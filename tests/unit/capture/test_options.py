@@ -80,12 +80,12 @@ def test_defaults_match_the_product_table():
 
 
 def test_numeric_strings_and_comma_lists_are_accepted():
-    opts, _ = parse_options({"proxy_port": "15001", "inbound_ports": "80, 443", "inbound_ports_exclude": []})
+    opts = parse_options({"proxy_port": "15001", "inbound_ports": "80, 443", "inbound_ports_exclude": []})[0]
     assert opts.proxy_port == 15001 and opts.inbound_ports == (80, 443)
 
 
 def test_cidrs_are_normalised_as_iptables_prints_them():
-    opts, _ = parse_options({"outbound_cidrs_exclude": ["10.1.2.3/8", "192.0.2.1", "FD00::1/64"]})
+    opts = parse_options({"outbound_cidrs_exclude": ["10.1.2.3/8", "192.0.2.1", "FD00::1/64"]})[0]
     assert opts.outbound_cidrs_exclude == {"ipv4": ("10.0.0.0/8", "192.0.2.1/32"), "ipv6": ("fd00::/64",)}
 
 
@@ -96,7 +96,7 @@ def test_ssh_port_added_to_excludes_with_a_warning():
 
 
 def test_ssh_port_already_excluded_gives_no_warning():
-    _, warnings = parse_options({}, ssh_port=22)
+    warnings = parse_options({}, ssh_port=22)[1]
     assert warnings == []
 
 
