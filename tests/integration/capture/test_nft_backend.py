@@ -475,3 +475,64 @@ def test_dns_redirect_with_real_packets(lab):
 
     lab.nft_apply(nft.absent_script(name, lab.listing(name)))
     assert lab.connect(lab.host, PEER_V4, 53, uid=APP_UID, command="ask") == "resolver"
+
+
+def _exclusion_cases():
+    """(options, [(from, to address, port, expected answer tag)]) with real packets."""
+    app, peer = "app", "peer"
+    return {
+        "outbound-cidrs-exclude": (
+            {"outbound_cidrs_exclude": [PEER_V4 + "/32", PEER_V6 + "/128"]},
+            [(app, PEER_V4, 8080, "peer"), (app, PEER_V6, 8080, "peer")],
+        ),
+        "outbound-cidrs-v4-only": (
+            {"outbound_cidrs": ["10.232.0.0/24"]},
+            [(app, PEER_V4, 8080, "outbound"), (app, PEER_V6, 8080, "peer")],
+        ),
+        "outbound-ports-exclude": (
+            {"outbound_ports_exclude": [8080]},
+            [(app, PEER_V4, 8080, "peer"), (app, PEER_V6, 8080, "peer"), (app, PEER_V4, 8081, "outbound")],
+        ),
+        "outbound-ports-include": (
+            {"outbound_ports": [8081], "outbound_cidrs": []},
+            [(app, PEER_V4, 8081, "outbound"), (app, PEER_V6, 8081, "outbound"), (app, PEER_V4, 8080, "peer")],
+        ),
+        "inbound-ports-include": (
+            {"inbound_ports": [9000]},
+            [(peer, HOST_V4, 9000, "inbound"), (peer, HOST_V6, 9000, "inbound"), (peer, HOST_V4, 9001, "app2")],
+        ),
+        "inbound-ports-exclude": (
+            {"inbound_ports_exclude": [22, 9001]},
+            [(peer, HOST_V4, 9001, "app2"), (peer, HOST_V6, 9001, "app2"), (peer, HOST_V6, 9000, "inbound")],
+        ),
+        "exclude-interface": (
+            {"exclude_interfaces": ["VETH"]},
+            [(app, PEER_V4, 8080, "peer"), (app, PEER_V6, 8080, "peer"), (peer, HOST_V4, 9000, "app")],
+        ),
+        "several-uids": (
+            {"proxy_uid": [1337, 1500]},
+            [(1500, PEER_V4, 8080, "peer"), (1500, PEER_V6, 8080, "peer"), (app, PEER_V4, 8080, "outbound")],
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_exclusion_cases()))
+def test_include_and_exclude_options_with_real_packets(lab, case):
+    params, checks = _exclusion_cases()[case]
+    params = {key: [lab.veth[0] if v == "VETH" else v for v in value] for key, value in params.items()}
+    lab.serve(lab.host, "outbound", 15001)
+    lab.serve(lab.host, "inbound", 15006)
+    lab.serve(lab.host, "app", 9000)
+    lab.serve(lab.host, "app2", 9001)
+    lab.serve(lab.peer, "peer", 8080)
+    lab.serve(lab.peer, "peer", 8081)
+    name, text = desired(**params)
+    lab.nft_apply(nft.plan_script(name, "", text))
+    for source, address, port, tag in checks:
+        if source == "peer":
+            answer = lab.connect(lab.peer, address, port)
+        else:
+            answer = lab.connect(lab.host, address, port, uid=APP_UID if source == "app" else source)
+        assert answer.split(" ")[0] == tag, (source, address, port, answer)
+        shown = "[%s]:%d" % (address, port) if ":" in address else "%s:%d" % (address, port)
+        assert answer.endswith(" " + shown), answer
