@@ -23,7 +23,7 @@ pytestmark = pytest.mark.netns
 HOST_V4, PEER_V4 = "10.232.0.1", "10.232.0.2"
 HOST_V6, PEER_V6 = "fd00:232::1", "fd00:232::2"
 NAMESERVERS = ("10.232.0.53", "10.232.0.54", "fd00:232::53")
-APP_UID, APP_GID = 1000, 1000
+APP_UID = 1000
 PROXY_ID = 1337
 
 # A TCP/UDP endpoint that names itself and the destination the client asked for:
@@ -138,23 +138,8 @@ class NftLab:
             self._namespaces.append(ns)
             self.run(ns, ["ip", "link", "set", "lo", "up"])
         veth_h, veth_p = self.veth
-        sh(
-            [
-                "ip",
-                "link",
-                "add",
-                veth_h,
-                "netns",
-                self.host,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                veth_p,
-                "netns",
-                self.peer,
-            ]
-        )
+        pair = ["peer", "name", veth_p, "netns", self.peer]
+        sh(["ip", "link", "add", veth_h, "netns", self.host, "type", "veth", *pair])
         for ns, dev, v4, v6 in ((self.host, veth_h, HOST_V4, HOST_V6), (self.peer, veth_p, PEER_V4, PEER_V6)):
             self.run(ns, ["ip", "addr", "add", v4 + "/24", "dev", dev])
             self.run(ns, ["ip", "-6", "addr", "add", v6 + "/64", "dev", dev, "nodad"])
@@ -211,7 +196,7 @@ class NftLab:
         argv = [sys.executable, self.probe, command, address, str(port)]
         if uid is not None:
             argv += ["--uid", str(uid), "--gid", str(gid if gid is not None else uid)]
-        return self.run(ns, argv, check=False).stdout.strip()
+        return self.run(ns, argv, check=False, timeout=30).stdout.strip()
 
 
 @pytest.fixture
