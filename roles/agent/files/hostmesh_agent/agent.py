@@ -131,13 +131,19 @@ class Agent:
         except ProxyError as exc:
             log.error("%s", exc)
             return EXIT_START_FAILED
+        try:
+            self.status_server = StatusServer(
+                self.cfg.listen.status_address, self.cfg.ports.status, self.readiness, self.merged_metrics
+            )
+        except OSError as exc:
+            log.error(
+                "cannot serve status on %s:%d (config keys 'listen.status_address', 'ports.status'): %s",
+                self.cfg.listen.status_address,
+                self.cfg.ports.status,
+                exc.strerror,
+            )
+            return EXIT_START_FAILED
         self._install_signals()
-        self.status_server = StatusServer(
-            self.cfg.listen.status_address,
-            self.cfg.ports.status,
-            self.readiness,
-            self.merged_metrics,
-        )
         self.status_server.start()
         try:
             self.proxy.write_dynamic()

@@ -243,6 +243,18 @@ def render_bootstrap(cfg: Config, run_dir: RunDir, ip: str, token: Optional[str]
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "dynamic_resources": dynamic,
         "stats_config": {"use_all_default_tags": True},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": cfg.envoy.max_downstream_connections,
+                    },
+                }
+            ]
+        },
     }
 
 

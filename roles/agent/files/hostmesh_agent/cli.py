@@ -68,8 +68,6 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", required=True, help="agent config file (JSON)")
         sp.add_argument("--run-dir", help="overrides the config's run_dir")
         sp.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-        if name == "bootstrap":
-            sp.add_argument("--epoch", type=int, default=0, help="restart epoch (default 0)")
     return p
 
 
@@ -148,3 +146,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ProxyError as exc:
         print(f"hostmesh-agent: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `hostmesh-agent bootstrap ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

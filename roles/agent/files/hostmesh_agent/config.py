@@ -169,6 +169,7 @@ class EnvoyConfig:
     drain_time_s: int = 45
     parent_shutdown_time_s: int = 60
     local_address_ip_version: str = "v4"
+    max_downstream_connections: int = 100000
     extra_args: Tuple[str, ...] = ()
 
 
@@ -313,6 +314,7 @@ _ENVOY: Checks = {
     "drain_time_s": _int_range(0, 3600),
     "parent_shutdown_time_s": _int_range(1, 3600),
     "local_address_ip_version": _choice(*IP_VERSIONS),
+    "max_downstream_connections": _int_range(1, 10_000_000),
     "extra_args": _list_of(_str),
 }
 _PORTS: Checks = {name: PORT for name in (f.name for f in fields(PortsConfig))}

@@ -47,7 +47,7 @@ class AgentMetrics:
             (
                 "errors_total",
                 "counter",
-                "Errors: bad config on reload, failed starts, admin failures.",
+                "Errors: rejected config reloads, failed starts, Envoys never ready.",
                 self.errors,
             ),
             (
