@@ -194,7 +194,9 @@ def plan_capture(options, host, has_ipv6, resolvers):
                 )
 
     nft_part = None
-    if host.nft_available():
+    # A prefix that names an nft keyword cannot be our table (options refuse it
+    # for the nftables backend), so there is nothing of ours to look for.
+    if host.nft_available() and not nft.table_name_problem(options.chain_prefix):
         name = nft.table_name(options.chain_prefix)
         have = host.nft_list_table(nft.list_args(name))
         want = ""

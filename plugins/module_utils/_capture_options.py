@@ -15,6 +15,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model im
     IPV4,
     IPV6,
 )
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_nft import table_name_problem
 
 STATES = ("present", "absent")
 MODES = ("redirect", "tproxy")
@@ -326,6 +327,11 @@ def parse_options(params, ssh_port=None):
     if rules_file is not None and (not isinstance(rules_file, str) or not rules_file.startswith("/")):
         raise CaptureOptionError("rules_file", rules_file, "expected an absolute path")
 
+    backend = _choice("backend", values["backend"], BACKENDS)
+    chain_prefix = _chain_prefix(values["chain_prefix"])
+    if backend == "nftables" and table_name_problem(chain_prefix):
+        raise CaptureOptionError("chain_prefix", chain_prefix, table_name_problem(chain_prefix))
+
     options = CaptureOptions(
         state=state,
         mode=mode,
@@ -347,8 +353,8 @@ def parse_options(params, ssh_port=None):
         drop_invalid=_boolean("drop_invalid", values["drop_invalid"]),
         tproxy_mark=tproxy_mark,
         tproxy_route_table=tproxy_route_table,
-        chain_prefix=_chain_prefix(values["chain_prefix"]),
-        backend=_choice("backend", values["backend"], BACKENDS),
+        chain_prefix=chain_prefix,
+        backend=backend,
         lock_wait=lock_wait,
         rules_file=rules_file,
         ssh_port=ssh_port,

@@ -363,7 +363,9 @@ def main():
         module.warn(warning)
 
     host = HostCommands(
-        lambda argv, data=None: module.run_command(argv, data=data, binary_data=True, handle_exceptions=False),
+        lambda argv, data=None: module.run_command(
+            argv, data=data, binary_data=True, handle_exceptions=False, environ_update={"LC_ALL": "C"}
+        ),
         module.get_bin_path,
         lock_wait=options.lock_wait,
     )

@@ -24,7 +24,7 @@ def test_seed_settings_read_back_as_the_seed(lab, backend):
     assert lab.nat_listing(backend.split("-")[1]) == seed_listing()
 
 
-@pytest.mark.parametrize("backend", VARIANTS)
+@pytest.mark.parametrize("backend", [*VARIANTS, "nftables"])
 def test_second_run_changes_nothing_and_writes_nothing(lab, backend):
     lab.ok(backend=backend, ip_families=["ipv4", "ipv6"], mode="tproxy", dns_redirect=True, drop_invalid=True)
     before = lab.ruleset()
@@ -185,3 +185,20 @@ def test_rules_file_restores_the_same_state(lab, tmp_path):
     gone = lab.ok(state="absent", rules_file=rules_file)
     assert gone["changed"] is True and not os.path.exists(rules_file)
     assert_same(empty, lab.ruleset(ignore_empty=True))
+
+
+def test_nftables_backend_applies_once_and_absent_leaves_the_host_as_before(lab):
+    lab.run(lab.host, ["nft", "add", "table", "inet", "firewalld"])
+    before = lab.ruleset()
+    first = lab.ok(backend="nftables", ip_families=["ipv4", "ipv6"])
+    assert first["changed"] is True and first["backend"] == "nftables"
+    assert "table inet hostmesh" in first["rules"]["inet"]
+    assert lab.ok(backend="nftables", ip_families=["ipv4", "ipv6"])["changed"] is False
+    assert lab.ok(state="absent")["changed"] is True
+    assert_same(before, lab.ruleset())
+
+
+def test_prefix_naming_an_nft_keyword_still_works_with_iptables(lab):
+    result = lab.ok(chain_prefix="TPROXY_", ip_families=["ipv4"])
+    assert result["changed"] is True
+    assert "-N TPROXY_OUTPUT" in lab.nat_listing()

@@ -48,6 +48,7 @@ BAD = [
     ({"inbound_ports": [15006]}, "inbound_ports", "15006"),
     ({"outbound_ports": [443], "outbound_ports_exclude": [443]}, "outbound_ports", "443"),
     ({"rules_file": "relative/path"}, "rules_file", "'relative/path'"),
+    ({"backend": "nftables", "chain_prefix": "TPROXY_"}, "chain_prefix", "'TPROXY_'"),
 ]
 
 
@@ -64,7 +65,13 @@ def test_bad_value_names_option_and_value(params, option, shown):
         or "must" in message
         or "needs" in message
         or "list it" in message
-        or ("stands alone" in message or "loop" in message or "belong" in message or "prefix may" in message)
+        or (
+            "stands alone" in message
+            or "loop" in message
+            or "keyword" in message
+            or "belong" in message
+            or "prefix may" in message
+        )
     )
 
 

@@ -1,0 +1,178 @@
+"""Benchmark traffic_capture against the ways people apply such rules by hand.
+
+Prints, in one run on one host, for the seed's chains (chain_prefix ISTIO_):
+  - traffic_capture as one ansible-playbook task,
+  - the same rules as ansible.builtin.iptables tasks (one task per rule),
+  - a shell script of one iptables call per rule;
+and traffic_capture's apply and no-op times with 1,000 excluded CIDRs.
+
+Each figure is the median of --repeat runs, each in a fresh network namespace
+(so nothing outside them is touched). Run as root:
+    .venv/bin/python benchmarks/capture_bench.py [--repeat 3]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration", "capture"))
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+
+from netlab import COLLECTIONS, Lab  # noqa: E402
+
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_iptables import render_rule  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import negated  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+SEED = {"chain_prefix": "ISTIO_", "ip_families": ["ipv4"], "backend": "iptables-nft"}
+
+
+def seed_rules():
+    """[(table, chain, Rule)] in apply order, and our chain names."""
+    family = build_family(parse_options(SEED)[0], "ipv4")
+    rules = [(table, chain, rule) for (table, chain), rules in family.chains.items() for rule in rules]
+    rules += [(table, chain, rule) for (table, chain), rules in family.jumps.items() for rule in rules]
+    return rules, [chain for _table, chain in family.chains]
+
+
+def builtin_task(table, chain, rule):
+    """One ansible.builtin.iptables task for a Rule."""
+    args = {"table": table, "chain": chain, "jump": rule.target}
+    if rule.proto:
+        args["protocol"] = rule.proto
+    if rule.dport is not None:
+        args["destination_port"] = str(rule.dport)
+        args["match"] = [rule.proto]
+    if rule.src:
+        args["source"] = rule.src
+    if rule.dst:
+        args["destination"] = rule.dst
+    if rule.out_iface:
+        args["out_interface"] = rule.out_iface
+    for field, name in (("uid_owner", "uid_owner"), ("gid_owner", "gid_owner")):
+        value = getattr(rule, field)
+        if value is not None:
+            is_negated, owner = negated(value)
+            args[name] = ("!" if is_negated else "") + str(owner)
+    if rule.target == "REDIRECT":
+        args["to_ports"] = str(rule.param("to_ports"))
+    lines = ["    - name: %s %s" % (chain, render_rule(rule)), "      ansible.builtin.iptables:"]
+    lines += ["        %s: %s" % (key, _yaml(value)) for key, value in args.items()]
+    return "\n".join(lines)
+
+
+def _yaml(value):
+    if isinstance(value, list):
+        return "[%s]" % ", ".join(value)
+    return '"%s"' % value
+
+
+def playbook(tasks):
+    head = "- name: Bench\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+    return head + "\n".join(tasks) + "\n"
+
+
+def run_playbook(lab, text, directory):
+    path = os.path.join(directory, "play.yml")
+    with open(path, "w") as handle:
+        handle.write(text)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1")
+    argv = [os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local"]
+    argv += ["-e", "ansible_python_interpreter=%s" % sys.executable, path]
+    start = time.monotonic()
+    proc = lab.run(lab.host, argv, check=False, env=env)
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit("playbook failed:\n%s%s" % (proc.stdout, proc.stderr))
+    return elapsed
+
+
+def timed(function, repeat):
+    samples = []
+    for _index in range(repeat):
+        lab = Lab().up()
+        try:
+            with tempfile.TemporaryDirectory() as directory:
+                samples.append(function(lab, directory))
+        finally:
+            lab.down()
+    return statistics.median(samples)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cidrs", type=int, default=1000)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark creates network namespaces")
+
+    rules, chains = seed_rules()
+    module_task = (
+        "    - name: Capture\n      hostmesh.sidecar.traffic_capture:\n"
+        "        chain_prefix: ISTIO_\n        ip_families: [ipv4]\n        backend: iptables-nft"
+    )
+    create_chains = [
+        "    - name: Chain %s\n      ansible.builtin.iptables:\n        table: nat\n        chain: %s\n"
+        "        chain_management: true" % (chain, chain)
+        for chain in chains
+    ]
+    builtin = create_chains + [builtin_task(*item) for item in rules]
+    shell = ["iptables-nft -t nat -N %s" % chain for chain in chains]
+    shell += ["iptables-nft -t %s -A %s %s" % (table, chain, render_rule(rule)) for table, chain, rule in rules]
+    empty = "    - name: Nothing\n      ansible.builtin.meta: noop"
+
+    baseline = timed(lambda lab, d: run_playbook(lab, playbook([empty]), d), args.repeat)
+    module = timed(lambda lab, d: run_playbook(lab, playbook([module_task]), d), args.repeat)
+    builtin_time = timed(lambda lab, d: run_playbook(lab, playbook(builtin), d), args.repeat)
+
+    def shell_loop(lab, directory):
+        path = os.path.join(directory, "rules.sh")
+        with open(path, "w") as handle:
+            handle.write("set -e\n" + "\n".join(shell) + "\n")
+        start = time.monotonic()
+        lab.run(lab.host, ["sh", path])
+        return time.monotonic() - start
+
+    shell_time = timed(shell_loop, args.repeat)
+
+    cidrs = ["10.%d.%d.0/24" % (index // 256, index % 256) for index in range(args.cidrs)]
+
+    def module_run(lab, extra):
+        start = time.monotonic()
+        lab.ok(outbound_cidrs_exclude=cidrs, ip_families=["ipv4"], backend="iptables-nft", **extra)
+        return time.monotonic() - start
+
+    def apply_many(lab, directory):
+        return module_run(lab, {})
+
+    def noop_many(lab, directory):
+        module_run(lab, {})
+        return module_run(lab, {})
+
+    apply_time = timed(apply_many, args.repeat)
+    noop_time = timed(noop_many, args.repeat)
+
+    print("traffic_capture benchmark (median of %d runs, seconds)" % args.repeat)
+    print("seed chains: %d rules in %d chains" % (len(rules), len(chains)))
+    print("  ansible-playbook, empty task (overhead)      %7.2f" % baseline)
+    print("  traffic_capture, one task                    %7.2f   task %.2f" % (module, module - baseline))
+    print(
+        "  ansible.builtin.iptables, %2d tasks           %7.2f   tasks %.2f"
+        % (len(builtin), builtin_time, builtin_time - baseline)
+    )
+    print("  shell loop, %2d iptables calls                %7.2f" % (len(shell), shell_time))
+    print("  builtin tasks / traffic_capture task         %7.1fx" % ((builtin_time - baseline) / (module - baseline)))
+    print("%d excluded CIDRs, module run on the host:" % args.cidrs)
+    print("  apply                                        %7.3f" % apply_time)
+    print("  no-op (second run)                           %7.3f" % noop_time)
+
+
+if __name__ == "__main__":
+    main()
