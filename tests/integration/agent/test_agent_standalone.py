@@ -203,3 +203,20 @@ def test_crash_loop_exits_nonzero_after_bound(topo: Topology, workdir, start_age
     assert 503 in seen and 200 not in seen, seen
     assert agent.wait_exit(timeout=10) == 1
     assert "giving up" in agent.log()
+
+
+def test_invalid_config_on_sighup_is_rejected_and_envoy_keeps_serving(envoy_binary, topo, workdir, start_agent):
+    topo.start_app(8080)
+    config = agent_config(envoy_binary, workdir)
+    agent = start_agent(config)
+    agent.wait_ready()
+    [pid] = agent.envoy_pids()
+    broken = copy.deepcopy(config)
+    broken["inbound"]["services"].append({"name": "web", "port": 8081})  # duplicate name
+    agent.write_config(broken)
+    agent.signal(signal.SIGHUP)
+    wait_for(lambda: agent.metric("hostmesh_agent_errors_total") == 1, 3, "the reload to be rejected")
+    assert "config key 'inbound.services[1].name'" in agent.log()
+    assert agent.envoy_pids() == [pid] and agent.ready()
+    assert http_get(topo.peer, HOST_IP, 8080)[0] == 200
+    assert agent.metric("hostmesh_agent_config_reloads_total") == 0
