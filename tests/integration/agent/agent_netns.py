@@ -196,7 +196,14 @@ class AgentProcess:
     """hostmesh-agent run as the proxy user inside the host namespace."""
 
     def __init__(
-        self, topo: Topology, workdir: Path, config: Dict[str, Any], env: Dict[str, str], ns: str = ""
+        self,
+        topo: Topology,
+        workdir: Path,
+        config: Dict[str, Any],
+        env: Dict[str, str],
+        ns: str = "",
+        args: Tuple[str, ...] = (),
+        private_shm: bool = False,
     ) -> None:
         self.topo = topo
         self.ns = ns or topo.host
@@ -210,8 +217,12 @@ class AgentProcess:
             "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
             "env", f"PYTHONPATH={AGENT_PATH}", *(f"{k}={v}" for k, v in env.items()),
             host_python(), "-S", "-m", "hostmesh_agent", "run",
-            "--config", str(self.config_path), "--log-level", "debug",
+            "--config", str(self.config_path), "--log-level", "debug", *args,
         ]  # fmt: skip
+        if private_shm:
+            # A /dev/shm of its own, so a default --base-id cannot meet anyone else's Envoy.
+            script = 'mount -t tmpfs -o mode=1777 tmpfs /dev/shm && exec "$@"'
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
         self.proc = topo.spawn(self.ns, *cmd, stdout=self._log, stderr=self._log)
         self.started_at = time.monotonic()
 
@@ -253,7 +264,7 @@ class AgentProcess:
         raise AssertionError(f"metric {name} missing")
 
     def envoy_pids(self) -> List[int]:
-        return envoy_pids(self.config["envoy"]["base_id"])
+        return envoy_pids(self.config.get("envoy", {}).get("base_id", 1337), self.ns)
 
     def wait_exit(self, timeout: float) -> int:
         return self.proc.wait(timeout)
@@ -267,8 +278,9 @@ class AgentProcess:
         self._log.close()
 
 
-def envoy_pids(base_id: int) -> List[int]:
-    """Envoy processes started with this --base-id (each test uses its own)."""
+def envoy_pids(base_id: int, ns: str = "") -> List[int]:
+    """Envoy processes started with this --base-id (in network namespace ``ns`` if given)."""
+    ns_inode = os.stat(f"/run/netns/{ns}").st_ino if ns else None
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -280,6 +292,11 @@ def envoy_pids(base_id: int) -> List[int]:
         if argv and argv[0].endswith(b"envoy") and b"--base-id" in argv:
             i = argv.index(b"--base-id")
             if i + 1 < len(argv) and argv[i + 1] == str(base_id).encode():
+                try:
+                    if ns_inode is not None and os.stat(entry / "ns" / "net").st_ino != ns_inode:
+                        continue
+                except OSError:
+                    continue
                 pids.append(int(entry.name))
     return pids
 

@@ -57,14 +57,19 @@ def start_agent(topo: Topology, workdir: Path) -> Any:
     started: List[AgentProcess] = []
 
     def start(
-        config: Dict[str, Any], env: Optional[Dict[str, str]] = None, ns: str = "", where: Optional[Path] = None
+        config: Dict[str, Any],
+        env: Optional[Dict[str, str]] = None,
+        ns: str = "",
+        where: Optional[Path] = None,
+        **kw: Any,
     ) -> AgentProcess:
-        agent = AgentProcess(topo, where or workdir, config, env or {}, ns)
+        agent = AgentProcess(topo, where or workdir, config, env or {}, ns, **kw)
         started.append(agent)
         return agent
 
     yield start
     for agent in started:
         agent.close()
-        shm = Path(f"/dev/shm/envoy_shared_memory_{agent.config['envoy']['base_id'] * 10}")
-        shm.unlink(missing_ok=True)
+        base_id = agent.config.get("envoy", {}).get("base_id")
+        if base_id is not None:
+            Path(f"/dev/shm/envoy_shared_memory_{base_id * 10}").unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import socket
@@ -14,11 +15,14 @@ from typing import List
 import pytest
 from agent_netns import (
     HOST_IP,
+    PEER_IP,
+    REPO,
     LoadClient,
     Topology,
     agent_config,
     envoy_pids,
     http_get,
+    run,
     try_get,
     wait_for,
 )
@@ -220,3 +224,29 @@ def test_invalid_config_on_sighup_is_rejected_and_envoy_keeps_serving(envoy_bina
     assert agent.envoy_pids() == [pid] and agent.ready()
     assert http_get(topo.peer, HOST_IP, 8080)[0] == 200
     assert agent.metric("hostmesh_agent_config_reloads_total") == 0
+
+
+def test_shipped_standalone_example_works_unchanged(envoy_binary, topo, workdir, start_agent):
+    """docs/examples/agent-standalone.json as shipped: Envoy from PATH, default ports and base id."""
+    # A default route lets node.ip "auto" find the host's address; it leads only to the peer.
+    run("ip", "-n", topo.host, "route", "add", "default", "via", PEER_IP)
+    topo.start_app(8080)
+    example = json.loads((REPO / "docs" / "examples" / "agent-standalone.json").read_text())
+    agent = start_agent(
+        example,
+        env={"PATH": f"{Path(envoy_binary).parent}:/usr/bin:/bin"},
+        args=("--run-dir", str(workdir / "run")),
+        private_shm=True,
+    )
+    agent.wait_ready()
+    code, body = http_get(topo.peer, HOST_IP, 8080)
+    assert (code, body.split()) == (200, ["8080", "127.0.0.6"])
+    assert try_get(topo.peer, HOST_IP, 15021, "/healthz/ready")[0] == 200
+    [pid] = agent.envoy_pids()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert argv[argv.index("--service-node") + 1] == f"sidecar~{HOST_IP}~web-1.default~default.svc.cluster.local"
+    assert argv[argv.index("--service-cluster") + 1] == "web.default"
+    assert argv[argv.index("--base-id") + 1] == "1337"
+    agent.signal(signal.SIGTERM)
+    assert agent.wait_exit(timeout=15) == 0
+    assert agent.envoy_pids() == []
