@@ -170,6 +170,9 @@ class Agent:
                     return code
             if self.current is None and self._restart_at is not None and now >= self._restart_at:
                 self._start_fresh()
+                if self.current is None and self.backoff.exhausted:
+                    log.error("envoy could not be started %d times in a row, giving up", self.backoff.consecutive)
+                    return EXIT_CRASH_LOOP
             if now >= self._next_watch:
                 self._next_watch = now + self.cfg.supervise.watch_interval_s
                 self._watch_for_changes()

@@ -26,7 +26,6 @@ from hostmesh_agent.rundir import RunDir
 
 log = logging.getLogger("hostmesh_agent")
 
-EXIT_USAGE = 64
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= can name it
 
 
