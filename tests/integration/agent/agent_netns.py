@@ -170,7 +170,7 @@ class Topology:
 class LoadClient:
     """load_client.py in the peer namespace; ``finish()`` returns its summary."""
 
-    def __init__(self, topo: Topology, port: int = 8080, workers: int = 4) -> None:
+    def __init__(self, topo: Topology, port: int = 8080, workers: int = 4, keepalive: bool = False) -> None:
         self.proc = topo.spawn(
             topo.peer,
             sys.executable,
@@ -181,6 +181,7 @@ class LoadClient:
             str(workers),
             "--expect-peer",
             "127.0.0.6",
+            *(["--keepalive"] if keepalive else []),
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -1,7 +1,8 @@
 """Keeps requests flowing to a target until SIGTERM, then prints a JSON summary.
 
 Each request opens a new connection (so every one crosses the capture rules and
-Envoy's listener) and must come back 200 with a body naming ``--expect-peer``.
+Envoy's listener), or with ``--keepalive`` reuses one as long as the server
+allows; each must come back 200 with a body naming ``--expect-peer``.
 Run: python3 load_client.py HOST PORT [--workers N] [--expect-peer IP]
 """
 
@@ -22,26 +23,35 @@ def main() -> None:
     p.add_argument("port", type=int)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--expect-peer", default="")
+    p.add_argument("--keepalive", action="store_true")
     args = p.parse_args()
     stop = threading.Event()
     lock = threading.Lock()
-    result = {"ok": 0, "failed": 0, "errors": []}
+    result = {"ok": 0, "failed": 0, "connections": 0, "errors": []}
 
     def worker() -> None:
+        conn = None
         while not stop.is_set():
             err = None
             try:
-                conn = http.client.HTTPConnection(args.host, args.port, timeout=5)
-                conn.request("GET", "/", headers={"Connection": "close"})
+                if conn is None:
+                    conn = http.client.HTTPConnection(args.host, args.port, timeout=5)
+                headers = {} if args.keepalive else {"Connection": "close"}
+                conn.request("GET", "/", headers=headers)
                 resp = conn.getresponse()
                 body = resp.read().decode()
-                conn.close()
+                if not args.keepalive or resp.will_close:
+                    conn.close()
+                    conn = None
                 if resp.status != 200:
                     err = f"status {resp.status}"
                 elif args.expect_peer and args.expect_peer not in body:
                     err = f"unexpected body {body!r}"
             except (OSError, http.client.HTTPException) as exc:
                 err = f"{type(exc).__name__}: {exc}"
+                if conn is not None:
+                    conn.close()
+                    conn = None
             with lock:
                 if err:
                     result["failed"] += 1
@@ -49,6 +59,7 @@ def main() -> None:
                         result["errors"].append(f"{time.time():.3f} {err}")
                 else:
                     result["ok"] += 1
+                    result["connections"] += int(conn is None)
             time.sleep(0.005)
 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -250,3 +250,27 @@ def test_shipped_standalone_example_works_unchanged(envoy_binary, topo, workdir,
     agent.signal(signal.SIGTERM)
     assert agent.wait_exit(timeout=15) == 0
     assert agent.envoy_pids() == []
+
+
+def test_keepalive_http_clients_lose_nothing_across_hot_restarts(envoy_binary, topo, workdir, start_agent):
+    """With ``protocol: http`` the draining epoch closes keep-alive connections between requests."""
+    topo.start_app(8080)
+    config = agent_config(
+        envoy_binary, workdir, inbound={"services": [{"name": "web", "port": 8080, "protocol": "http"}]}
+    )
+    agent = start_agent(config)
+    agent.wait_ready()
+    load = LoadClient(topo, keepalive=True)
+    try:
+        time.sleep(0.5)
+        for n in (1, 2):
+            agent.signal(signal.SIGUSR1)
+            wait_for(lambda n=n: agent.metric("hostmesh_agent_epoch") == n, 10, f"epoch {n}")
+            wait_for(lambda: len(agent.envoy_pids()) == 1, 10, "old epoch to exit")
+            time.sleep(0.3)
+    finally:
+        result = load.finish()
+    assert result["failed"] == 0, result["errors"]
+    assert result["ok"] > 100
+    # Connections were reused (far fewer than requests) and renewed at each hand-over.
+    assert 4 * 2 <= result["connections"] < result["ok"] / 5, result

@@ -25,7 +25,7 @@ STANDALONE = {
     "node": {"name": "web-1", "namespace": "shop", "service_account": "web", "labels": {"app": "web"}},
     "inbound": {
         "services": [
-            {"name": "web", "port": 8080},
+            {"name": "web", "port": 8080, "protocol": "http"},
             {"name": "api", "port": 9090, "target_port": 9091, "tls": True},
         ]
     },

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 MODES = ("standalone", "xds")
 LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 IP_VERSIONS = ("v4", "v6")
+PROTOCOLS = ("tcp", "http")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _COMPONENT_LEVEL_RE = re.compile(r"^[a-z0-9_]+:[a-z]+(,[a-z0-9_]+:[a-z]+)*$")
 
@@ -225,6 +226,7 @@ class InboundService:
     name: str
     port: int
     target_port: int = 0
+    protocol: str = "tcp"
     tls: bool = False
     allowed_spiffe_ids: Tuple[str, ...] = ()
 
@@ -247,6 +249,7 @@ class OutboundService:
     port: int
     endpoints: Tuple[str, ...] = ()
     match_cidrs: Tuple[str, ...] = ()
+    protocol: str = "tcp"
     tls: bool = False
     spiffe_ids: Tuple[str, ...] = ()
 
@@ -335,6 +338,7 @@ _INBOUND_SERVICE: Checks = {
     "name": _name,
     "port": PORT,
     "target_port": PORT,
+    "protocol": _choice(*PROTOCOLS),
     "tls": _bool,
     "allowed_spiffe_ids": _list_of(_nonempty_str),
 }
@@ -343,6 +347,7 @@ _OUTBOUND_SERVICE: Checks = {
     "port": PORT,
     "endpoints": _list_of(_host_port),
     "match_cidrs": _list_of(_cidr),
+    "protocol": _choice(*PROTOCOLS),
     "tls": _bool,
     "spiffe_ids": _list_of(_nonempty_str),
 }

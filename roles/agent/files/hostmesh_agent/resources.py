@@ -100,13 +100,47 @@ _ORIGINAL_DST_FILTER = {
 }
 
 
+def _http_proxy(stat_prefix: str, cluster: str) -> Json:
+    """HTTP-aware proxying: while draining, Envoy answers with ``Connection: close`` so that
+    keep-alive clients move to the new epoch between requests instead of losing one."""
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+            "http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            "codec_type": "AUTO",
+            "route_config": {
+                "name": stat_prefix,
+                "virtual_hosts": [
+                    {
+                        "name": stat_prefix,
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}],
+                    }
+                ],
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }
+            ],
+        },
+    }
+
+
+def _proxy_filter(protocol: str, cluster: str) -> Json:
+    return _http_proxy(cluster, cluster) if protocol == "http" else _tcp_proxy(cluster, cluster)
+
+
 def _inbound_listener(cfg: Config, run_dir: RunDir) -> Json:
     chains = []
     for svc in cfg.inbound.services:
         chain: Json = {
             "name": f"inbound|{svc.port}",
             "filter_chain_match": {"destination_port": svc.port},
-            "filters": [_tcp_proxy(inbound_cluster_name(svc), inbound_cluster_name(svc))],
+            "filters": [_proxy_filter(svc.protocol, inbound_cluster_name(svc))],
         }
         if svc.tls:
             chain["transport_socket"] = {
@@ -148,7 +182,7 @@ def _outbound_listener(cfg: Config) -> Json:
             {
                 "name": outbound_cluster_name(svc),
                 "filter_chain_match": match,
-                "filters": [_tcp_proxy(outbound_cluster_name(svc), outbound_cluster_name(svc))],
+                "filters": [_proxy_filter(svc.protocol, outbound_cluster_name(svc))],
             }
         )
     fallback = OUTBOUND_PASSTHROUGH if cfg.outbound.passthrough else BLACKHOLE
