@@ -71,8 +71,10 @@ unit: deps
 integration: deps
 	$(BIN)/pytest -q tests/integration
 
+# Scenarios run on sandbox hosts (tools/sandbox); the rootfs is built once per run.
+MOLECULE_SCENARIOS ?= capture
 molecule: deps
-	@echo "molecule: no scenarios yet"
+	$(BIN)/python -m tools.sandbox.molecule_suite $(MOLECULE_SCENARIOS)
 
 test: deps lint unit integration molecule
 

@@ -154,14 +154,20 @@ HOST_LOG_GLOB = "/var/log/hostmesh/*"
 
 def diagnostics(units: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
     """Titled commands whose output explains a failure on a host."""
-    unit_args = [arg for unit in ("hostmesh*", "envoy*", *units) for arg in ("-u", unit)]
+    patterns = " ".join(f"'{u}'" for u in ("hostmesh*", "envoy*", *units))
+    unit_args = " ".join(f"-u '{u}'" for u in ("hostmesh*", "envoy*", *units))
     return [
         ("failed units", ["systemctl", "--failed", "--no-pager"]),
+        ("our units", ["sh", "-c", f"systemctl status --no-pager --all {patterns} || true"]),
         (
-            "our units",
-            ["systemctl", "status", "--no-pager", "--all", "hostmesh*", "envoy*", *units],
+            "journal of our units",
+            [
+                "sh",
+                "-c",
+                f"journalctl -b --no-pager -n 300 {unit_args} 2>/dev/null"
+                " || echo '(no journal entries for these units)'",
+            ],
         ),
-        ("journal of our units", ["journalctl", "-b", "--no-pager", "-n", "300", *unit_args]),
         ("iptables-save", ["iptables-save"]),
         ("ip6tables-save", ["ip6tables-save"]),
         ("nft list ruleset", ["nft", "list", "ruleset"]),

@@ -144,8 +144,7 @@ def wait_for_leader(sandbox_dir: Path, host: str, timeout: float = 30) -> int:
                 return leader
         time.sleep(0.1)
     raise RuntimeError(
-        f"{host}: systemd-nspawn did not start within {timeout:.0f}s; "
-        f"see {files.supervisor_log} and {files.console}"
+        f"{host}: systemd-nspawn did not start within {timeout:.0f}s; see {files.supervisor_log} and {files.console}"
     )
 
 
@@ -229,9 +228,7 @@ def supervise(sandbox_dir: Path, host: str) -> int:
                     stdout=console,
                     stderr=subprocess.STDOUT,
                 )
-            files.write_runtime(
-                {"supervisor_pid": os.getpid(), "nspawn_pid": child.pid, "boots": boots}
-            )
+            files.write_runtime({"supervisor_pid": os.getpid(), "nspawn_pid": child.pid, "boots": boots})
             rc = child.wait()
             child = None
             network.host_down(state["id"], host)

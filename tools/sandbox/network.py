@@ -102,16 +102,8 @@ def bridge_up(sandbox_id: str, subnet: str) -> None:
         commands.run(commands.ip(ns, "link", "add", "br0", "type", "bridge"))
     commands.run(commands.ip(ns, "link", "set", "br0", "up"))
     if not link_exists(link):
-        commands.run(
-            commands.ip(
-                None, "link", "add", link, "type", "veth", "peer", "name", "ctl", "netns", ns
-            )
-        )
-        commands.run(
-            commands.ip(
-                None, "addr", "add", f"{controller_address(subnet)}/{prefix_len}", "dev", link
-            )
-        )
+        commands.run(commands.ip(None, "link", "add", link, "type", "veth", "peer", "name", "ctl", "netns", ns))
+        commands.run(commands.ip(None, "addr", "add", f"{controller_address(subnet)}/{prefix_len}", "dev", link))
     commands.run(commands.ip(ns, "link", "set", "ctl", "master", "br0", "up"))
     commands.run(commands.ip(None, "link", "set", link, "up"))
 

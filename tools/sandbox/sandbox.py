@@ -92,9 +92,7 @@ class Sandbox:
             "subnet": subnet,
             "controller": network.controller_address(subnet),
             "rootfs": str(tree),
-            "hosts": {
-                h: {"address": network.host_address(subnet, i)} for i, h in enumerate(host_names)
-            },
+            "hosts": {h: {"address": network.host_address(subnet, i)} for i, h in enumerate(host_names)},
         }
         # Written before anything is made, so destroy can undo a half-done create.
         self.state_file.write_text(json.dumps(state, indent=2) + "\n")
@@ -142,19 +140,13 @@ class Sandbox:
                 addr,
                 [
                     p.read_text().strip()
-                    for p in sorted(
-                        (machines.HostFiles(self.dir, h).rootfs / "etc/ssh").glob(
-                            "ssh_host_*_key.pub"
-                        )
-                    )
+                    for p in sorted((machines.HostFiles(self.dir, h).rootfs / "etc/ssh").glob("ssh_host_*_key.pub"))
                 ],
             )
             for h, addr in hosts.items()
         }
         self.known_hosts.write_text(inventory.render_known_hosts(keys))
-        self.ssh_config.write_text(
-            inventory.render_ssh_config(hosts, self.key_file, self.known_hosts)
-        )
+        self.ssh_config.write_text(inventory.render_ssh_config(hosts, self.key_file, self.known_hosts))
         self.inventory.write_text(inventory.render_inventory(hosts, self.key_file, self.ssh_config))
 
     def _run_parallel(self, func: Callable[[str], object], hosts: Sequence[str]) -> None:
@@ -218,9 +210,7 @@ class Sandbox:
     ) -> subprocess.CompletedProcess:
         """Run a command on a host over SSH, as Ansible would reach it."""
         self._require_host(host)
-        return commands.run(
-            commands.ssh(self.ssh_config, host, list(argv)), check=check, timeout=timeout
-        )
+        return commands.run(commands.ssh(self.ssh_config, host, list(argv)), check=check, timeout=timeout)
 
     def stop_host(self, host: str) -> None:
         self._require_host(host)

@@ -1,0 +1,73 @@
+"""Real redirection between two hosts after converging traffic_capture.
+
+host1 and host2 both carry the seed's rules. Listeners stand in for Envoy:
+15001 (outbound capture) on host1, 15006 (inbound capture) and 15021 (an
+excluded port) on host2. The answers say which listener took a connection and
+what its original destination was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import PROBE, address_of, controller_of
+
+SEED_NAT = Path(__file__).resolve().parents[4] / "tests/unit/capture/seed_nat.txt"
+APP_PORT = 8080
+PROXY_UID = 1337
+
+
+def connect(host, target: str, port: int, uid: int | None = None) -> dict:
+    cmd = f"{PROBE} connect {target} {port}" + (f" --uid {uid}" if uid is not None else "")
+    result = host.run(cmd)
+    assert result.rc == 0, f"{cmd} failed on {host.backend.host}: {result.stdout}{result.stderr}"
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("name", ["host1", "host2"])
+def test_nat_table_reads_as_the_seed(name, host1, host2) -> None:
+    host = host1 if name == "host1" else host2
+    assert SEED_NAT.exists(), f"the seed's nat listing is missing: {SEED_NAT}"
+    listing = host.check_output("iptables -t nat -S").splitlines()
+    # The `capture` scenario also excludes the controller; nothing else may differ.
+    controller_rule = f"-A ISTIO_OUTPUT -d {controller_of(host)}/32 -j RETURN"
+    assert [line for line in listing if line != controller_rule] == SEED_NAT.read_text().splitlines()
+
+
+def test_outbound_connection_is_redirected_to_local_15001(host1, host2, probe) -> None:
+    probe(host1, "outbound-host1", 15001)
+    target = address_of(host2)
+    answer = connect(host1, target, APP_PORT)
+    assert answer["label"] == "outbound-host1"
+    assert answer["original_dst"] == f"{target}:{APP_PORT}"
+
+
+def test_inbound_connection_from_peer_is_redirected_to_15006(host1, host2, probe) -> None:
+    probe(host2, "inbound-host2", 15006)
+    target = address_of(host2)
+    # As the proxy user, host1's own outbound capture lets the connection leave.
+    answer = connect(host1, target, APP_PORT, uid=PROXY_UID)
+    assert answer["label"] == "inbound-host2"
+    assert answer["original_dst"] == f"{target}:{APP_PORT}"
+    assert answer["peer"].split(":")[0] == address_of(host1)
+
+
+def test_excluded_inbound_port_is_not_redirected(host1, host2, probe) -> None:
+    probe(host2, "direct-host2", 15021)
+    target = address_of(host2)
+    answer = connect(host1, target, 15021, uid=PROXY_UID)
+    assert answer["label"] == "direct-host2"
+    assert answer["local"] == f"{target}:15021"
+
+
+def test_ssh_port_of_a_peer_is_not_redirected(host1, host2) -> None:
+    # As the proxy user (outbound not captured on host1), port 22 on host2
+    # must reach sshd itself, not the inbound capture listener.
+    target = address_of(host2)
+    banner = host1.check_output(
+        f"setpriv --reuid {PROXY_UID} --regid {PROXY_UID} --clear-groups "
+        f"curl -s --max-time 3 telnet://{target}:22 </dev/null || true"
+    )
+    assert banner.startswith("SSH-2.0-"), banner

@@ -1,0 +1,124 @@
+"""Run molecule scenarios on sandbox hosts, one after another, and say what failed.
+
+``python3 -m tools.sandbox.molecule_suite [SCENARIO...]`` (all of ``molecule/``
+when none is named). The rootfs is built once up front. A failed scenario
+prints each host's diagnostics before its hosts are destroyed; hosts are
+destroyed whatever happens. Molecule silently skips a missing create, destroy
+or verify step; this runner refuses such a scenario instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tools.sandbox import rootfs
+from tools.sandbox.sandbox import DEFAULT_BASE, REPO_ROOT, Sandbox
+
+MOLECULE_DIR = REPO_ROOT / "molecule"
+SCENARIO_TIMEOUT = 20 * 60
+# Printed by molecule only when the verifier really ran tests and they passed.
+VERIFIER_OK = "Verifier completed successfully"
+
+
+def scenarios() -> list[str]:
+    return sorted(p.parent.name for p in MOLECULE_DIR.glob("*/molecule.yml"))
+
+
+def check_scenario(name: str) -> list[str]:
+    """Problems that would let molecule skip a step instead of failing."""
+    scenario = MOLECULE_DIR / name
+    if not (scenario / "molecule.yml").exists():
+        return [f"no molecule/{name}/molecule.yml (scenarios: {', '.join(scenarios())})"]
+    text = (scenario / "molecule.yml").read_text()
+    problems = []
+    for step in ("create", "destroy"):
+        if f"{step}: ../resources/playbooks/{step}.yml" not in text:
+            problems.append(f"{name}: molecule.yml must use ../resources/playbooks/{step}.yml")
+    if not (scenario / "converge.yml").exists():
+        problems.append(f"{name}: converge.yml is missing")
+    return problems
+
+
+def _env() -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    return dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
+        ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".build" / "collections"),
+        ANSIBLE_NOCOLOR="1",
+        NO_COLOR="1",
+        PY_COLORS="0",
+    )
+
+
+def run_scenario(name: str) -> tuple[bool, float, str]:
+    """Run one scenario's full test sequence; returns (passed, seconds, reason)."""
+    problems = check_scenario(name)
+    if problems:
+        return False, 0.0, "; ".join(problems)
+    started = time.monotonic()
+    sb = Sandbox(f"molecule-{name}", base_dir=DEFAULT_BASE, log=lambda m: print(m, flush=True))
+    reason = ""
+    try:
+        proc = subprocess.Popen(
+            ["molecule", "test", "-s", name, "--destroy", "never"],
+            cwd=REPO_ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            output.append(line)
+            if time.monotonic() - started > SCENARIO_TIMEOUT:
+                proc.kill()
+                reason = f"timed out after {SCENARIO_TIMEOUT}s"
+                break
+        rc = proc.wait()
+        if not reason and rc != 0:
+            reason = f"molecule exited {rc}"
+        if not reason and VERIFIER_OK not in "".join(output):
+            reason = "the verifier ran no tests"
+        if reason:
+            print(f"===== {name} failed ({reason}): diagnostics of its hosts =====", flush=True)
+            for host in sb.hosts():
+                print(sb.diagnose(host), flush=True)
+    finally:
+        subprocess.run(["molecule", "destroy", "-s", name], cwd=REPO_ROOT, env=_env(), check=False)
+        sb.destroy(quiet=True)
+        left = sb.leftovers()
+        if left and not reason:
+            reason = f"destroy left {left}"
+    return not reason, time.monotonic() - started, reason
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m tools.sandbox.molecule_suite")
+    parser.add_argument("scenario", nargs="*", help="default: every scenario in molecule/")
+    args = parser.parse_args(argv)
+    names = args.scenario or scenarios()
+    if not names:
+        print("no molecule scenarios found", file=sys.stderr)
+        return 1
+    t0 = time.monotonic()
+    tree = rootfs.ensure_rootfs(DEFAULT_BASE / "rootfs", log=lambda m: print(m, flush=True))
+    print(f"rootfs ready in {time.monotonic() - t0:.1f}s: {tree.name}", flush=True)
+    results = [(name, *run_scenario(name)) for name in names]
+    print("\n===== molecule scenarios =====")
+    for name, ok, took, reason in results:
+        print(f"{name:24} {'passed' if ok else 'FAILED'} in {took:.0f}s {reason}")
+    passed = sum(1 for _, ok, _, _ in results if ok)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
