@@ -107,7 +107,7 @@ def time_envoy_live(topo: Topology, argv: List[str], run_dir: str, snapshot: Pat
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     p.add_argument("--idle-s", type=float, default=30.0)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--hot-restarts", type=int, default=10)

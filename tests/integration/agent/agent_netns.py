@@ -189,7 +189,7 @@ class LoadClient:
 
     def finish(self) -> Dict[str, Any]:
         self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
+        out = self.proc.communicate(timeout=30)[0]
         return json.loads(out)
 
 

@@ -62,8 +62,8 @@ def main() -> None:
                     result["connections"] += int(conn is None)
             time.sleep(0.005)
 
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threads = [threading.Thread(target=worker) for _ in range(args.workers)]
+    signal.signal(signal.SIGTERM, lambda *_args: stop.set())
+    threads = [threading.Thread(target=worker) for _i in range(args.workers)]
     for t in threads:
         t.start()
     print("started", flush=True)

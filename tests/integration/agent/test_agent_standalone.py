@@ -172,7 +172,7 @@ def test_sigterm_answers_in_flight_requests_and_leaves_nothing(envoy_binary, top
     def slow_request() -> None:
         results.append(try_get(topo.peer, HOST_IP, 8080, "/?delay=1.5", timeout=10))
 
-    threads = [threading.Thread(target=slow_request) for _ in range(8)]
+    threads = [threading.Thread(target=slow_request) for _i in range(8)]
     for t in threads:
         t.start()
     time.sleep(0.5)  # all eight are in flight inside Envoy now

@@ -58,7 +58,7 @@ def test_ready_only_after_first_cds_and_lds(envoy_binary, topo, workdir, start_a
 
     # Connected over mTLS and asked for clusters, but nothing served yet: never ready,
     # even after Envoy gives up waiting for its first fetch and reports LIVE.
-    wait_for(lambda: report.exists(), 10, "the agent's Envoy to reach the ADS server")
+    wait_for(report.exists, 10, "the agent's Envoy to reach the ADS server")
     deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
         assert agent.status("/healthz/ready")[0] == 503

@@ -11,7 +11,7 @@ def make(**kw) -> Backoff:
 
 def test_delays_grow_exponentially_up_to_the_cap():
     b = make()
-    assert [b.crashed() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert [b.crashed() for _i in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
 
 
 def test_reset_only_after_a_full_healthy_period():
@@ -40,7 +40,7 @@ def test_an_unhealthy_spell_restarts_the_healthy_clock():
 
 def test_gives_up_only_past_the_bound():
     b = make(max_consecutive=3)
-    for _ in range(3):
+    for _i in range(3):
         b.crashed()
         assert not b.exhausted
     b.crashed()
@@ -49,6 +49,6 @@ def test_gives_up_only_past_the_bound():
 
 def test_zero_bound_never_gives_up():
     b = make()
-    for _ in range(1000):
+    for _i in range(1000):
         b.crashed()
     assert not b.exhausted

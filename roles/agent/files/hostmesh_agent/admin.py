@@ -63,7 +63,7 @@ def parse_response(raw: bytes, what: str) -> Tuple[int, bytes]:
     parts = lines[0].split(b" ", 2)
     if not sep or len(parts) < 2 or not parts[1].isdigit():
         raise AdminError(f"envoy admin {what}: malformed response")
-    headers = {k.strip().lower(): v.strip().lower() for k, _, v in (h.partition(b":") for h in lines[1:])}
+    headers = {k.strip().lower(): v.strip().lower() for k, _sep, v in (h.partition(b":") for h in lines[1:])}
     if headers.get(b"transfer-encoding") == b"chunked":
         body = _dechunk(body, what)
     return int(parts[1]), body

@@ -194,7 +194,7 @@ class Agent:
         return max(0.0, min(deadlines) - now)
 
     def _sleep(self, timeout: float) -> None:
-        readable, _, _ = select.select([self._wake_r], [], [], timeout)
+        readable = select.select([self._wake_r], [], [], timeout)[0]
         if readable:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)

@@ -158,7 +158,7 @@ def _ads_source(cfg: Config) -> Json:
 
 
 def _xds_cluster(cfg: Config) -> Json:
-    host, _, port = cfg.xds.address.rpartition(":")
+    host, _sep, port = cfg.xds.address.rpartition(":")
     host = host.strip("[]")
     cluster: Json = {
         "name": XDS_CLUSTER,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Mapping
+from typing import Mapping, Optional
 
 # syslog priorities, so that journald records each line's level (SyslogLevelPrefix=).
 _PRIORITY = {
@@ -23,8 +23,9 @@ class _JournalFormatter(logging.Formatter):
         return prefix + super().format(record)
 
 
-def setup_logging(level: str, environ: Mapping[str, str] = os.environ) -> None:
+def setup_logging(level: str, environ: Optional[Mapping[str, str]] = None) -> None:
     """Under systemd (JOURNAL_STREAM set) omit timestamps and prefix priorities."""
+    environ = os.environ if environ is None else environ
     handler = logging.StreamHandler(sys.stderr)
     if environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(levelname)s %(name)s: %(message)s"))

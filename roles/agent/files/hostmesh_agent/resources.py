@@ -206,7 +206,7 @@ def _bind_source(address: str) -> Json:
 
 
 def _endpoint(host_port: str) -> Json:
-    host, _, port = host_port.rpartition(":")
+    host, _sep, port = host_port.rpartition(":")
     return {"endpoint": {"address": socket_address(host.strip("[]"), int(port))}}
 
 
