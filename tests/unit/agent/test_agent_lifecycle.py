@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import pytest
 
+from hostmesh_agent.admin import AdminError, EnvoyReadiness
 from hostmesh_agent.agent import EXIT_CRASH_LOOP, Agent, Fingerprint
 from hostmesh_agent.config import ConfigError, parse_config
 from hostmesh_agent.proxy import EnvoyProcess
@@ -159,3 +160,31 @@ def test_readiness_reasons(stopping):
     ok, reason = agent.readiness()
     assert not ok
     assert reason.startswith("stopping" if stopping else "not ready")
+
+
+def test_one_missed_health_poll_is_not_yet_unready(monkeypatch):
+    agent = make_agent()
+    agent._start_fresh()
+    answers = [
+        EnvoyReadiness(True, 0, 4, 0, 1, 1),
+        AdminError("slow"),
+        AdminError("slow"),
+        EnvoyReadiness(True, 0, 4, 0, 1, 1),
+    ]
+
+    class FakeAdmin:
+        def readiness(self):
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    monkeypatch.setattr(agent, "_admin", FakeAdmin)
+    agent._check_health(now=1.0)
+    assert agent.ready
+    agent._check_health(now=2.0)
+    assert agent.ready  # one miss
+    agent._check_health(now=3.0)
+    assert not agent.ready  # two in a row
+    agent._check_health(now=4.0)
+    assert agent.ready

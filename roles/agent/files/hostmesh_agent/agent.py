@@ -36,6 +36,7 @@ EXIT_START_FAILED = 2
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 _READY_POLL_S = 0.02
 _HEALTHY_POLL_S = 1.0
+_CHECKS_TO_UNREADY = 2
 
 
 def is_ready(cfg: Config, r: EnvoyReadiness, epoch: int) -> bool:
@@ -97,6 +98,7 @@ class Agent:
         self._next_watchdog = 0.0
         self._ready_deadline = 0.0
         self._notified_ready = False
+        self._failed_checks = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self.status_server: Optional[StatusServer] = None
 
@@ -343,6 +345,7 @@ class Agent:
             healthy = is_ready(self.cfg, self._admin().readiness(), self.current.epoch)
         except AdminError:
             healthy = False
+        self._failed_checks = 0 if healthy else self._failed_checks + 1
         if healthy:
             self.backoff.healthy(now)
             if self._hot_restart_in_flight:
@@ -359,7 +362,8 @@ class Agent:
                 self._status(f"ready: envoy epoch {self.current.epoch}")
             self._next_health = now + _HEALTHY_POLL_S
         else:
-            if not self._hot_restart_in_flight and self.ready:
+            # One missed poll (a slow admin answer under load) is not yet a verdict.
+            if not self._hot_restart_in_flight and self.ready and self._failed_checks >= _CHECKS_TO_UNREADY:
                 log.warning("envoy epoch %d is no longer ready", self.current.epoch)
                 self.ready = False
                 self.backoff.unhealthy()
