@@ -1,0 +1,224 @@
+# Copyright: contributors to hostmesh.sidecar
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Filters that turn the inventory into the standalone mesh's registry.
+
+Documentation for each filter lives next to this file, in ``<filter>.yml``.
+"""
+
+import json
+import re
+from collections.abc import Mapping
+
+import jmespath
+from ansible.errors import AnsibleFilterError
+
+# The agent accepts these for service names, namespaces, service accounts and
+# the trust domain (lower-case DNS-style labels, dots allowed).
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+PROTOCOLS = ("tcp", "http")
+DEFAULT_NAMESPACE = "default"
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+HOST_KEYS = (
+    "hostmesh_services",
+    "hostmesh_address",
+    "hostmesh_namespace",
+    "hostmesh_service_account",
+    "ansible_host",
+    "ansible_default_ipv4",
+)
+
+# Flatten every other host's offers into one list of records; the Python that
+# follows only groups and checks them.
+OFFERS_QUERY = "[?host != {me}].offers[]"
+
+
+def _plain(value):
+    """Copy template results into plain dicts, lists and scalars, for jmespath and JSON."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
+def _bad(host, key, value, expected):
+    return AnsibleFilterError(
+        "mesh_upstreams: host %r, %s: got %s; expected %s" % (host, key, json.dumps(value, default=str), expected)
+    )
+
+
+def _name(host, key, value):
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise _bad(host, key, value, "a lower-case DNS-style name (letters, digits, '-', '.')")
+    return value
+
+
+def _port(host, key, value):
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _bad(host, key, value, "a port from 1 to 65535")
+    return value
+
+
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    """The SPIFFE ID a sidecar presents, as the agent and the mesh CA spell it."""
+    return "spiffe://%s/ns/%s/sa/%s" % (trust_domain, namespace, service_account)
+
+
+def _address(host, hv):
+    for key in ("hostmesh_address", "ansible_host"):
+        value = hv.get(key)
+        if value:
+            return str(value)
+    facts = hv.get("ansible_default_ipv4") or {}
+    if isinstance(facts, Mapping) and facts.get("address"):
+        return str(facts["address"])
+    raise _bad(
+        host,
+        "hostmesh_address",
+        None,
+        "an address peers can reach: set hostmesh_address or ansible_host, or gather facts (ansible_default_ipv4)",
+    )
+
+
+def _host_vars(hv):
+    """Only the variables the mesh reads, templated once; a broken unrelated variable stays harmless."""
+    if not isinstance(hv, Mapping):
+        return {}
+    return {key: _plain(hv[key]) for key in HOST_KEYS if key in hv}
+
+
+def _endpoint(address, port):
+    return "[%s]:%d" % (address, port) if ":" in address else "%s:%d" % (address, port)
+
+
+def host_record(host: str, hv, trust_domain: str) -> dict:
+    """One host's identity and the services it offers, checked and in plain data."""
+    hv = _host_vars(hv)
+    services = hv.get("hostmesh_services") or []
+    if not isinstance(services, list):
+        raise _bad(host, "hostmesh_services", services, "a list of {name, port, protocol}")
+    namespace = _name(host, "hostmesh_namespace", hv.get("hostmesh_namespace", DEFAULT_NAMESPACE))
+    account = _name(host, "hostmesh_service_account", hv.get("hostmesh_service_account", host))
+    identity = spiffe_id(trust_domain, namespace, account)
+    offers = []
+    names = {}
+    address = _address(host, hv) if services else None
+    for index, service in enumerate(services):
+        where = "hostmesh_services[%d]" % index
+        if not isinstance(service, dict):
+            raise _bad(host, where, service, "a mapping with name, port and optionally protocol")
+        if "name" not in service:
+            raise _bad(host, where + ".name", None, "a service name (required)")
+        if "port" not in service:
+            raise _bad(host, where + ".port", None, "a port from 1 to 65535 (required)")
+        name = _name(host, where + ".name", service["name"])
+        port = _port(host, where + ".port", service["port"])
+        protocol = service.get("protocol", "tcp")
+        if protocol not in PROTOCOLS:
+            raise _bad(host, where + ".protocol", protocol, "one of %s" % ", ".join(PROTOCOLS))
+        if name in names:
+            raise _bad(host, where + ".name", name, "each service once per host (also at %s)" % names[name])
+        names[name] = where
+        offers.append(
+            {
+                "host": host,
+                "name": name,
+                "port": port,
+                "protocol": protocol,
+                "endpoint": _endpoint(address, port),
+                "spiffe_id": identity,
+            }
+        )
+    return {"host": host, "spiffe_id": identity, "offers": offers}
+
+
+def _group(offers):
+    """Merge offers by service; conflicting name/port/protocol is an error naming both hosts."""
+    by_name = {}
+    by_port = {}
+    for offer in offers:
+        where = "hostmesh_services (service %r)" % offer["name"]
+        first = by_name.get(offer["name"])
+        if first is None:
+            other = by_port.get(offer["port"])
+            if other is not None:
+                raise _bad(
+                    offer["host"],
+                    where + ".port",
+                    offer["port"],
+                    "a port no other service uses; host %r offers %r on it (outbound traffic is matched by port)"
+                    % (other["host"], other["name"]),
+                )
+            by_name[offer["name"]] = first = dict(offer, endpoints=set(), spiffe_ids=set())
+            by_port[offer["port"]] = first
+        for key in ("port", "protocol"):
+            if offer[key] != first[key]:
+                raise _bad(
+                    offer["host"],
+                    where + "." + key,
+                    offer[key],
+                    "%s, as on host %r" % (json.dumps(first[key]), first["host"]),
+                )
+        first["endpoints"].add(offer["endpoint"])
+        first["spiffe_ids"].add(offer["spiffe_id"])
+    return by_name.values()
+
+
+def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=DEFAULT_TRUST_DOMAIN):
+    """The agent's ``outbound.services`` for one host: every other mesh host's services, over mTLS."""
+    if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError(
+            "mesh_upstreams: hosts: got %s; expected a list of inventory host names" % json.dumps(hosts, default=str)
+        )
+    trust_domain = _name(str(inventory_hostname), "trust_domain", _plain(trust_domain))
+    records = []
+    for host in sorted({str(host) for host in hosts}):
+        if host not in hostvars:
+            raise _bad(host, "hosts", host, "a host of the inventory")
+        records.append(host_record(host, hostvars[host], trust_domain))
+    offers = jmespath.search(OFFERS_QUERY.format(me=_literal(str(inventory_hostname))), records) or []
+    upstreams = [
+        {
+            "name": service["name"],
+            "port": service["port"],
+            "protocol": service["protocol"],
+            "endpoints": sorted(service["endpoints"]),
+            "tls": True,
+            "spiffe_ids": sorted(service["spiffe_ids"]),
+        }
+        for service in _group(offers)
+    ]
+    return sorted(upstreams, key=lambda upstream: (upstream["name"], upstream["port"]))
+
+
+def mesh_spiffe_id(hostvars, host, trust_domain=DEFAULT_TRUST_DOMAIN):
+    """The SPIFFE ID of one inventory host, from its hostmesh_namespace and hostmesh_service_account."""
+    trust_domain = _name(str(host), "trust_domain", _plain(trust_domain))
+    if host not in hostvars:
+        raise _bad(str(host), "host", str(host), "a host of the inventory")
+    return host_record(str(host), _without_services(hostvars[host]), trust_domain)["spiffe_id"]
+
+
+def _without_services(hv):
+    return {key: hv[key] for key in ("hostmesh_namespace", "hostmesh_service_account") if key in hv}
+
+
+def _literal(text):
+    """A jmespath JSON literal holding text (backticks escaped)."""
+    return "`%s`" % json.dumps(text).replace("`", "\\`")
+
+
+class FilterModule:
+    """hostmesh.sidecar mesh filters."""
+
+    def filters(self):
+        return {"mesh_upstreams": mesh_upstreams, "mesh_spiffe_id": mesh_spiffe_id}

@@ -1,0 +1,279 @@
+#!/usr/bin/python
+# Copyright: contributors to hostmesh.sidecar
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+DOCUMENTATION = r"""
+---
+module: mesh_certificate
+short_description: Keep the standalone mesh's CA and a workload's SPIFFE certificate on the controller
+version_added: "0.1.0"
+description:
+  - Creates the mesh CA when it does not exist (a self-signed EC P-256 root
+    for the trust domain), or uses the one you bring.
+  - With O(cert_path) and O(key_path), issues a workload certificate (a SPIFFE
+    X.509-SVID) for C(spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>)
+    with a new EC P-256 key, and re-issues it with a new key when fewer than
+    O(renew_days) days remain, when its SPIFFE ID or DNS names no longer match,
+    when the key does not match it, or when another CA signed it.
+  - A certificate in place that is still right is left alone and the module
+    reports no change.
+  - Meant to run on the controller (C(delegate_to) V(localhost)); the
+    C(hostmesh.sidecar.mesh_ca) role does that for every host and hands the
+    files to the agent role.
+author:
+  - hostmesh.sidecar maintainers (@hostmesh)
+options:
+  ca_cert_path:
+    description:
+      - The CA certificate (PEM). The first certificate signs; any that follow
+        are its chain and go into the workload's certificate file after the
+        workload's certificate (self-signed roots excepted).
+    type: path
+    required: true
+  ca_key_path:
+    description: The CA's private key (PEM, unencrypted). Written with mode C(0600) when created.
+    type: path
+    required: true
+  create_ca:
+    description:
+      - Create the CA when neither O(ca_cert_path) nor O(ca_key_path) exists.
+        With V(false) (bring your own CA) a missing CA is an error.
+      - One of the two files without the other is always an error.
+    type: bool
+    default: true
+  ca_common_name:
+    description: Common name of a CA this module creates.
+    type: str
+    default: hostmesh mesh CA
+  ca_days:
+    description: Validity in days of a CA this module creates.
+    type: int
+    default: 3650
+  ca_name_constraints:
+    description:
+      - Mark a CA this module creates as allowed to sign only URIs in
+        O(trust_domain) (an X.509 name constraint). Verifiers that do not
+        handle URI name constraints reject such a CA, so it is off by default.
+    type: bool
+    default: false
+  trust_domain:
+    description: SPIFFE trust domain (lower-case DNS-style name).
+    type: str
+    default: cluster.local
+  namespace:
+    description: Namespace part of the SPIFFE ID.
+    type: str
+    default: default
+  service_account:
+    description:
+      - Service-account part of the SPIFFE ID. Required with O(cert_path).
+    type: str
+  dns_names:
+    description: DNS names added as DNS SANs (for example the host's name).
+    type: list
+    elements: str
+    default: []
+  cert_path:
+    description:
+      - Where the workload's certificate chain (PEM) is kept. Without it only
+        the CA is checked or created.
+    type: path
+  key_path:
+    description: Where the workload's private key (PEM) is kept, mode C(0600). Required with O(cert_path).
+    type: path
+  days:
+    description: Validity in days of a new workload certificate (capped at the CA's expiry).
+    type: int
+    default: 30
+  renew_days:
+    description: Re-issue the certificate when fewer than this many days of validity remain. Less than O(days).
+    type: int
+    default: 10
+  force:
+    description: Re-issue the workload certificate (with a new key) even if it is still right.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Reports whether the CA would be created and the certificate issued, and writes nothing.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+    description: Runs where the CA lives, normally the controller; needs the Python C(cryptography) library.
+requirements:
+  - cryptography >= 39 (ansible-core's own dependency)
+notes:
+  - Missing parent directories are created with mode C(0700).
+  - Keys are written to a temporary file created with mode C(0600) and moved
+    into place, so they are never readable by others, even for a moment.
+  - Several hosts may run this at once against one CA; only one creates it.
+seealso:
+  - name: SPIFFE X.509-SVID
+    description: The certificate profile issued here.
+    link: https://github.com/spiffe/spiffe/blob/main/standards/X509-SVID.md
+"""
+
+EXAMPLES = r"""
+- name: Create the mesh CA once
+  hostmesh.sidecar.mesh_certificate:
+    ca_cert_path: "{{ playbook_dir }}/.hostmesh-ca/ca-cert.pem"
+    ca_key_path: "{{ playbook_dir }}/.hostmesh-ca/ca-key.pem"
+  delegate_to: localhost
+  run_once: true
+
+- name: Issue (or renew) this host's workload certificate
+  hostmesh.sidecar.mesh_certificate:
+    ca_cert_path: "{{ playbook_dir }}/.hostmesh-ca/ca-cert.pem"
+    ca_key_path: "{{ playbook_dir }}/.hostmesh-ca/ca-key.pem"
+    trust_domain: cluster.local
+    namespace: default
+    service_account: "{{ inventory_hostname }}"
+    dns_names: ["{{ inventory_hostname }}"]
+    cert_path: "{{ playbook_dir }}/.hostmesh-ca/hosts/{{ inventory_hostname }}/cert-chain.pem"
+    key_path: "{{ playbook_dir }}/.hostmesh-ca/hosts/{{ inventory_hostname }}/key.pem"
+  delegate_to: localhost
+  register: workload_cert
+
+- name: Bring your own CA (an intermediate followed by its chain)
+  hostmesh.sidecar.mesh_certificate:
+    ca_cert_path: /etc/pki/mesh/intermediate-chain.pem
+    ca_key_path: /etc/pki/mesh/intermediate-key.pem
+    create_ca: false
+    service_account: payments
+    namespace: prod
+    cert_path: /srv/mesh/payments-1/cert-chain.pem
+    key_path: /srv/mesh/payments-1/key.pem
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+spiffe_id:
+  description: The workload's SPIFFE ID.
+  returned: when O(cert_path) is set
+  type: str
+  sample: spiffe://cluster.local/ns/default/sa/web1
+reasons:
+  description: Why the certificate was (or, in check mode, would be) issued; empty when it was left alone.
+  returned: always
+  type: list
+  elements: str
+  sample: ["expires in 6.0 days (renewed with fewer than 10 left)"]
+ca_created:
+  description: Whether this run created the CA (or would, in check mode).
+  returned: always
+  type: bool
+  sample: false
+not_before:
+  description: Start of the certificate's validity (ISO 8601, UTC).
+  returned: when O(cert_path) is set and a certificate is in place after the run (not in check mode when one would be issued)
+  type: str
+  sample: "2026-01-01T09:55:00+00:00"
+not_after:
+  description: End of the certificate's validity (ISO 8601, UTC).
+  returned: when O(cert_path) is set and a certificate is in place after the run (not in check mode when one would be issued)
+  type: str
+  sample: "2026-01-31T10:00:00+00:00"
+serial_number:
+  description: The certificate's serial number, in hexadecimal.
+  returned: when O(not_after) is
+  type: str
+  sample: 4f1c2a9e0b
+ca_not_after:
+  description: End of the CA's validity (ISO 8601, UTC).
+  returned: when the CA exists after the run
+  type: str
+  sample: "2036-01-01T10:00:00+00:00"
+cert_path:
+  description: The certificate chain file.
+  returned: when O(cert_path) is set
+  type: str
+  sample: /home/ops/mesh/.hostmesh-ca/hosts/web1/cert-chain.pem
+key_path:
+  description: The private key file.
+  returned: when O(cert_path) is set
+  type: str
+  sample: /home/ops/mesh/.hostmesh-ca/hosts/web1/key.pem
+ca_cert_path:
+  description: The CA certificate file, the trust bundle peers verify against.
+  returned: always
+  type: str
+  sample: /home/ops/mesh/.hostmesh-ca/ca-cert.pem
+"""
+
+import datetime
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
+    MeshCAError,
+    apply_plan,
+    changed,
+    describe,
+    make_request,
+    plan_certificate,
+)
+
+ARGUMENT_SPEC = {
+    "ca_cert_path": {"type": "path", "required": True},
+    "ca_key_path": {"type": "path", "required": True, "no_log": False},
+    "create_ca": {"type": "bool", "default": True},
+    "ca_common_name": {"type": "str", "default": "hostmesh mesh CA"},
+    "ca_days": {"type": "int", "default": 3650},
+    "ca_name_constraints": {"type": "bool", "default": False},
+    "trust_domain": {"type": "str", "default": "cluster.local"},
+    "namespace": {"type": "str", "default": "default"},
+    "service_account": {"type": "str"},
+    "dns_names": {"type": "list", "elements": "str", "default": []},
+    "cert_path": {"type": "path"},
+    "key_path": {"type": "path", "no_log": False},
+    "days": {"type": "int", "default": 30},
+    "renew_days": {"type": "int", "default": 10},
+    "force": {"type": "bool", "default": False},
+}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        supports_check_mode=True,
+        required_together=[("cert_path", "key_path", "service_account")],
+    )
+    if not HAS_CRYPTOGRAPHY:
+        module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        request = make_request(module.params)
+        plan = plan_certificate(request, now)
+        result = {
+            "changed": changed(plan),
+            "reasons": list(plan.reasons) + ([plan.key_mode] if plan.key_mode else []),
+            "ca_created": plan.create_ca,
+            "ca_cert_path": request.ca_cert_path,
+        }
+        ca, cert = plan.ca, plan.current
+        if not module.check_mode:
+            ca, cert, result["ca_created"] = apply_plan(plan, now)
+            # Another run may have created the CA first.
+            result["changed"] = result["ca_created"] or bool(plan.reasons or plan.key_mode)
+    except (MeshCAError, OSError) as error:
+        module.fail_json(msg=str(error))
+    if ca is not None:
+        result["ca_not_after"] = describe(ca.cert)["not_after"]
+    if request.cert_path:
+        result.update(spiffe_id=plan.spiffe_id, cert_path=request.cert_path, key_path=request.key_path)
+        if cert is not None:
+            info = describe(cert)
+            result.update(
+                not_before=info["not_before"], not_after=info["not_after"], serial_number=info["serial_number"]
+            )
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
