@@ -72,7 +72,7 @@ integration: deps
 	$(BIN)/pytest -q tests/integration
 
 # Scenarios run on sandbox hosts (tools/sandbox); the rootfs is built once per run.
-MOLECULE_SCENARIOS ?= capture
+MOLECULE_SCENARIOS ?= capture tproxy
 molecule: deps
 	$(BIN)/python -m tools.sandbox.molecule_suite $(MOLECULE_SCENARIOS)
 

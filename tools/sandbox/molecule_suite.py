@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n===== molecule scenarios =====")
     for name, ok, took, reason in results:
         print(f"{name:24} {'passed' if ok else 'FAILED'} in {took:.0f}s {reason}")
-    passed = sum(1 for _, ok, _, _ in results if ok)
+    passed = sum(1 for result in results if result[1])
     print(f"{passed} passed, {len(results) - passed} failed")
     return 0 if passed == len(results) else 1
 

@@ -71,7 +71,7 @@ def subnets_in_use() -> list[str]:
     out = commands.run(commands.ip(None, "-o", "-4", "addr", "show")).stdout
     nets = re.findall(r"inet (\S+)", out)
     routes = commands.run(commands.ip(None, "-4", "route", "show")).stdout
-    nets += [m for m in re.findall(r"^(\d+\.\d+\.\d+\.\d+/\d+)", routes, re.M)]
+    nets += re.findall(r"^(\d+\.\d+\.\d+\.\d+/\d+)", routes, re.M)
     return nets
 
 

@@ -78,7 +78,7 @@ def parse_apt_sources(deb822_texts: Iterable[str], one_line_texts: Iterable[str]
             for line in stanza.splitlines():
                 if line.startswith("#") or ":" not in line or line[:1].isspace():
                     continue
-                key, _, value = line.partition(":")
+                key, _sep, value = line.partition(":")
                 fields[key.strip().lower()] = value.strip()
             if "deb" not in fields.get("types", "").split():
                 continue

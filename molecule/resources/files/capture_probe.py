@@ -1,7 +1,7 @@
-#!/usr/bin/python3
 """TCP probe for capture scenarios, run on sandbox hosts (standard library only).
 
-serve LABEL PORT     answer each connection with one JSON line: the label, the
+serve LABEL PORT [--transparent]
+                     answer each connection with one JSON line: the label, the
                      port the socket is bound to, the connection's original
                      destination (SO_ORIGINAL_DST) and the peer.
 connect HOST PORT [--uid N]
@@ -16,6 +16,7 @@ import struct
 import sys
 
 SO_ORIGINAL_DST = 80
+IP_TRANSPARENT = 19
 
 
 def original_destination(conn):
@@ -30,6 +31,9 @@ def original_destination(conn):
 def serve(args):
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if args.transparent:
+        # TPROXY delivers connections for any address to this socket.
+        server.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     server.bind(("0.0.0.0", args.port))
     server.listen(16)
     while True:
@@ -64,6 +68,7 @@ def main():
     s = sub.add_parser("serve")
     s.add_argument("label")
     s.add_argument("port", type=int)
+    s.add_argument("--transparent", action="store_true")
     c = sub.add_parser("connect")
     c.add_argument("host")
     c.add_argument("port", type=int)

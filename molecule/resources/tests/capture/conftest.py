@@ -1,76 +1,8 @@
-"""Named handles on the scenario's hosts, the probe on them, and diagnostics on failure."""
+"""Fixtures and hooks shared by every scenario's tests (see ../sandbox_hosts.py)."""
 
-from __future__ import annotations
-
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import testinfra
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
-PROBE_SRC = REPO_ROOT / "molecule/resources/files/capture_probe.py"
-PROBE = "/usr/local/sbin/capture_probe.py"
-SANDBOX_NAME = f"molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'capture')}"
-
-
-def _host(name: str):
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")
-
-
-def address_of(host) -> str:
-    return host.ansible.get_variables()["ansible_host"]
-
-
-def controller_of(host) -> str:
-    """The address Ansible reaches the host from, as the host sees it."""
-    return host.check_output("echo $SSH_CONNECTION").split()[0]
-
-
-@pytest.fixture(scope="module")
-def host1():
-    return _host("host1")
-
-
-@pytest.fixture(scope="module")
-def host2():
-    return _host("host2")
-
-
-@pytest.fixture(scope="module")
-def probe(host1, host2):
-    """Install the probe on both hosts; yield a starter for listeners; stop them after."""
-    started: list[tuple[object, str]] = []
-    for host in (host1, host2):
-        host.ansible("ansible.builtin.copy", f"src={PROBE_SRC} dest={PROBE} mode=0755", check=False)
-
-    def serve(host, label: str, port: int) -> None:
-        unit = f"capture-probe-{port}"
-        host.run(f"systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null")
-        host.run_expect([0], f"systemd-run --unit {unit} {PROBE} serve {label} {port}")
-        host.run_expect([0], f"for i in $(seq 50); do ss -ltn | grep -q ':{port} ' && exit 0; sleep 0.1; done; exit 1")
-        started.append((host, unit))
-
-    yield serve
-    for host, unit in started:
-        host.run(f"systemctl stop {unit}")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """On a failed test, attach each host's journal, rulesets and logs to the report."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call" and report.failed:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tools.sandbox", "--name", SANDBOX_NAME, "diagnose", "--unit", "capture-probe-*"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        report.sections.append(("sandbox diagnostics", proc.stdout + proc.stderr))
+from sandbox_hosts import *  # noqa: F403

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PROBE, address_of, controller_of
+from sandbox_hosts import PROBE, address_of, controller_of
 
 SEED_NAT = Path(__file__).resolve().parents[4] / "tests/unit/capture/seed_nat.txt"
 APP_PORT = 8080

@@ -1,0 +1,82 @@
+"""Shared by the scenarios' testinfra tests: named hosts, the probe, diagnostics on failure.
+
+Each test folder's conftest.py imports everything from here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import testinfra
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+PROBE_SRC = REPO_ROOT / "molecule/resources/files/capture_probe.py"
+PROBE_PATH = "/usr/local/lib/capture_probe.py"
+PROBE = f"python3 {PROBE_PATH}"
+SANDBOX_NAME = f"molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'capture')}"
+
+
+def _host(name: str):
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")
+
+
+def address_of(host) -> str:
+    return host.ansible.get_variables()["ansible_host"]
+
+
+def controller_of(host) -> str:
+    """The address Ansible reaches the host from, as the host sees it."""
+    return host.check_output("echo $SSH_CONNECTION").split()[0]
+
+
+@pytest.fixture(scope="module")
+def host1():
+    return _host("host1")
+
+
+@pytest.fixture(scope="module")
+def host2():
+    return _host("host2")
+
+
+@pytest.fixture(scope="module")
+def probe(host1, host2):
+    """Install the probe on both hosts; yield a starter for listeners; stop them after."""
+    started: list[tuple[object, str]] = []
+    for host in (host1, host2):
+        host.ansible("ansible.builtin.copy", f"src={PROBE_SRC} dest={PROBE_PATH} mode=0644", check=False)
+
+    def serve(host, label: str, port: int, transparent: bool = False) -> None:
+        unit = f"capture-probe-{port}"
+        host.run(f"systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null")
+        host.run_expect(
+            [0], f"systemd-run --unit {unit} {PROBE} serve {label} {port}" + (" --transparent" if transparent else "")
+        )
+        host.run_expect([0], f"for i in $(seq 50); do ss -ltn | grep -q ':{port} ' && exit 0; sleep 0.1; done; exit 1")
+        started.append((host, unit))
+
+    yield serve
+    for host, unit in started:
+        host.run(f"systemctl stop {unit}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failed test, attach each host's journal, rulesets and logs to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tools.sandbox", "--name", SANDBOX_NAME, "diagnose", "--unit", "capture-probe-*"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        report.sections.append(("sandbox diagnostics", proc.stdout + proc.stderr))

@@ -1,0 +1,53 @@
+"""Real TPROXY interception between two hosts after converging traffic_capture.
+
+Inbound connections to host2 reach a transparent listener on 15006 with their
+destination and source addresses unchanged; outbound still goes to 15001.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sandbox_hosts import PROBE, address_of
+
+APP_PORT = 8080
+PROXY_UID = 1337
+
+
+def connect(host, target: str, port: int, uid: int | None = None) -> dict:
+    cmd = f"{PROBE} connect {target} {port}" + (f" --uid {uid}" if uid is not None else "")
+    result = host.run(cmd)
+    assert result.rc == 0, f"{cmd} failed on {host.backend.host}: {result.stdout}{result.stderr}"
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("name", ["host1", "host2"])
+def test_policy_routing_for_marked_packets(name, host1, host2) -> None:
+    host = host1 if name == "host1" else host2
+    assert "fwmark 0x539 lookup 133" in host.check_output("ip rule")
+    assert "local default dev lo" in host.check_output("ip route show table 133")
+
+
+def test_inbound_keeps_destination_and_source(host1, host2, probe) -> None:
+    probe(host2, "tproxy-host2", 15006, transparent=True)
+    target = address_of(host2)
+    answer = connect(host1, target, APP_PORT, uid=PROXY_UID)
+    assert answer["label"] == "tproxy-host2"
+    assert answer["local"] == f"{target}:{APP_PORT}"
+    assert answer["peer"].split(":")[0] == address_of(host1)
+
+
+def test_outbound_is_still_redirected_to_15001(host1, host2, probe) -> None:
+    probe(host1, "outbound-host1", 15001)
+    target = address_of(host2)
+    answer = connect(host1, target, APP_PORT)
+    assert answer["label"] == "outbound-host1"
+    assert answer["original_dst"] == f"{target}:{APP_PORT}"
+
+
+def test_excluded_inbound_port_is_not_intercepted(host1, host2, probe) -> None:
+    probe(host2, "direct-host2", 15021)
+    target = address_of(host2)
+    answer = connect(host1, target, 15021, uid=PROXY_UID)
+    assert answer["label"] == "direct-host2"
