@@ -274,3 +274,13 @@ def test_keepalive_http_clients_lose_nothing_across_hot_restarts(envoy_binary, t
     assert result["ok"] > 100
     # Connections were reused (far fewer than requests) and renewed at each hand-over.
     assert 4 * 2 <= result["connections"] < result["ok"] / 5, result
+
+
+def test_sigkill_of_the_agent_takes_envoy_with_it(envoy_binary, topo, workdir, start_agent):
+    config = agent_config(envoy_binary, workdir)
+    agent = start_agent(config)
+    agent.wait_ready()
+    assert len(agent.envoy_pids()) == 1
+    agent.signal(signal.SIGKILL)
+    agent.wait_exit(timeout=5)
+    wait_for(lambda: agent.envoy_pids() == [], 3, "Envoy to die with its agent")

@@ -148,6 +148,9 @@ class Proxy:
                 args,
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
+                # Its own session: a Ctrl-C meant for the agent must not reach Envoy
+                # undrained; the agent stops it, and PDEATHSIG covers the agent dying.
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
         except OSError as exc:
