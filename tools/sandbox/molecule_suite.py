@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -100,10 +101,16 @@ def run_scenario(name: str) -> tuple[bool, float, str]:
     return not reason, time.monotonic() - started, reason
 
 
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tools.sandbox.molecule_suite")
     parser.add_argument("scenario", nargs="*", help="default: every scenario in molecule/")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so each scenario's `finally` destroys its hosts.
+    signal.signal(signal.SIGTERM, _interrupt)
     names = args.scenario or scenarios()
     if not names:
         print("no molecule scenarios found", file=sys.stderr)

@@ -13,11 +13,13 @@ Only these links and addresses are used; nothing is routed anywhere else.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +30,7 @@ PREFIX = "hm-sbx-"
 SUPERNET = ipaddress.ip_network("10.213.0.0/16")
 FIRST_HOST_OCTET = 11
 NETNS_DIR = Path("/run/netns")
+SUBNET_LOCK = Path("/run/hm-sbx-subnet.lock")
 
 
 def bridge_netns(sandbox_id: str) -> str:
@@ -64,6 +67,14 @@ def pick_subnet(in_use: Iterable[str]) -> str:
         if not any(candidate.overlaps(u) for u in used):
             return str(candidate)
     raise RuntimeError(f"no free /24 left in {SUPERNET} for a new sandbox")
+
+
+@contextlib.contextmanager
+def subnet_lock() -> Iterator[None]:
+    """Held while a sandbox picks its subnet and claims it with its controller link."""
+    with open(SUBNET_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def subnets_in_use() -> list[str]:

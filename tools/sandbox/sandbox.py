@@ -84,22 +84,14 @@ class Sandbox:
         started = time.monotonic()
         tree = rootfs.ensure_rootfs(self.base_dir / "rootfs", log=self.log)
         timings["rootfs_s"] = time.monotonic() - started
-        subnet = network.pick_subnet(network.subnets_in_use())
-        self.dir.mkdir(parents=True)
-        state = {
-            "name": self.name,
-            "id": self.id,
-            "subnet": subnet,
-            "controller": network.controller_address(subnet),
-            "rootfs": str(tree),
-            "hosts": {h: {"address": network.host_address(subnet, i)} for i, h in enumerate(host_names)},
-        }
-        # Written before anything is made, so destroy can undo a half-done create.
-        self.state_file.write_text(json.dumps(state, indent=2) + "\n")
+        subnet = "?"
         try:
+            # One lock for the whole machine: two checkouts must not pick the same subnet.
+            with network.subnet_lock():
+                subnet = network.pick_subnet(network.subnets_in_use())
+                self._start_create(host_names, subnet, tree)
             t0 = time.monotonic()
             commands.run(commands.ssh_keygen(self.key_file, f"sandbox-{self.name}"))
-            network.bridge_up(self.id, subnet)
             self._run_parallel(lambda h: self._prepare_rootfs(h, tree), host_names)
             timings["copy_s"] = time.monotonic() - t0
             self._write_access_files()
@@ -119,6 +111,21 @@ class Sandbox:
             f"boot {timings['boot_s']:.1f}s); inventory {self.inventory}"
         )
         return timings
+
+    def _start_create(self, host_names: Sequence[str], subnet: str, tree: Path) -> None:
+        """Record the state, then claim the subnet by bringing the bridge up."""
+        self.dir.mkdir(parents=True)
+        state = {
+            "name": self.name,
+            "id": self.id,
+            "subnet": subnet,
+            "controller": network.controller_address(subnet),
+            "rootfs": str(tree),
+            "hosts": {h: {"address": network.host_address(subnet, i)} for i, h in enumerate(host_names)},
+        }
+        # Written before anything is made, so destroy can undo a half-done create.
+        self.state_file.write_text(json.dumps(state, indent=2) + "\n")
+        network.bridge_up(self.id, subnet)
 
     def _prepare_rootfs(self, host: str, tree: Path) -> None:
         files = machines.HostFiles(self.dir, host)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +22,13 @@ if str(REPO_ROOT) not in sys.path:
 from tools.sandbox.sandbox import Sandbox  # noqa: E402
 
 
+def _interrupt(signum, _frame) -> None:
+    """SIGTERM ends pytest like Ctrl-C does, so finalizers still destroy the hosts."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _require_machine() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     if os.geteuid() != 0:
         pytest.fail("sandbox tests need root (network namespaces, systemd-nspawn)")
     missing = [t for t in ("systemd-nspawn", "debootstrap", "ssh", "nsenter") if not shutil.which(t)]

@@ -162,3 +162,46 @@ def test_destroy_removes_everything_even_after_a_killed_run(make_sandbox) -> Non
     assert not machines.alive(runtime["nspawn_pid"])
     sb.destroy()  # idempotent
     assert sb.leftovers() == []
+
+
+def test_cli_run_creates_runs_and_always_destroys(make_sandbox) -> None:
+    sb = make_sandbox("pytest-cli-run")
+    proc = subprocess.run(
+        [
+            "python3",
+            "-m",
+            "tools.sandbox",
+            "--name",
+            sb.name,
+            "run",
+            "--hosts",
+            "one",
+            "--",
+            "sh",
+            "-c",
+            'ssh -F "$SANDBOX_SSH_CONFIG" one systemctl is-system-running; exit 3',
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stdout.strip() in ("running", "degraded")
+    # A failing command prints each host's diagnostics.
+    assert "===== sandbox pytest-cli-run host one =====" in proc.stderr
+    assert sb.leftovers() == []
+
+
+def test_cli_status_of_a_missing_sandbox() -> None:
+    proc = subprocess.run(
+        ["python3", "-m", "tools.sandbox", "--name", "pytest-never-made", "status", "--json"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["created"] is False
