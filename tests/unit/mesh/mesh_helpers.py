@@ -1,0 +1,97 @@
+"""Shared helpers for the mesh tests: run the module as Ansible does, verify chains."""
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import PolicyBuilder, Store
+
+ROOT = Path(__file__).resolve().parents[3]
+COLLECTIONS = ROOT / ".build" / "collections"
+MODULE = ROOT / "plugins" / "modules" / "mesh_certificate.py"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def run_module(args: dict, workdir: Path, check_mode: bool = False) -> dict:
+    """Run mesh_certificate in a fresh Python the way Ansible does: a JSON args file as argv[1]."""
+    module_args = dict(args)
+    if check_mode:
+        module_args["_ansible_check_mode"] = True
+    args_file = workdir / "args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": module_args}))
+    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
+    proc = subprocess.run(
+        [sys.executable, str(MODULE), str(args_file)], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert proc.stdout, proc.stderr
+    result = json.loads(proc.stdout)
+    result["rc"] = proc.returncode
+    return result
+
+
+def load_pem_chain(path: Path) -> list:
+    return x509.load_pem_x509_certificates(Path(path).read_bytes())
+
+
+def verify_svid(ca_path: Path, chain_path: Path, spiffe_id: str) -> None:
+    """What a peer's TLS stack checks: the chain reaches the CA and the leaf names spiffe_id (and only it)."""
+    roots = [c for c in load_pem_chain(ca_path) if c.issuer == c.subject]
+    leaf, *intermediates = load_pem_chain(chain_path)
+    verifier = PolicyBuilder().store(Store(roots)).build_client_verifier()
+    verified = verifier.verify(leaf, intermediates)
+    uris = [name.value for name in verified.subjects if isinstance(name, x509.UniformResourceIdentifier)]
+    assert uris == [spiffe_id]
+    openssl = shutil.which("openssl")
+    if openssl:
+        argv = [openssl, "verify", "-purpose", "sslclient", "-CAfile", str(ca_path)]
+        if intermediates:
+            argv += ["-untrusted", str(chain_path)]
+        proc = subprocess.run([*argv, str(chain_path)], capture_output=True, text=True, check=False)
+        assert proc.returncode == 0 and ": OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def make_ca(tmp: Path, name: str = "Byo Root", issuer=None, days: int = 365):
+    """A CA written to tmp/<name>-cert.pem and -key.pem; with issuer=(cert, key) an intermediate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer_cert is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()), critical=False
+        )
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    slug = name.lower().replace(" ", "-")
+    cert_path, key_path = tmp / ("%s-cert.pem" % slug), tmp / ("%s-key.pem" % slug)
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    if issuer_cert is not None:
+        pem += issuer_cert.public_bytes(serialization.Encoding.PEM)
+    cert_path.write_bytes(pem)
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    return cert, key, cert_path, key_path
