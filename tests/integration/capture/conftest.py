@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from netlab import Lab  # noqa: E402
+from netlab import Lab
 
 
 @pytest.fixture
