@@ -139,6 +139,17 @@ def _read(path):
         raise MeshCAError("%s: cannot read: %s" % (path, error)) from error
 
 
+PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def load_certificates(pem):
+    """Every certificate in a PEM bundle, in order (older cryptography has no bundle loader)."""
+    blocks = PEM_CERT_RE.findall(pem)
+    if not blocks:
+        raise ValueError("no PEM certificate found")
+    return [x509.load_pem_x509_certificate(block) for block in blocks]
+
+
 def _not_after(cert):
     value = getattr(cert, "not_valid_after_utc", None)
     return value if value is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
@@ -165,7 +176,7 @@ def load_ca(cert_path, key_path, now):
         missing = cert_path if cert_pem is None else key_path
         raise MeshCAError("CA file %s does not exist" % missing)
     try:
-        chain = x509.load_pem_x509_certificates(cert_pem)
+        chain = load_certificates(cert_pem)
     except ValueError as error:
         raise MeshCAError("ca_cert_path %s: not a PEM certificate: %s" % (cert_path, error)) from error
     try:
@@ -194,7 +205,7 @@ def certificate_problems(request, ca, cert_pem, key_pem, now):
     if key_pem is None:
         return ["no key at %s" % request.key_path]
     try:
-        certs = x509.load_pem_x509_certificates(cert_pem)
+        certs = load_certificates(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
         return ["certificate or key is not readable PEM"]
@@ -266,6 +277,9 @@ def _chain_pem(leaf, ca):
 def plan_certificate(request, now):
     """Read the CA and the workload certificate in place and decide what to change."""
     wanted = spiffe_id(request.trust_domain, request.namespace, request.service_account or "")
+    if os.path.exists(request.ca_key_path) and not os.path.exists(request.ca_cert_path):
+        # The key is written first: another run may be creating the CA right now.
+        _wait_for(request.ca_cert_path, seconds=10.0)
     ca_present = [os.path.exists(request.ca_cert_path), os.path.exists(request.ca_key_path)]
     if not any(ca_present):
         if not request.create_ca:
@@ -285,7 +299,7 @@ def plan_certificate(request, now):
     reasons = certificate_problems(request, ca, cert_pem, key_pem, now)
     if reasons:
         return Plan(request, wanted, ca, False, reasons, None, None)
-    current = x509.load_pem_x509_certificates(cert_pem)[0]
+    current = load_certificates(cert_pem)[0]
     return Plan(request, wanted, ca, False, [], current, key_mode_problem(request.key_path))
 
 

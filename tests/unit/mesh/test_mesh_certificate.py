@@ -1,0 +1,290 @@
+"""mesh_certificate: the mesh CA and SPIFFE workload certificates, with real cryptography.
+
+Most tests run the module as Ansible does (a JSON args file, a fresh Python);
+a few drive the backend directly where a clock or a race must be arranged.
+"""
+
+import datetime
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from mesh_helpers import COLLECTIONS, MODULE, load_pem_chain, make_ca, run_module, verify_svid
+
+from ansible_collections.hostmesh.sidecar.plugins.module_utils import _mesh_ca as mesh_ca
+
+WEB1 = "spiffe://cluster.local/ns/default/sa/web1"
+
+
+@pytest.fixture
+def paths(tmp_path):
+    ca_dir = tmp_path / "ca"
+    return {
+        "ca_cert_path": str(ca_dir / "ca-cert.pem"),
+        "ca_key_path": str(ca_dir / "ca-key.pem"),
+        "cert_path": str(ca_dir / "hosts" / "web1" / "cert-chain.pem"),
+        "key_path": str(ca_dir / "hosts" / "web1" / "key.pem"),
+    }
+
+
+def web1(paths, **extra):
+    return {**paths, "service_account": "web1", "dns_names": ["web1"], **extra}
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def contents(paths):
+    return {path: Path(path).read_bytes() for path in paths.values()}
+
+
+def leaf(path):
+    return load_pem_chain(path)[0]
+
+
+def test_creates_ca_and_issues_then_is_idempotent(tmp_path, paths):
+    first = run_module(web1(paths), tmp_path)
+    assert first["rc"] == 0, first
+    assert first["changed"] is True and first["ca_created"] is True
+    assert first["spiffe_id"] == WEB1
+    assert mode(paths["ca_key_path"]) == 0o600 and mode(paths["key_path"]) == 0o600
+    verify_svid(paths["ca_cert_path"], paths["cert_path"], WEB1)
+
+    cert = leaf(paths["cert_path"])
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey) and cert.public_key().curve.name == "secp256r1"
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["web1"]
+    assert first["not_after"] == cert.not_valid_after_utc.isoformat()
+    lifetime = cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    assert datetime.timedelta(days=29, hours=23) < lifetime <= datetime.timedelta(days=30)
+    ca = leaf(paths["ca_cert_path"])
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+    before = contents(paths)
+    second = run_module(web1(paths), tmp_path)
+    assert second["rc"] == 0 and second["changed"] is False, second
+    assert second["reasons"] == [] and second["ca_created"] is False
+    assert second["serial_number"] == first["serial_number"] and second["not_after"] == first["not_after"]
+    assert contents(paths) == before
+
+
+def test_check_mode_writes_nothing(tmp_path, paths):
+    result = run_module(web1(paths), tmp_path, check_mode=True)
+    assert result["rc"] == 0 and result["changed"] is True and result["ca_created"] is True, result
+    assert "not_after" not in result
+    assert not (tmp_path / "ca").exists()
+
+    run_module(web1(paths), tmp_path)
+    before = contents(paths)
+    renamed = run_module(web1(paths, service_account="web9"), tmp_path, check_mode=True)
+    assert renamed["changed"] is True and renamed["reasons"], renamed
+    assert contents(paths) == before
+    assert run_module(web1(paths), tmp_path, check_mode=True)["changed"] is False
+
+
+def test_renews_near_expiry_with_a_new_key(tmp_path, paths):
+    short = run_module(web1(paths, days=5, renew_days=1), tmp_path)
+    assert short["changed"] is True
+    old_key = Path(paths["key_path"]).read_bytes()
+    # Five days left is plenty when renewing at one day left ...
+    assert run_module(web1(paths, days=5, renew_days=1), tmp_path)["changed"] is False
+    # ... and too few at the default ten.
+    renewed = run_module(web1(paths), tmp_path)
+    assert renewed["changed"] is True
+    assert renewed["reasons"][0].startswith("expires in 5.0 days")
+    assert renewed["serial_number"] != short["serial_number"]
+    assert renewed["not_after"] > short["not_after"]
+    assert Path(paths["key_path"]).read_bytes() != old_key
+    verify_svid(paths["ca_cert_path"], paths["cert_path"], WEB1)
+    assert run_module(web1(paths), tmp_path)["changed"] is False
+
+
+def test_renews_when_the_clock_reaches_the_window(paths):
+    """The backend with a clock moved forward: day 19 keeps the certificate, day 21 renews it."""
+    request = mesh_ca.make_request(web1(paths))
+    start = datetime.datetime.now(datetime.timezone.utc)
+    mesh_ca.apply_plan(mesh_ca.plan_certificate(request, start), start)
+    assert mesh_ca.plan_certificate(request, start + datetime.timedelta(days=19)).reasons == []
+    later = start + datetime.timedelta(days=21)
+    plan = mesh_ca.plan_certificate(request, later)
+    assert plan.reasons and plan.reasons[0].startswith("expires in")
+    _, cert, _ = mesh_ca.apply_plan(plan, later)
+    assert cert.not_valid_after_utc == (later + datetime.timedelta(days=30)).replace(microsecond=0)
+
+
+def test_san_change_reissues(tmp_path, paths):
+    run_module(web1(paths), tmp_path)
+    moved = run_module(web1(paths, namespace="prod"), tmp_path)
+    assert moved["changed"] is True
+    assert any(
+        "URI SAN" in reason and "spiffe://cluster.local/ns/prod/sa/web1" in reason for reason in moved["reasons"]
+    )
+    verify_svid(paths["ca_cert_path"], paths["cert_path"], "spiffe://cluster.local/ns/prod/sa/web1")
+
+    renamed = run_module(web1(paths, namespace="prod", dns_names=["web1", "web1.example.net"]), tmp_path)
+    assert renamed["changed"] is True and any("DNS SANs" in reason for reason in renamed["reasons"])
+    assert sorted(
+        leaf(paths["cert_path"])
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value.get_values_for_type(x509.DNSName)
+    ) == ["web1", "web1.example.net"]
+
+
+def test_foreign_key_or_certificate_is_replaced(tmp_path, paths):
+    run_module(web1(paths), tmp_path)
+    other = dict(paths, cert_path=str(tmp_path / "other.pem"), key_path=str(tmp_path / "other-key.pem"))
+    run_module(web1(other), tmp_path)
+    # The key of another certificate.
+    with open(other["key_path"], "rb") as src, open(paths["key_path"], "wb") as dst:
+        dst.write(src.read())
+    result = run_module(web1(paths), tmp_path)
+    assert result["changed"] is True and "key does not match the certificate" in result["reasons"]
+    # A certificate from another CA.
+    _, _, byo_cert, byo_key = make_ca(tmp_path)
+    run_module(web1(other, ca_cert_path=str(byo_cert), ca_key_path=str(byo_key), create_ca=False), tmp_path)
+    for name in ("cert_path", "key_path"):
+        with open(other[name], "rb") as src, open(paths[name], "wb") as dst:
+            dst.write(src.read())
+    result = run_module(web1(paths), tmp_path)
+    assert result["changed"] is True and any("not issued by the CA" in r for r in result["reasons"])
+    verify_svid(paths["ca_cert_path"], paths["cert_path"], WEB1)
+
+
+def test_loose_key_mode_is_fixed_without_reissuing(tmp_path, paths):
+    first = run_module(web1(paths), tmp_path)
+    os.chmod(paths["key_path"], 0o644)
+    fixed = run_module(web1(paths), tmp_path)
+    assert fixed["changed"] is True and fixed["reasons"] == ["key mode is 0644; wanted 0600"]
+    assert fixed["serial_number"] == first["serial_number"]
+    assert mode(paths["key_path"]) == 0o600
+
+
+def test_force_rotates(tmp_path, paths):
+    first = run_module(web1(paths), tmp_path)
+    forced = run_module(web1(paths, force=True), tmp_path)
+    assert forced["changed"] is True and forced["reasons"] == ["force is set"]
+    assert forced["serial_number"] != first["serial_number"]
+
+
+def test_bring_your_own_intermediate_ca(tmp_path, paths):
+    root, root_key, root_path, _ = make_ca(tmp_path, "Corp Root")
+    _, _, inter_path, inter_key_path = make_ca(tmp_path, "Mesh Intermediate", issuer=(root, root_key))
+    byo = web1(paths, ca_cert_path=str(inter_path), ca_key_path=str(inter_key_path), create_ca=False)
+    first = run_module(byo, tmp_path)
+    assert first["rc"] == 0 and first["changed"] is True and first["ca_created"] is False, first
+    assert not (tmp_path / "ca" / "ca-cert.pem").exists()
+    chain = load_pem_chain(paths["cert_path"])
+    # Leaf then the intermediate; the root stays with the verifier.
+    assert [c.subject.rfc4514_string() for c in chain[1:]] == ["CN=Mesh Intermediate"]
+    verify_svid(root_path, paths["cert_path"], WEB1)
+    assert run_module(byo, tmp_path)["changed"] is False
+
+
+def test_bring_your_own_ca_errors(tmp_path, paths):
+    missing = run_module(web1(paths, create_ca=False), tmp_path)
+    assert missing["rc"] == 1 and "does not exist" in missing["msg"] and "create_ca is false" in missing["msg"]
+    assert not (tmp_path / "ca").exists()
+
+    _, _, cert_path, _ = make_ca(tmp_path, "One")
+    _, _, _, other_key_path = make_ca(tmp_path, "Two")
+    mismatch = run_module(web1(paths, ca_cert_path=str(cert_path), ca_key_path=str(other_key_path)), tmp_path)
+    assert mismatch["rc"] == 1 and "does not match the certificate" in mismatch["msg"], mismatch
+
+    half = dict(paths, ca_cert_path=str(cert_path), ca_key_path=str(tmp_path / "gone.pem"))
+    lonely = run_module(web1(half), tmp_path)
+    assert lonely["rc"] == 1 and "gone.pem does not exist" in lonely["msg"], lonely
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"service_account": "Web_1"}, "service_account: got 'Web_1'"),
+        ({"trust_domain": "bad domain"}, "trust_domain: got 'bad domain'"),
+        ({"renew_days": 30}, "renew_days: got 30"),
+        ({"days": 0}, "days: got 0"),
+        ({"dns_names": ["no spaces"]}, "dns_names: got 'no spaces'"),
+    ],
+)
+def test_bad_options_name_option_and_value(tmp_path, paths, extra, message):
+    result = run_module(web1(paths, **extra), tmp_path)
+    assert result["rc"] == 1 and message in result["msg"], result
+    assert not (tmp_path / "ca").exists()
+
+
+def test_ca_only_and_ca_expiry_caps_the_certificate(tmp_path, paths):
+    ca_only = {k: paths[k] for k in ("ca_cert_path", "ca_key_path")}
+    created = run_module(dict(ca_only, ca_days=5), tmp_path)
+    assert created["changed"] is True and "spiffe_id" not in created
+    assert run_module(ca_only, tmp_path)["changed"] is False
+    issued = run_module(web1(paths), tmp_path)
+    assert issued["not_after"] == issued["ca_not_after"]
+    # Renewing cannot give more time than the CA has: no endless re-issue.
+    assert run_module(web1(paths), tmp_path)["changed"] is False
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
+def test_name_constrained_ca_verifies(tmp_path, paths):
+    result = run_module(web1(paths, ca_name_constraints=True, trust_domain="mesh.example"), tmp_path)
+    assert result["rc"] == 0, result
+    ca = leaf(paths["ca_cert_path"])
+    constraints = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+    assert constraints.permitted_subtrees == [x509.UniformResourceIdentifier("mesh.example")]
+    # OpenSSL honours URI name constraints; cryptography's verifier refuses them
+    # (one reason the option is off by default).
+    verify_svid(paths["ca_cert_path"], paths["cert_path"], "spiffe://mesh.example/ns/default/sa/web1", python=False)
+    outside = run_module(web1(paths, trust_domain="other.example", force=True), tmp_path)
+    assert outside["rc"] == 0, outside
+    proc = subprocess.run(
+        ["openssl", "verify", "-CAfile", paths["ca_cert_path"], paths["cert_path"]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0 and "permitted subtree violation" in proc.stdout + proc.stderr
+
+
+def test_many_hosts_at_once_share_one_ca(tmp_path):
+    """Parallel runs (Ansible forks) against a CA that does not exist yet: one creates it, all use it."""
+    ca_dir = tmp_path / "ca"
+    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
+
+    def issue(index):
+        host = "host%d" % index
+        workdir = tmp_path / host
+        workdir.mkdir()
+        args = {
+            "ca_cert_path": str(ca_dir / "ca-cert.pem"),
+            "ca_key_path": str(ca_dir / "ca-key.pem"),
+            "service_account": host,
+            "cert_path": str(ca_dir / "hosts" / host / "cert-chain.pem"),
+            "key_path": str(ca_dir / "hosts" / host / "key.pem"),
+        }
+        (workdir / "args.json").write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+        return subprocess.run(
+            [sys.executable, str(MODULE), str(workdir / "args.json")],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(issue, range(8)))
+    assert all(r.returncode == 0 for r in results), [r.stdout + r.stderr for r in results]
+    assert sum('"ca_created": true' in r.stdout for r in results) == 1
+    for index in range(8):
+        host = "host%d" % index
+        verify_svid(
+            ca_dir / "ca-cert.pem",
+            ca_dir / "hosts" / host / "cert-chain.pem",
+            "spiffe://cluster.local/ns/default/sa/%s" % host,
+        )
