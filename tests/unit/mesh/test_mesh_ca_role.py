@@ -1,0 +1,129 @@
+"""The mesh_ca role through ansible-playbook, on the controller: changed, then changed=0."""
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from mesh_helpers import ANSIBLE_PLAYBOOK, COLLECTIONS, make_ca, verify_svid
+
+PLAYBOOK = Path(__file__).resolve().parent / "mesh_ca_playbook.yml"
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+
+
+def play(tmp_path, *args, inventory=("-i", "localhost,", "-c", "local")):
+    """Run the playbook; returns (rc, {host: changed}, {host: facts}, output)."""
+    tree = tmp_path / "tree"
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
+        ANSIBLE_CALLBACK_TREE_DIR=str(tree),
+    )
+    proc = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), *inventory, str(PLAYBOOK), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    changed = {m.group(1): int(m.group(3)) for m in RECAP.finditer(proc.stdout)}
+    facts = {}
+    if tree.is_dir():
+        for path in tree.iterdir():
+            facts[path.name] = json.loads(path.read_text()).get("msg")
+    return proc.returncode, changed, facts, output
+
+
+def test_converge_then_nothing_to_change(tmp_path):
+    ca_dir = tmp_path / "ca"
+    rc, changed, facts, output = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir)
+    assert rc == 0, output
+    assert changed["localhost"] > 0
+    got = facts["localhost"]
+    assert got == {
+        "cert": str(ca_dir / "hosts" / "localhost" / "cert-chain.pem"),
+        "key": str(ca_dir / "hosts" / "localhost" / "key.pem"),
+        "ca": str(ca_dir / "ca-cert.pem"),
+        "spiffe_id": "spiffe://cluster.local/ns/default/sa/localhost",
+    }
+    assert oct(os.stat(ca_dir).st_mode & 0o777) == "0o700"
+    assert oct(os.stat(got["key"]).st_mode & 0o777) == "0o600"
+    verify_svid(got["ca"], got["cert"], got["spiffe_id"])
+
+    rc, changed, _, output = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir)
+    assert rc == 0, output
+    assert changed == {"localhost": 0}, output
+
+
+def test_check_mode_on_a_fresh_controller_writes_nothing(tmp_path):
+    ca_dir = tmp_path / "ca"
+    rc, changed, facts, output = play(tmp_path, "--check", "-e", "hostmesh_ca_dir=%s" % ca_dir)
+    assert rc == 0, output
+    assert changed["localhost"] > 0
+    assert facts["localhost"]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/localhost"
+    assert not ca_dir.exists()
+
+
+def test_rotate_and_identity_variables(tmp_path):
+    ca_dir = tmp_path / "ca"
+    base = ("-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_trust_domain=mesh.example")
+    assert play(tmp_path, *base)[0] == 0
+    before = (ca_dir / "hosts" / "localhost" / "key.pem").read_bytes()
+    rc, changed, _, output = play(tmp_path, *base, "-e", "hostmesh_cert_rotate=true")
+    assert rc == 0 and changed == {"localhost": 1}, output
+    assert (ca_dir / "hosts" / "localhost" / "key.pem").read_bytes() != before
+
+    rc, changed, facts, output = play(
+        tmp_path, *base, "-e", "hostmesh_namespace=prod", "-e", "hostmesh_service_account=api"
+    )
+    assert rc == 0 and changed == {"localhost": 1}, output
+    assert facts["localhost"]["spiffe_id"] == "spiffe://mesh.example/ns/prod/sa/api"
+    verify_svid(facts["localhost"]["ca"], facts["localhost"]["cert"], "spiffe://mesh.example/ns/prod/sa/api")
+
+
+def test_bring_your_own_ca(tmp_path):
+    _, _, cert_path, key_path = make_ca(tmp_path, "Corp Mesh")
+    ca_dir = tmp_path / "ca"
+    byo = (
+        "-e",
+        "hostmesh_ca_dir=%s" % ca_dir,
+        "-e",
+        "hostmesh_ca_cert=%s" % cert_path,
+        "-e",
+        "hostmesh_ca_key=%s" % key_path,
+    )
+    rc, _, facts, output = play(tmp_path, *byo)
+    assert rc == 0, output
+    assert facts["localhost"]["ca"] == str(cert_path)
+    assert not (ca_dir / "ca-cert.pem").exists() and not (ca_dir / "ca-key.pem").exists()
+    verify_svid(cert_path, facts["localhost"]["cert"], facts["localhost"]["spiffe_id"])
+    assert play(tmp_path, *byo)[1] == {"localhost": 0}
+
+    rc, _, _, output = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_ca_cert=%s" % cert_path)
+    assert rc != 0 and "hostmesh_ca_cert and hostmesh_ca_key go together" in output
+
+
+def test_a_fleet_shares_one_ca(tmp_path):
+    """Five hosts: the CA is created once, each host gets its own identity, the re-run changes nothing."""
+    hosts = ["vm%d" % i for i in range(5)]
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(
+        "[mesh]\n"
+        + "".join("%s ansible_connection=local\n" % host for host in hosts)
+        + "[mesh:vars]\nansible_python_interpreter={{ ansible_playbook_python }}\n"
+    )
+    ca_dir = tmp_path / "ca"
+    args = ("-e", "hostmesh_ca_dir=%s" % ca_dir, "--forks", "5")
+    rc, changed, facts, output = play(tmp_path, *args, inventory=("-i", str(inventory)))
+    assert rc == 0, output
+    assert all(changed[host] > 0 for host in hosts)
+    for host in hosts:
+        assert facts[host]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/%s" % host
+        verify_svid(ca_dir / "ca-cert.pem", facts[host]["cert"], facts[host]["spiffe_id"])
+    rc, changed, _, output = play(tmp_path, *args, inventory=("-i", str(inventory)))
+    assert rc == 0 and set(changed.values()) == {0}, output
