@@ -338,14 +338,14 @@ def make_pki(directory: Path, client_spiffe: str, server_dns: str) -> Dict[str, 
     return files
 
 
-def agent_config(envoy: str, workdir: Path, **overrides: Any) -> Dict[str, Any]:
+def agent_config(envoy_binary: str, workdir: Path, **overrides: Any) -> Dict[str, Any]:
     """A standalone config tuned for tests: short drains so hot restarts finish fast."""
     cfg: Dict[str, Any] = {
         "mode": "standalone",
         "run_dir": str(workdir / "run"),
         "node": {"name": "web-1", "namespace": "demo", "ip": HOST_IP, "service_account": "web"},
         "envoy": {
-            "binary": envoy,
+            "binary": envoy_binary,
             "base_id": 20000 + secrets.randbelow(400000),
             "concurrency": 2,
             "drain_time_s": 1,

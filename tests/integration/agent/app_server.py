@@ -31,11 +31,15 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default 5 drops SYNs when a test opens many at once
+
+
 def main() -> None:
     servers = []
     for port in sys.argv[1:]:
-        httpd = ThreadingHTTPServer(("0.0.0.0", int(port)), Handler)
-        httpd.daemon_threads = True
+        httpd = Server(("0.0.0.0", int(port)), Handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         servers.append(httpd)
     print("listening", flush=True)

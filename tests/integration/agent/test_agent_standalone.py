@@ -164,18 +164,29 @@ def test_sigkill_of_envoy_serves_again_within_2s(envoy_binary, topo, workdir, st
 
 def test_sigterm_answers_in_flight_requests_and_leaves_nothing(envoy_binary, topo, workdir, start_agent):
     topo.start_app(8080)
-    config = agent_config(envoy_binary, workdir, supervise={"drain_timeout_s": 10})
+    # Envoy closes TCP-proxied connections when its drain period ends, so the drain
+    # period must outlast the requests (in production: 45 s against short requests).
+    config = agent_config(
+        envoy_binary,
+        workdir,
+        envoy={"drain_time_s": 5, "parent_shutdown_time_s": 6},
+        supervise={"drain_timeout_s": 10},
+    )
     agent = start_agent(config)
     agent.wait_ready()
     results: List[object] = []
 
     def slow_request() -> None:
-        results.append(try_get(topo.peer, HOST_IP, 8080, "/?delay=1.5", timeout=10))
+        results.append(try_get(topo.peer, HOST_IP, 8080, "/?delay=2", timeout=15))
+
+    def inbound_active() -> int:
+        code, text = try_get(topo.host, "127.0.0.1", 15000, "/stats?filter=^listener.inbound.downstream_cx_active$")
+        return int(text.split(":")[1]) if code == 200 and ":" in text else -1
 
     threads = [threading.Thread(target=slow_request) for _i in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # all eight are in flight inside Envoy now
+    wait_for(lambda: inbound_active() == 8, 2.5, "all eight requests in flight inside Envoy")
     agent.signal(signal.SIGTERM)
     wait_for(lambda: not agent.ready(), 2, "health to fail once stopping")
     for t in threads:
@@ -185,7 +196,7 @@ def test_sigterm_answers_in_flight_requests_and_leaves_nothing(envoy_binary, top
     assert envoy_pids(config["envoy"]["base_id"]) == []
     assert not Path(f"/dev/shm/envoy_shared_memory_{config['envoy']['base_id'] * 10}").exists()
     assert list(Path(config["run_dir"]).glob("envoy-rev*.json")) == []
-    assert "stopped" in agent.log()
+    assert "drained in" in agent.log() and "stopped" in agent.log()
 
 
 def test_crash_loop_exits_nonzero_after_bound(topo: Topology, workdir, start_agent, envoy_binary):

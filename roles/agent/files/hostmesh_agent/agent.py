@@ -443,13 +443,17 @@ class Agent:
                 admin.drain_listeners()
             except AdminError as exc:
                 log.warning("could not start drain: %s", exc)
-            deadline = time.monotonic() + s.drain_timeout_s
+            started = time.monotonic()
+            deadline = started + s.drain_timeout_s
             while time.monotonic() < deadline and self.current.exited() is None:
                 try:
                     active = admin.active_connections(DRAINED_STAT_PREFIXES)
-                except AdminError:
+                except AdminError as exc:
+                    log.warning("cannot count open connections, stopping now: %s", exc)
                     break
+                log.debug("draining: %d inbound connections open", active)
                 if active == 0:
+                    log.info("drained in %.1fs", time.monotonic() - started)
                     break
                 time.sleep(0.1)
             else:

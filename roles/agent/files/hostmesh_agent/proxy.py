@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -47,13 +48,15 @@ class EnvoyProcess:
         return self.popen.poll()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """In the child before exec: if the agent dies, the kernel kills Envoy too."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent_pid:  # the agent died before prctl took effect
+        os._exit(1)
 
 
 def file_digest(paths: Iterable[str]) -> str:
@@ -116,7 +119,8 @@ class Proxy:
         return file_digest([p for p in (x.ca_file, x.cert_file, x.key_file, x.token_file) if p])
 
     def bootstrap(self) -> Dict:
-        return render_bootstrap(self.cfg, self.run_dir, self.ip, read_token(self.cfg.xds.token_file))
+        token = read_token(self.cfg.xds.token_file) if self.cfg.mode == "xds" else None
+        return render_bootstrap(self.cfg, self.run_dir, self.ip, token)
 
     def prepare_run_dir(self) -> None:
         try:
@@ -151,7 +155,7 @@ class Proxy:
                 # Its own session: a Ctrl-C meant for the agent must not reach Envoy
                 # undrained; the agent stops it, and PDEATHSIG covers the agent dying.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             )
         except OSError as exc:
             raise ProxyError(f"cannot start {binary}: {exc.strerror}") from None

@@ -30,6 +30,9 @@ OUTBOUND_PASSTHROUGH = "PassthroughCluster"
 BLACKHOLE = "BlackHoleCluster"
 CERT_SECRET = "default"
 CA_SECRET = "ROOTCA"
+# As Istio's default: a SYN lost to a busy application's full backlog is retried
+# after 1 s, so a 1 s timeout would turn a slow accept into a reset.
+CONNECT_TIMEOUT = "10s"
 # Listeners whose connections a stop waits for (by stat prefix): the inbound ones it drains.
 DRAINED_STAT_PREFIXES = ("inbound",)
 
@@ -227,7 +230,7 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
             {
                 "name": name,
                 "type": "STATIC",
-                "connect_timeout": "1s",
+                "connect_timeout": CONNECT_TIMEOUT,
                 "load_assignment": {
                     "cluster_name": name,
                     "endpoints": [
@@ -247,7 +250,7 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
         cluster: Json = {
             "name": name,
             "type": "STATIC" if static else "STRICT_DNS",
-            "connect_timeout": "2s",
+            "connect_timeout": CONNECT_TIMEOUT,
             "load_assignment": {
                 "cluster_name": name,
                 "endpoints": [{"lb_endpoints": [_endpoint(e) for e in svc.endpoints]}],
@@ -267,16 +270,16 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
             "name": INBOUND_PASSTHROUGH,
             "type": "ORIGINAL_DST",
             "lb_policy": "CLUSTER_PROVIDED",
-            "connect_timeout": "1s",
+            "connect_timeout": CONNECT_TIMEOUT,
             **_bind_source(source),
         },
         {
             "name": OUTBOUND_PASSTHROUGH,
             "type": "ORIGINAL_DST",
             "lb_policy": "CLUSTER_PROVIDED",
-            "connect_timeout": "2s",
+            "connect_timeout": CONNECT_TIMEOUT,
         },
-        {"name": BLACKHOLE, "type": "STATIC", "connect_timeout": "1s"},
+        {"name": BLACKHOLE, "type": "STATIC", "connect_timeout": CONNECT_TIMEOUT},
     ]
     return clusters
 
