@@ -10,8 +10,12 @@ import json
 import re
 from collections.abc import Mapping
 
-import jmespath
 from ansible.errors import AnsibleFilterError
+
+try:
+    import jmespath
+except ImportError:
+    jmespath = None
 
 # The agent accepts these for service names, namespaces, service accounts and
 # the trust domain (lower-case DNS-style labels, dots allowed).
@@ -175,6 +179,10 @@ def _group(offers):
 
 def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=DEFAULT_TRUST_DOMAIN):
     """The agent's ``outbound.services`` for one host: every other mesh host's services, over mTLS."""
+    if jmespath is None:
+        raise AnsibleFilterError(
+            "mesh_upstreams needs the jmespath Python library on the controller: pip install jmespath"
+        )
     if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
         raise AnsibleFilterError(
             "mesh_upstreams: hosts: got %s; expected a list of inventory host names" % json.dumps(hosts, default=str)

@@ -100,12 +100,13 @@ attributes:
     description: Reports whether the CA would be created and the certificate issued, and writes nothing.
   diff_mode:
     support: none
+    description: The result's RV(reasons) say what differs.
   platform:
     support: full
     platforms: posix
     description: Runs where the CA lives, normally the controller; needs the Python C(cryptography) library.
 requirements:
-  - cryptography >= 39 (ansible-core's own dependency)
+  - cryptography (a dependency of ansible-core, so present on every controller)
 notes:
   - Missing parent directories are created with mode C(0700).
   - Keys are written to a temporary file created with mode C(0600) and moved
@@ -179,7 +180,7 @@ not_after:
   sample: "2026-01-31T10:00:00+00:00"
 serial_number:
   description: The certificate's serial number, in hexadecimal.
-  returned: when O(not_after) is
+  returned: when RV(not_after) is
   type: str
   sample: 4f1c2a9e0b
 ca_not_after:

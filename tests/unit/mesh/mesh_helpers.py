@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import namedtuple
 from pathlib import Path
 
 from cryptography import x509
@@ -13,6 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
+
+# A CA made for a test: its certificate and key, and the files they were written to.
+TestCA = namedtuple("TestCA", ["cert", "key", "cert_path", "key_path"])
 
 ROOT = Path(__file__).resolve().parents[3]
 COLLECTIONS = ROOT / ".build" / "collections"
@@ -63,7 +67,7 @@ def verify_svid(ca_path: Path, chain_path: Path, spiffe_id: str, python: bool = 
         assert proc.returncode == 0 and ": OK" in proc.stdout, proc.stdout + proc.stderr
 
 
-def make_ca(tmp: Path, name: str = "Byo Root", issuer=None, days: int = 365):
+def make_ca(tmp: Path, name: str = "Byo Root", issuer=None, days: int = 365) -> TestCA:
     """A CA written to tmp/<name>-cert.pem and -key.pem; with issuer=(cert, key) an intermediate."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -99,4 +103,4 @@ def make_ca(tmp: Path, name: str = "Byo Root", issuer=None, days: int = 365):
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     key_path.chmod(0o600)
-    return cert, key, cert_path, key_path
+    return TestCA(cert, key, cert_path, key_path)

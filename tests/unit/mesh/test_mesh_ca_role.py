@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+from collections import namedtuple
 from pathlib import Path
 
 from mesh_helpers import ANSIBLE_PLAYBOOK, COLLECTIONS, make_ca, verify_svid
@@ -12,8 +13,12 @@ PLAYBOOK = Path(__file__).resolve().parent / "mesh_ca_playbook.yml"
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
 
-def play(tmp_path, *args, inventory=("-i", "localhost,", "-c", "local")):
-    """Run the playbook; returns (rc, {host: changed}, {host: facts}, output)."""
+# rc; changed: {host: count}; facts: {host: what the last task showed}; output.
+PlayRun = namedtuple("PlayRun", ["rc", "changed", "facts", "output"])
+
+
+def play(tmp_path, *args, inventory=("-i", "localhost,", "-c", "local")) -> PlayRun:
+    """Run the playbook with the role on the controller."""
     tree = tmp_path / "tree"
     env = dict(
         os.environ,
@@ -36,7 +41,7 @@ def play(tmp_path, *args, inventory=("-i", "localhost,", "-c", "local")):
     if tree.is_dir():
         for path in tree.iterdir():
             facts[path.name] = json.loads(path.read_text()).get("msg")
-    return proc.returncode, changed, facts, output
+    return PlayRun(proc.returncode, changed, facts, output)
 
 
 def test_converge_then_nothing_to_change(tmp_path):
@@ -55,9 +60,9 @@ def test_converge_then_nothing_to_change(tmp_path):
     assert oct(os.stat(got["key"]).st_mode & 0o777) == "0o600"
     verify_svid(got["ca"], got["cert"], got["spiffe_id"])
 
-    rc, changed, _, output = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir)
-    assert rc == 0, output
-    assert changed == {"localhost": 0}, output
+    again = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir)
+    assert again.rc == 0, again.output
+    assert again.changed == {"localhost": 0}, again.output
 
 
 def test_check_mode_on_a_fresh_controller_writes_nothing(tmp_path):
@@ -72,10 +77,10 @@ def test_check_mode_on_a_fresh_controller_writes_nothing(tmp_path):
 def test_rotate_and_identity_variables(tmp_path):
     ca_dir = tmp_path / "ca"
     base = ("-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_trust_domain=mesh.example")
-    assert play(tmp_path, *base)[0] == 0
+    assert play(tmp_path, *base).rc == 0
     before = (ca_dir / "hosts" / "localhost" / "key.pem").read_bytes()
-    rc, changed, _, output = play(tmp_path, *base, "-e", "hostmesh_cert_rotate=true")
-    assert rc == 0 and changed == {"localhost": 1}, output
+    rotated = play(tmp_path, *base, "-e", "hostmesh_cert_rotate=true")
+    assert rotated.rc == 0 and rotated.changed == {"localhost": 1}, rotated.output
     assert (ca_dir / "hosts" / "localhost" / "key.pem").read_bytes() != before
 
     rc, changed, facts, output = play(
@@ -87,7 +92,8 @@ def test_rotate_and_identity_variables(tmp_path):
 
 
 def test_bring_your_own_ca(tmp_path):
-    _, _, cert_path, key_path = make_ca(tmp_path, "Corp Mesh")
+    corp = make_ca(tmp_path, "Corp Mesh")
+    cert_path, key_path = corp.cert_path, corp.key_path
     ca_dir = tmp_path / "ca"
     byo = (
         "-e",
@@ -97,15 +103,16 @@ def test_bring_your_own_ca(tmp_path):
         "-e",
         "hostmesh_ca_key=%s" % key_path,
     )
-    rc, _, facts, output = play(tmp_path, *byo)
-    assert rc == 0, output
+    run = play(tmp_path, *byo)
+    assert run.rc == 0, run.output
+    facts = run.facts
     assert facts["localhost"]["ca"] == str(cert_path)
     assert not (ca_dir / "ca-cert.pem").exists() and not (ca_dir / "ca-key.pem").exists()
     verify_svid(cert_path, facts["localhost"]["cert"], facts["localhost"]["spiffe_id"])
-    assert play(tmp_path, *byo)[1] == {"localhost": 0}
+    assert play(tmp_path, *byo).changed == {"localhost": 0}
 
-    rc, _, _, output = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_ca_cert=%s" % cert_path)
-    assert rc != 0 and "hostmesh_ca_cert and hostmesh_ca_key go together" in output
+    half = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_ca_cert=%s" % cert_path)
+    assert half.rc != 0 and "hostmesh_ca_cert and hostmesh_ca_key go together" in half.output
 
 
 def test_a_fleet_shares_one_ca(tmp_path):
@@ -125,5 +132,5 @@ def test_a_fleet_shares_one_ca(tmp_path):
     for host in hosts:
         assert facts[host]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/%s" % host
         verify_svid(ca_dir / "ca-cert.pem", facts[host]["cert"], facts[host]["spiffe_id"])
-    rc, changed, _, output = play(tmp_path, *args, inventory=("-i", str(inventory)))
-    assert rc == 0 and set(changed.values()) == {0}, output
+    again = play(tmp_path, *args, inventory=("-i", str(inventory)))
+    assert again.rc == 0 and set(again.changed.values()) == {0}, again.output

@@ -117,7 +117,7 @@ def test_renews_when_the_clock_reaches_the_window(paths):
     later = start + datetime.timedelta(days=21)
     plan = mesh_ca.plan_certificate(request, later)
     assert plan.reasons and plan.reasons[0].startswith("expires in")
-    _, cert, _ = mesh_ca.apply_plan(plan, later)
+    cert = mesh_ca.apply_plan(plan, later)[1]
     assert cert.not_valid_after_utc == (later + datetime.timedelta(days=30)).replace(microsecond=0)
 
 
@@ -149,8 +149,8 @@ def test_foreign_key_or_certificate_is_replaced(tmp_path, paths):
     result = run_module(web1(paths), tmp_path)
     assert result["changed"] is True and "key does not match the certificate" in result["reasons"]
     # A certificate from another CA.
-    _, _, byo_cert, byo_key = make_ca(tmp_path)
-    run_module(web1(other, ca_cert_path=str(byo_cert), ca_key_path=str(byo_key), create_ca=False), tmp_path)
+    byo = make_ca(tmp_path)
+    run_module(web1(other, ca_cert_path=str(byo.cert_path), ca_key_path=str(byo.key_path), create_ca=False), tmp_path)
     for name in ("cert_path", "key_path"):
         with open(other[name], "rb") as src, open(paths[name], "wb") as dst:
             dst.write(src.read())
@@ -176,8 +176,9 @@ def test_force_rotates(tmp_path, paths):
 
 
 def test_bring_your_own_intermediate_ca(tmp_path, paths):
-    root, root_key, root_path, _ = make_ca(tmp_path, "Corp Root")
-    _, _, inter_path, inter_key_path = make_ca(tmp_path, "Mesh Intermediate", issuer=(root, root_key))
+    root = make_ca(tmp_path, "Corp Root")
+    inter = make_ca(tmp_path, "Mesh Intermediate", issuer=(root.cert, root.key))
+    root_path, inter_path, inter_key_path = root.cert_path, inter.cert_path, inter.key_path
     byo = web1(paths, ca_cert_path=str(inter_path), ca_key_path=str(inter_key_path), create_ca=False)
     first = run_module(byo, tmp_path)
     assert first["rc"] == 0 and first["changed"] is True and first["ca_created"] is False, first
@@ -194,8 +195,8 @@ def test_bring_your_own_ca_errors(tmp_path, paths):
     assert missing["rc"] == 1 and "does not exist" in missing["msg"] and "create_ca is false" in missing["msg"]
     assert not (tmp_path / "ca").exists()
 
-    _, _, cert_path, _ = make_ca(tmp_path, "One")
-    _, _, _, other_key_path = make_ca(tmp_path, "Two")
+    cert_path = make_ca(tmp_path, "One").cert_path
+    other_key_path = make_ca(tmp_path, "Two").key_path
     mismatch = run_module(web1(paths, ca_cert_path=str(cert_path), ca_key_path=str(other_key_path)), tmp_path)
     assert mismatch["rc"] == 1 and "does not match the certificate" in mismatch["msg"], mismatch
 

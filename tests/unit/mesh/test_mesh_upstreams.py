@@ -42,7 +42,9 @@ INVENTORY = {
 HOSTS = ["web1", "web2", "db1"]
 
 
-def all_upstreams(hostvars=INVENTORY, hosts=HOSTS, trust_domain="cluster.local"):
+def all_upstreams(hostvars=None, hosts=None, trust_domain="cluster.local"):
+    hostvars = INVENTORY if hostvars is None else hostvars
+    hosts = HOSTS if hosts is None else hosts
     return {host: mesh_upstreams(hostvars, hosts, host, trust_domain) for host in sorted(hosts)}
 
 
