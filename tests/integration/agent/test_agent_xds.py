@@ -88,6 +88,13 @@ def test_ready_only_after_first_cds_and_lds(envoy_binary, topo, workdir, start_a
     assert code == 200 and body.startswith("8080 "), body
     assert agent.metric("hostmesh_agent_ready") == 1
 
+    # The token lives in the bootstrap: a rotated one means a hot restart onto it.
+    token.write_text("rotated-token\n")
+    wait_for(lambda: agent.metric("hostmesh_agent_epoch") == 1, 10, "hot restart onto the new token")
+    assert json.loads(report.read_text())["authorization"] == "Bearer rotated-token"
+    assert try_get(topo.host, "127.0.0.1", 18080)[0] == 200
+    assert agent.metric("hostmesh_agent_restarts_total") == 0
+
 
 def test_validate_command_checks_both_examples(envoy_binary, workdir):
     """``validate`` runs the bootstrap and the rendered listeners/clusters through Envoy."""
