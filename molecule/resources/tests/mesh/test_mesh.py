@@ -1,0 +1,41 @@
+"""Two onboarded hosts: host1 calls host2's service through both sidecars."""
+
+from __future__ import annotations
+
+import pytest
+from sandbox_hosts import address_of
+
+APP_PORT = 8080
+
+
+@pytest.mark.parametrize("name", ["host1", "host2"])
+def test_sidecar_is_running_and_ready(name, host1, host2) -> None:
+    host = host1 if name == "host1" else host2
+    for unit in ("hostmesh-agent.service", "hostmesh-capture.service"):
+        assert host.service(unit).is_enabled, unit
+    assert host.service("hostmesh-agent.service").is_running
+    ready = host.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15021/healthz/ready")
+    assert ready.stdout.strip() == "200", ready.stdout + ready.stderr
+
+
+@pytest.mark.parametrize("name", ["host1", "host2"])
+def test_capture_is_on(name, host1, host2) -> None:
+    host = host1 if name == "host1" else host2
+    nat = host.check_output("iptables -t nat -S")
+    assert "REDIRECT --to-ports 15001" in nat
+    assert "REDIRECT --to-ports 15006" in nat
+
+
+def test_call_goes_through_both_sidecars(host1, host2) -> None:
+    target = address_of(host2)
+    before = host2.check_output("journalctl -u echo-app.service --no-pager -o cat | wc -l")
+    body = host1.check_output(f"curl -sf --max-time 10 http://{target}:{APP_PORT}/")
+    assert body.strip() == "echo from host2"
+    # host1's sidecar sent the request upstream ...
+    out_stats = host1.check_output("curl -s http://127.0.0.1:15000/stats | grep -E 'echo.*upstream_rq_total' || true")
+    assert any(int(line.rsplit(":", 1)[1]) > 0 for line in out_stats.splitlines()), out_stats
+    # ... and the application saw the request arrive from host2's own sidecar, not from host1.
+    log = host2.check_output("journalctl -u echo-app.service --no-pager -o cat")
+    new_lines = log.splitlines()[int(before) :]
+    assert new_lines, log
+    assert address_of(host1) not in new_lines[-1], new_lines[-1]
