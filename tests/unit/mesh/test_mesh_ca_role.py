@@ -57,6 +57,7 @@ def test_converge_then_nothing_to_change(tmp_path):
         "spiffe_id": "spiffe://cluster.local/ns/default/sa/localhost",
     }
     assert oct(os.stat(ca_dir).st_mode & 0o777) == "0o700"
+    assert (ca_dir / ".gitignore").read_text().splitlines()[-1] == "*"
     assert oct(os.stat(got["key"]).st_mode & 0o777) == "0o600"
     verify_svid(got["ca"], got["cert"], got["spiffe_id"])
 

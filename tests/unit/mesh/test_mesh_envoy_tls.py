@@ -198,6 +198,8 @@ def test_brought_intermediate_ca_chains_to_the_root_in_envoy(tmp_path):
     )
     # Peers trust only the root; the intermediate travels in each certificate file.
     assert request_through_envoy(tmp_path, client, server, str(root.cert_path)) == "mesh ok"
+    # The role hands the brought CA file itself (intermediate, then root) to the agent as the bundle.
+    assert request_through_envoy(tmp_path, client, server, str(inter.cert_path)) == "mesh ok"
 
 
 def test_name_constrained_ca_is_accepted_and_enforced_by_envoy(tmp_path):
