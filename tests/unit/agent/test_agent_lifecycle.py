@@ -9,7 +9,7 @@ from typing import List, Optional
 import pytest
 
 from hostmesh_agent.admin import AdminError, EnvoyReadiness
-from hostmesh_agent.agent import EXIT_CRASH_LOOP, Agent, Fingerprint
+from hostmesh_agent.agent import EXIT_CRASH_LOOP, Agent, Fingerprint, check_reloadable
 from hostmesh_agent.config import ConfigError, parse_config
 from hostmesh_agent.proxy import EnvoyProcess
 
@@ -188,3 +188,17 @@ def test_one_missed_health_poll_is_not_yet_unready(monkeypatch):
     assert not agent.ready  # two in a row
     agent._check_health(now=4.0)
     assert agent.ready
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [({"envoy": {"base_id": 7}}, "envoy.base_id"), ({"run_dir": "/elsewhere"}, "run_dir")],
+)
+def test_reload_refuses_keys_that_need_a_service_restart(change, key):
+    new = parse_config(change)
+    agent = make_agent(load=lambda: new)
+    before = agent.cfg
+    agent.reload()
+    assert agent.cfg is before and agent.metrics.errors == 1
+    with pytest.raises(ConfigError, match=f"config key '{key}'.*takes effect only when the service restarts"):
+        check_reloadable(before, new)

@@ -52,6 +52,20 @@ def is_ready(cfg: Config, r: EnvoyReadiness, epoch: int) -> bool:
     return True
 
 
+def check_reloadable(running: Config, new: Config) -> None:
+    """Keys a running agent cannot take on: a hot restart needs the same base id, and the
+    old epochs' files live in the old run directory. Changing them needs a service restart."""
+    for key, old, now in (
+        ("envoy.base_id", running.envoy.base_id, new.envoy.base_id),
+        ("run_dir", running.run_dir, new.run_dir),
+    ):
+        if old != now:
+            raise ConfigError(
+                f"config key '{key}': got {now!r} but the running agent uses {old!r}; "
+                "this key takes effect only when the service restarts"
+            )
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """What, when it changes, needs a new Envoy process rather than a file update."""
@@ -398,6 +412,7 @@ class Agent:
         """SIGHUP: re-read the config; update files if that suffices, else hot restart."""
         try:
             cfg = self._load_config()
+            check_reloadable(self.cfg, cfg)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             self.metrics.errors += 1
