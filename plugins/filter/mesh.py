@@ -177,7 +177,17 @@ def _group(offers):
     return by_name.values()
 
 
-def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=DEFAULT_TRUST_DOMAIN):
+def _trust_domain(hostvars, host, given):
+    """The trust domain given, else the host's hostmesh_trust_domain from the inventory, else cluster.local."""
+    if given is None:
+        given = DEFAULT_TRUST_DOMAIN
+        # HostVars answers an unknown host with an undefined value, not KeyError.
+        if host in hostvars:
+            given = hostvars[host].get("hostmesh_trust_domain", DEFAULT_TRUST_DOMAIN)
+    return _name(str(host), "trust_domain", _plain(given))
+
+
+def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=None):
     """The agent's ``outbound.services`` for one host: every other mesh host's services, over mTLS."""
     if jmespath is None:
         raise AnsibleFilterError(
@@ -187,7 +197,7 @@ def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=DEFAULT_TRU
         raise AnsibleFilterError(
             "mesh_upstreams: hosts: got %s; expected a list of inventory host names" % json.dumps(hosts, default=str)
         )
-    trust_domain = _name(str(inventory_hostname), "trust_domain", _plain(trust_domain))
+    trust_domain = _trust_domain(hostvars, inventory_hostname, trust_domain)
     records = []
     for host in sorted({str(host) for host in hosts}):
         if host not in hostvars:
@@ -208,11 +218,11 @@ def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=DEFAULT_TRU
     return sorted(upstreams, key=lambda upstream: (upstream["name"], upstream["port"]))
 
 
-def mesh_spiffe_id(hostvars, host, trust_domain=DEFAULT_TRUST_DOMAIN):
+def mesh_spiffe_id(hostvars, host, trust_domain=None):
     """The SPIFFE ID of one inventory host, from its hostmesh_namespace and hostmesh_service_account."""
-    trust_domain = _name(str(host), "trust_domain", _plain(trust_domain))
     if host not in hostvars:
         raise _bad(str(host), "host", str(host), "a host of the inventory")
+    trust_domain = _trust_domain(hostvars, host, trust_domain)
     return host_record(str(host), _without_services(hostvars[host]), trust_domain)["spiffe_id"]
 
 

@@ -94,6 +94,15 @@ def test_trust_domain_and_client_only_host():
     assert got[1]["spiffe_ids"] == ["spiffe://example.org/ns/default/sa/postgres"]
 
 
+def test_trust_domain_from_the_inventory_unless_given():
+    hostvars = {host: dict(INVENTORY[host], hostmesh_trust_domain="corp.example") for host in HOSTS}
+    assert mesh_upstreams(hostvars, HOSTS, "web1")[1]["spiffe_ids"] == ["spiffe://corp.example/ns/prod/sa/web2"]
+    assert mesh_upstreams(hostvars, HOSTS, "web1", "x.example")[1]["spiffe_ids"] == [
+        "spiffe://x.example/ns/prod/sa/web2"
+    ]
+    assert mesh_spiffe_id(hostvars, "db1") == "spiffe://corp.example/ns/default/sa/postgres"
+
+
 def test_ipv6_endpoint_in_brackets_and_odd_host_names():
     hostvars = {
         "a`b'c": {
