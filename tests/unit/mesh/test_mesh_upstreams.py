@@ -96,11 +96,15 @@ def test_trust_domain_and_client_only_host():
 
 def test_trust_domain_from_the_inventory_unless_given():
     hostvars = {host: dict(INVENTORY[host], hostmesh_trust_domain="corp.example") for host in HOSTS}
-    assert mesh_upstreams(hostvars, HOSTS, "web1")[1]["spiffe_ids"] == ["spiffe://corp.example/ns/prod/sa/web2"]
-    assert mesh_upstreams(hostvars, HOSTS, "web1", "x.example")[1]["spiffe_ids"] == [
-        "spiffe://x.example/ns/prod/sa/web2"
+
+    def ids(upstreams, name):
+        return next(u["spiffe_ids"] for u in upstreams if u["name"] == name)
+
+    assert ids(mesh_upstreams(hostvars, HOSTS, "web1"), "pg") == ["spiffe://corp.example/ns/default/sa/postgres"]
+    assert ids(mesh_upstreams(hostvars, HOSTS, "web1", "x.example"), "pg") == [
+        "spiffe://x.example/ns/default/sa/postgres"
     ]
-    assert mesh_spiffe_id(hostvars, "db1") == "spiffe://corp.example/ns/default/sa/postgres"
+    assert mesh_spiffe_id(hostvars, "web2") == "spiffe://corp.example/ns/prod/sa/web2"
 
 
 def test_ipv6_endpoint_in_brackets_and_odd_host_names():
