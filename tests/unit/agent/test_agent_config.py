@@ -111,3 +111,12 @@ def test_node_identity_in_the_seeds_form():
     assert service_node(cfg, "172.18.0.11") == "sidecar~172.18.0.11~sleep-1.default~default.svc.cluster.local"
     assert service_cluster(cfg) == "sleep.default"
     assert service_cluster(parse_config({"node": {"name": "web"}})) == "web.default"
+
+
+def test_outbound_services_may_share_a_port_when_networks_differ():
+    db = {"name": "db-a", "port": 5432, "endpoints": ["10.1.0.5:5432"], "match_cidrs": ["10.1.0.0/24"]}
+    other = {"name": "db-b", "port": 5432, "endpoints": ["10.2.0.5:5432"], "match_cidrs": ["10.2.0.0/24"]}
+    cfg = parse_config({"outbound": {"services": [db, other]}})
+    assert [s.name for s in cfg.outbound.services] == ["db-a", "db-b"]
+    with pytest.raises(ConfigError, match=r"'outbound.services\[1\].port': 5432 is already used"):
+        parse_config({"outbound": {"services": [db, {**other, "match_cidrs": ["10.1.0.0/24"]}]}})

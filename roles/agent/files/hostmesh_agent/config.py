@@ -386,26 +386,30 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _services(key: str, value: Any, checks: Checks, build: Callable[..., Any]) -> Tuple[Any, ...]:
+def _services(
+    key: str, value: Any, checks: Checks, build: Callable[..., Any], match_on: Callable[[Any], Any]
+) -> Tuple[Any, ...]:
+    """A list of services with unique names and unique traffic matches (``match_on``)."""
     if not isinstance(value, list):
         raise _fail(key, value, "a list of objects")
     out = [build(**_object(f"{key}[{i}]", v, checks, ("name", "port"))) for i, v in enumerate(value)]
     seen: Dict[Any, int] = {}
     for i, svc in enumerate(out):
-        for ident in (("name", svc.name), ("port", svc.port)):
-            if ident in seen:
+        for field_name, ident in (("name", svc.name), ("port", match_on(svc))):
+            if (field_name, ident) in seen:
                 raise ConfigError(
-                    f"config key '{key}[{i}].{ident[0]}': {json.dumps(ident[1])} is already "
-                    f"used by '{key}[{seen[ident]}]'; expected each service to have its own"
+                    f"config key '{key}[{i}].{field_name}': {json.dumps(getattr(svc, field_name))} is "
+                    f"already used by '{key}[{seen[(field_name, ident)]}]'; expected each service to have "
+                    f"its own {'name' if field_name == 'name' else 'port (and match_cidrs)'}"
                 )
-            seen[ident] = i
+            seen[(field_name, ident)] = i
     return tuple(out)
 
 
 def _inbound(key: str, value: Any) -> InboundConfig:
     checks: Checks = {
         **_SECTIONS["inbound"],
-        "services": lambda k, v: _services(k, v, _INBOUND_SERVICE, InboundService),
+        "services": lambda k, v: _services(k, v, _INBOUND_SERVICE, InboundService, lambda svc: svc.port),
     }
     return InboundConfig(**_object(key, value, checks))
 
@@ -413,7 +417,10 @@ def _inbound(key: str, value: Any) -> InboundConfig:
 def _outbound(key: str, value: Any) -> OutboundConfig:
     checks: Checks = {
         **_SECTIONS["outbound"],
-        "services": lambda k, v: _services(k, v, _OUTBOUND_SERVICE, OutboundService),
+        # Two upstreams may share a port when their destination networks tell them apart.
+        "services": lambda k, v: _services(
+            k, v, _OUTBOUND_SERVICE, OutboundService, lambda svc: (svc.port, svc.match_cidrs)
+        ),
     }
     parsed = OutboundConfig(**_object(key, value, checks))
     for i, svc in enumerate(parsed.services):
@@ -440,7 +447,8 @@ _TOP: Checks = {
 }
 
 
-_SECTIONS: Dict[str, Checks] = {
+# Every section's keys, for all_keys(); a list of services maps to its item's keys.
+_SECTIONS: Dict[str, Dict[str, Any]] = {
     "node": _NODE,
     "envoy": _ENVOY,
     "ports": _PORTS,
