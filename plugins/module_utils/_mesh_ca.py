@@ -492,6 +492,11 @@ def apply_plan(plan, now):
     return ca, cert, created
 
 
+def ca_expires_within(ca, now, days):
+    """True when the CA ends before a certificate issued now would."""
+    return _not_after(ca.cert) - now < datetime.timedelta(days=days)
+
+
 def describe(cert):
     """What the module returns about a certificate."""
     uris, dns = _sans(cert)

@@ -214,6 +214,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca import (
     HAS_CRYPTOGRAPHY,
     MeshCAError,
     apply_plan,
+    ca_expires_within,
     changed,
     describe,
     make_request,
@@ -266,6 +267,11 @@ def main():
         module.fail_json(msg=str(error))
     if ca is not None:
         result["ca_not_after"] = describe(ca.cert)["not_after"]
+        if ca_expires_within(ca, now, request.days):
+            module.warn(
+                "the CA in %s expires on %s, sooner than a new certificate's %d days; certificates end with it."
+                " Plan a new CA." % (request.ca_cert_path, result["ca_not_after"], request.days)
+            )
     if request.cert_path:
         result.update(spiffe_id=plan.spiffe_id, cert_path=request.cert_path, key_path=request.key_path)
         if cert is not None:
