@@ -2,8 +2,8 @@
 
 Topology per test (names prefixed ``hm-agt-``, deleted on teardown)::
 
-    peer netns  10.77.0.2 --veth-- 10.77.0.1  host netns
-                                               seed capture rules (iptables nat)
+    peer netns  10.77.0.2  --veth-- 10.77.0.1   host netns
+                fd00:77::2          fd00:77::1  seed capture rules (iptables and ip6tables nat)
                                                app on :8080 (+ more ports)
                                                hostmesh-agent + Envoy as uid 1337
 
@@ -36,6 +36,8 @@ AGENT_PATH = REPO / "roles" / "agent" / "files"
 PROXY_UID = 1337
 HOST_IP = "10.77.0.1"
 PEER_IP = "10.77.0.2"
+HOST_IP6 = "fd00:77::1"
+PEER_IP6 = "fd00:77::2"
 _CLONE_NEWNET = 0x40000000
 
 
@@ -135,14 +137,17 @@ class Topology:
         run("ip", "netns", "add", self.host)
         run("ip", "netns", "add", self.peer)
         run("ip", "link", "add", h, "netns", self.host, "type", "veth", "peer", p, "netns", self.peer)
-        for ns, dev, ip in ((self.host, h, HOST_IP), (self.peer, p, PEER_IP)):
+        for ns, dev, ip, ip6 in ((self.host, h, HOST_IP, HOST_IP6), (self.peer, p, PEER_IP, PEER_IP6)):
             run("ip", "-n", ns, "link", "set", "lo", "up")
             run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            run("ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", dev, "nodad")
             run("ip", "-n", ns, "link", "set", dev, "up")
         rules = (HERE / "capture_rules.txt").read_text()
+        rules6 = (HERE / "capture_rules6.txt").read_text()
         for ns, wanted in ((self.host, capture), (self.peer, capture_peer)):
             if wanted:
                 run("ip", "netns", "exec", ns, "iptables-restore", "--noflush", input_text=rules)
+                run("ip", "netns", "exec", ns, "ip6tables-restore", "--noflush", input_text=rules6)
 
     def spawn(self, ns: str, *cmd: str, **kw: Any) -> subprocess.Popen:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)

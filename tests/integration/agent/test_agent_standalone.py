@@ -15,6 +15,7 @@ from typing import List
 import pytest
 from agent_netns import (
     HOST_IP,
+    HOST_IP6,
     PEER_IP,
     REPO,
     LoadClient,
@@ -295,3 +296,18 @@ def test_sigkill_of_the_agent_takes_envoy_with_it(envoy_binary, topo, workdir, s
     agent.signal(signal.SIGKILL)
     agent.wait_exit(timeout=5)
     wait_for(lambda: agent.envoy_pids() == [], 3, "Envoy to die with its agent")
+
+
+def test_dual_stack_listeners_serve_ipv6_and_ipv4(envoy_binary, topo, workdir, start_agent):
+    topo.start_app(8080)
+    config = agent_config(
+        envoy_binary,
+        workdir,
+        listen={"inbound_address": "::", "outbound_address": "::", "status_address": "::"},
+    )
+    agent = start_agent(config)
+    agent.wait_ready()
+    for address in (HOST_IP6, HOST_IP):  # the same captured port, both families, one listener
+        code, body = http_get(topo.peer, address, 8080)
+        assert (code, body.split()) == (200, ["8080", "127.0.0.6"]), address
+    assert try_get(topo.peer, HOST_IP6, 15021, "/healthz/ready")[0] == 200

@@ -29,9 +29,17 @@ def socket_address(address: str, port: int) -> Json:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
+def listen_address(address: str, port: int) -> Json:
+    """A listener's address; ``::`` also takes IPv4 (dual stack, one socket)."""
+    sock = socket_address(address, port)
+    if address == "::":
+        sock["socket_address"]["ipv4_compat"] = True
+    return sock
+
+
 def _loopback_for(address: str) -> str:
     """Where Envoy should connect to reach a service bound to ``address``."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+    return {"0.0.0.0": "127.0.0.1", "::": "127.0.0.1"}.get(address, address)  # "::" is dual stack
 
 
 def static_cluster(name: str, address: str, port: int, http2: bool = False) -> Json:
@@ -62,7 +70,7 @@ def _route_listener(name: str, address: str, port: int, path: str, cluster: str)
     """A tiny HTTP listener that forwards one exact path to one cluster."""
     return {
         "name": name,
-        "address": socket_address(address, port),
+        "address": listen_address(address, port),
         "filter_chains": [
             {
                 "filters": [

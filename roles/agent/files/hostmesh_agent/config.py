@@ -191,6 +191,7 @@ class ListenConfig:
     admin_address: str = "127.0.0.1"
     status_address: str = "0.0.0.0"
     inbound_address: str = "0.0.0.0"
+    outbound_address: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,12 @@ _ENVOY: Checks = {
     "extra_args": _list_of(_str),
 }
 _PORTS: Checks = {name: PORT for name in (f.name for f in fields(PortsConfig))}
-_LISTEN: Checks = {"admin_address": _loopback_ip, "status_address": _ip, "inbound_address": _ip}
+_LISTEN: Checks = {
+    "admin_address": _loopback_ip,
+    "status_address": _ip,
+    "inbound_address": _ip,
+    "outbound_address": _ip,
+}
 _SUPERVISE: Checks = {
     "backoff_initial_s": _float_range(0.01, 60),
     "backoff_max_s": _float_range(0.01, 3600),

@@ -14,7 +14,7 @@ import json
 import zlib
 from typing import Any, Dict, List, Tuple
 
-from hostmesh_agent.bootstrap import socket_address
+from hostmesh_agent.bootstrap import listen_address, socket_address
 from hostmesh_agent.config import Config, InboundService, OutboundService
 from hostmesh_agent.rundir import RunDir
 
@@ -159,7 +159,7 @@ def _inbound_listener(cfg: Config, run_dir: RunDir) -> Json:
     return {
         "name": INBOUND_LISTENER,
         "stat_prefix": "inbound",
-        "address": socket_address(cfg.listen.inbound_address, cfg.ports.inbound),
+        "address": listen_address(cfg.listen.inbound_address, cfg.ports.inbound),
         "traffic_direction": "INBOUND",
         "listener_filters": [_ORIGINAL_DST_FILTER],
         "filter_chains": chains,
@@ -192,7 +192,7 @@ def _outbound_listener(cfg: Config) -> Json:
     return {
         "name": OUTBOUND_LISTENER,
         "stat_prefix": "outbound",
-        "address": socket_address("0.0.0.0", cfg.ports.outbound),
+        "address": listen_address(cfg.listen.outbound_address, cfg.ports.outbound),
         "traffic_direction": "OUTBOUND",
         "use_original_dst": True,
         "listener_filters": [_ORIGINAL_DST_FILTER],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import socketserver
 import threading
 from typing import Callable, Optional, Tuple
@@ -45,6 +46,15 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # "::" serves IPv4 too, whatever net.ipv6.bindv6only says.
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 class StatusServer:
     def __init__(
         self,
@@ -55,7 +65,8 @@ class StatusServer:
     ) -> None:
         self._readiness = readiness
         self._metrics = metrics
-        self._server = _Server((address, port), self._handler_class())
+        server_class = _Server6 if ":" in address else _Server
+        self._server = server_class((address, port), self._handler_class())
         self._thread: Optional[threading.Thread] = None
 
     @property
