@@ -56,6 +56,8 @@ Request = namedtuple(
         "days",
         "renew_days",
         "force",
+        "trust_bundle_path",
+        "trust_extra",
     ],
 )
 REQUEST_DEFAULTS = {
@@ -72,6 +74,8 @@ REQUEST_DEFAULTS = {
     "days": 30,
     "renew_days": 10,
     "force": False,
+    "trust_bundle_path": None,
+    "trust_extra": (),
 }
 
 # ca: the loaded CA (None when it is still to be created); create_ca: whether
@@ -96,6 +100,9 @@ def make_request(params):
     values = dict(REQUEST_DEFAULTS)
     values.update({key: value for key, value in params.items() if value is not None and key in Request._fields})
     values["dns_names"] = tuple(values["dns_names"] or ())
+    values["trust_extra"] = tuple(values["trust_extra"] or ())
+    if values["trust_extra"] and not values["trust_bundle_path"]:
+        raise MeshCAError("trust_extra: got %s; it needs trust_bundle_path to be set" % list(values["trust_extra"]))
     for key in ("ca_cert_path", "ca_key_path"):
         if not values.get(key):
             raise MeshCAError("%s is required" % key)
@@ -301,6 +308,48 @@ def plan_certificate(request, now):
         return Plan(request, wanted, ca, False, reasons, None, None)
     current = load_certificates(cert_pem)[0]
     return Plan(request, wanted, ca, False, [], current, key_mode_problem(request.key_path))
+
+
+def trust_bundle(request):
+    """The certificates peers trust: the CA file's, then each extra file's, each once."""
+    sources = [("ca_cert_path", request.ca_cert_path)] + [("trust_extra", path) for path in request.trust_extra]
+    seen = set()
+    blocks = []
+    for option, path in sources:
+        pem = _read(path)
+        if pem is None:
+            raise MeshCAError("%s: %s does not exist" % (option, path))
+        try:
+            certs = load_certificates(pem)
+        except ValueError as error:
+            raise MeshCAError("%s: %s is not a PEM certificate: %s" % (option, path, error)) from error
+        for cert in certs:
+            fingerprint = cert.fingerprint(hashes.SHA256())
+            if fingerprint not in seen:
+                seen.add(fingerprint)
+                blocks.append(_pem(cert))
+    return b"".join(blocks)
+
+
+def plan_bundle(request):
+    """(content, changed) of the trust bundle; content is None while the CA is still to be created."""
+    if not request.trust_bundle_path:
+        return None, False
+    if not os.path.exists(request.ca_cert_path):
+        for path in request.trust_extra:
+            if not os.path.exists(path):
+                raise MeshCAError("trust_extra: %s does not exist" % path)
+        return None, True
+    content = trust_bundle(request)
+    return content, _read(request.trust_bundle_path) != content
+
+
+def write_bundle(request):
+    """Write the trust bundle if it differs; True when it was written."""
+    content, differs = plan_bundle(request)
+    if differs:
+        write_file(request.trust_bundle_path, content, CERT_MODE)
+    return differs
 
 
 # --- making -----------------------------------------------------------------

@@ -94,6 +94,19 @@ options:
     description: Re-issue the workload certificate (with a new key) even if it is still right.
     type: bool
     default: false
+  trust_bundle_path:
+    description:
+      - When set, keep here the bundle peers verify against - the certificates
+        of O(ca_cert_path), then those of each O(trust_extra) file, each once.
+      - Use it to change CAs without a gap. Trust the new CA as an extra
+        everywhere, then sign with it and trust the old one as an extra, then
+        drop the extra.
+    type: path
+  trust_extra:
+    description: More CA certificate files (PEM) to trust; needs O(trust_bundle_path).
+    type: list
+    elements: path
+    default: []
 attributes:
   check_mode:
     support: full
@@ -188,6 +201,11 @@ ca_not_after:
   returned: when the CA exists after the run
   type: str
   sample: "2036-01-01T10:00:00+00:00"
+trust_bundle_path:
+  description: The trust bundle file.
+  returned: when O(trust_bundle_path) is set
+  type: str
+  sample: /home/ops/mesh/.hostmesh-ca/trust-bundle.pem
 cert_path:
   description: The certificate chain file.
   returned: when O(cert_path) is set
@@ -218,7 +236,9 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca import (
     changed,
     describe,
     make_request,
+    plan_bundle,
     plan_certificate,
+    write_bundle,
 )
 
 ARGUMENT_SPEC = {
@@ -237,6 +257,8 @@ ARGUMENT_SPEC = {
     "days": {"type": "int", "default": 30},
     "renew_days": {"type": "int", "default": 10},
     "force": {"type": "bool", "default": False},
+    "trust_bundle_path": {"type": "path"},
+    "trust_extra": {"type": "list", "elements": "path", "default": []},
 }
 
 
@@ -259,10 +281,15 @@ def main():
             "ca_cert_path": request.ca_cert_path,
         }
         ca, cert = plan.ca, plan.current
+        bundle_changed = plan_bundle(request)[1]
         if not module.check_mode:
             ca, cert, result["ca_created"] = apply_plan(plan, now)
+            bundle_changed = write_bundle(request)
             # Another run may have created the CA first.
             result["changed"] = result["ca_created"] or bool(plan.reasons or plan.key_mode)
+        result["changed"] = result["changed"] or bundle_changed
+        if request.trust_bundle_path:
+            result["trust_bundle_path"] = request.trust_bundle_path
     except (MeshCAError, OSError) as error:
         module.fail_json(msg=str(error))
     if ca is not None:

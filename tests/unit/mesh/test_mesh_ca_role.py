@@ -7,7 +7,7 @@ import subprocess
 from collections import namedtuple
 from pathlib import Path
 
-from mesh_helpers import ANSIBLE_PLAYBOOK, COLLECTIONS, make_ca, verify_svid
+from mesh_helpers import ANSIBLE_PLAYBOOK, COLLECTIONS, load_pem_chain, make_ca, run_module, verify_svid
 
 PLAYBOOK = Path(__file__).resolve().parent / "mesh_ca_playbook.yml"
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
@@ -135,3 +135,43 @@ def test_a_fleet_shares_one_ca(tmp_path):
         verify_svid(ca_dir / "ca-cert.pem", facts[host]["cert"], facts[host]["spiffe_id"])
     again = play(tmp_path, *args, inventory=("-i", str(inventory)))
     assert again.rc == 0 and set(again.changed.values()) == {0}, again.output
+
+
+def test_changing_cas_with_no_gap(tmp_path):
+    """Trust the new CA everywhere, sign with it while trusting the old, drop the old: every step verifies."""
+    old_dir, new_dir = tmp_path / "ca", tmp_path / "ca-next"
+    first = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % old_dir)
+    assert first.rc == 0, first.output
+    old_cert = old_dir / "hosts" / "localhost" / "cert-chain.pem"
+    new_ca = run_module(
+        {"ca_cert_path": str(new_dir / "ca-cert.pem"), "ca_key_path": str(new_dir / "ca-key.pem")}, tmp_path
+    )
+    assert new_ca["rc"] == 0 and new_ca["ca_created"] is True, new_ca
+
+    # 1. Both CAs trusted; certificates still from the old one (only the bundle changes).
+    extra = {"hostmesh_ca_dir": str(old_dir), "hostmesh_ca_trust_extra": [str(new_dir / "ca-cert.pem")]}
+    step1 = play(tmp_path, "-e", json.dumps(extra))
+    assert step1.rc == 0 and step1.changed == {"localhost": 1}, step1.output
+    bundle = step1.facts["localhost"]["ca"]
+    assert bundle == str(old_dir / "trust-bundle.pem") and len(load_pem_chain(bundle)) == 2
+    verify_svid(bundle, old_cert, first.facts["localhost"]["spiffe_id"])
+
+    # 2. Sign with the new CA, still trusting the old one.
+    switched = {
+        "hostmesh_ca_dir": str(old_dir),
+        "hostmesh_ca_cert": str(new_dir / "ca-cert.pem"),
+        "hostmesh_ca_key": str(new_dir / "ca-key.pem"),
+        "hostmesh_ca_trust_extra": [str(old_dir / "ca-cert.pem")],
+    }
+    step2 = play(tmp_path, "-e", json.dumps(switched))
+    assert step2.rc == 0 and step2.changed["localhost"] >= 1, step2.output
+    cert = step2.facts["localhost"]["cert"]
+    assert load_pem_chain(cert)[0].issuer == load_pem_chain(new_dir / "ca-cert.pem")[0].subject
+    verify_svid(step2.facts["localhost"]["ca"], cert, step2.facts["localhost"]["spiffe_id"])
+    assert play(tmp_path, "-e", json.dumps(switched)).changed == {"localhost": 0}
+
+    # 3. Only the new CA.
+    final = dict(switched, hostmesh_ca_trust_extra=[])
+    step3 = play(tmp_path, "-e", json.dumps(final))
+    assert step3.rc == 0 and step3.facts["localhost"]["ca"] == str(new_dir / "ca-cert.pem"), step3.output
+    verify_svid(step3.facts["localhost"]["ca"], cert, step3.facts["localhost"]["spiffe_id"])

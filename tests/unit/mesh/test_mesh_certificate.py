@@ -291,3 +291,40 @@ def test_many_hosts_at_once_share_one_ca(tmp_path):
             ca_dir / "hosts" / host / "cert-chain.pem",
             "spiffe://cluster.local/ns/default/sa/%s" % host,
         )
+
+
+def test_trust_bundle_with_extra_cas(tmp_path, paths):
+    other = make_ca(tmp_path, "Next Mesh CA")
+    bundle = str(tmp_path / "ca" / "trust-bundle.pem")
+    args = web1(paths, trust_bundle_path=bundle, trust_extra=[str(other.cert_path)])
+
+    planned = run_module(args, tmp_path, check_mode=True)
+    assert planned["rc"] == 0 and planned["changed"] is True, planned
+    assert not (tmp_path / "ca").exists()
+
+    first = run_module(args, tmp_path)
+    assert first["rc"] == 0 and first["trust_bundle_path"] == bundle, first
+    subjects = [c.subject.rfc4514_string() for c in load_pem_chain(bundle)]
+    assert subjects == ["CN=hostmesh mesh CA,O=cluster.local", "CN=Next Mesh CA"]
+    assert run_module(args, tmp_path)["changed"] is False
+    # The same CA listed twice appears once.
+    twice = run_module(
+        web1(paths, trust_bundle_path=bundle, trust_extra=[paths["ca_cert_path"], str(other.cert_path)]), tmp_path
+    )
+    assert twice["changed"] is False
+    # Dropping the extra rewrites the bundle, and nothing else changes.
+    dropped = run_module(web1(paths, trust_bundle_path=bundle), tmp_path)
+    assert dropped["changed"] is True and dropped["reasons"] == []
+    assert len(load_pem_chain(bundle)) == 1
+
+
+def test_trust_extra_errors(tmp_path, paths):
+    alone = run_module(web1(paths, trust_extra=[str(tmp_path / "x.pem")]), tmp_path)
+    assert alone["rc"] == 1 and "needs trust_bundle_path" in alone["msg"], alone
+    bundle = str(tmp_path / "bundle.pem")
+    missing = run_module(web1(paths, trust_bundle_path=bundle, trust_extra=[str(tmp_path / "x.pem")]), tmp_path)
+    assert missing["rc"] == 1 and "x.pem does not exist" in missing["msg"], missing
+    assert not (tmp_path / "ca").exists()
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    junk = run_module(web1(paths, trust_bundle_path=bundle, trust_extra=[str(tmp_path / "junk.pem")]), tmp_path)
+    assert junk["rc"] == 1 and "junk.pem is not a PEM certificate" in junk["msg"], junk

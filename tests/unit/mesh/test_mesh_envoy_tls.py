@@ -163,6 +163,7 @@ def request_through_envoy(tmp_path, client, server, trust_bundle, expect_client=
 
 def issue_pair(tmp_path, **ca):
     """A client and a server workload certificate from one CA; returns (client, server) (cert, key) pairs."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     pairs = []
     for name, namespace in (("client", "default"), ("server", "prod")):
         args = {
@@ -222,3 +223,23 @@ def test_name_constrained_ca_is_accepted_and_enforced_by_envoy(tmp_path):
     assert stray["rc"] == 0, stray
     stray_id = "spiffe://elsewhere.example/ns/default/sa/client"
     assert request_through_envoy(tmp_path, client, server, bundle, expect_client=stray_id) != "mesh ok"
+
+
+def test_mixed_cas_during_a_ca_change(tmp_path):
+    """Mid-change, one side's certificate is from the old CA and the other's from the new: the bundle carries both."""
+    old_client = issue_pair(tmp_path / "old")[0]
+    new_server = issue_pair(tmp_path / "new")[1]
+    bundle = tmp_path / "bundle.pem"
+    run = run_module(
+        {
+            "ca_cert_path": str(tmp_path / "new" / "ca" / "ca-cert.pem"),
+            "ca_key_path": str(tmp_path / "new" / "ca" / "ca-key.pem"),
+            "trust_bundle_path": str(bundle),
+            "trust_extra": [str(tmp_path / "old" / "ca" / "ca-cert.pem")],
+        },
+        tmp_path,
+    )
+    assert run["rc"] == 0, run
+    assert request_through_envoy(tmp_path, old_client, new_server, str(bundle)) == "mesh ok"
+    only_new = str(tmp_path / "new" / "ca" / "ca-cert.pem")
+    assert request_through_envoy(tmp_path, old_client, new_server, only_new) != "mesh ok"
