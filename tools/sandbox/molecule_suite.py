@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,8 +41,13 @@ def check_scenario(name: str) -> list[str]:
     for step in ("create", "destroy"):
         if f"{step}: ../resources/playbooks/{step}.yml" not in text:
             problems.append(f"{name}: molecule.yml must use ../resources/playbooks/{step}.yml")
-    if not (scenario / "converge.yml").exists():
-        problems.append(f"{name}: converge.yml is missing")
+    for step, path in re.findall(r"^\s{4}(\w+): (\S+\.yml)\s*$", text, re.M):
+        if not (scenario / path).exists():
+            problems.append(f"{name}: the {step} playbook {path} does not exist")
+    verifier = re.search(r"^\s{2}directory: (\S+)\s*$", text, re.M)
+    tests_dir = scenario / (verifier.group(1) if verifier else "tests")
+    if not list(tests_dir.glob("test_*.py")):
+        problems.append(f"{name}: no test_*.py in the verifier directory {tests_dir}")
     return problems
 
 

@@ -79,3 +79,29 @@ def test_inventory_and_ssh_config_name_every_host() -> None:
     assert "StrictHostKeyChecking yes" in cfg
     known = inventory.render_known_hosts({"host1": ("10.213.7.11", ["ssh-ed25519 AAAA c"])})
     assert known == "host1,10.213.7.11 ssh-ed25519 AAAA\n"
+
+
+def test_molecule_suite_refuses_scenarios_molecule_would_half_skip() -> None:
+    from tools.sandbox import molecule_suite
+
+    assert "capture" in molecule_suite.scenarios()
+    for name in molecule_suite.scenarios():
+        assert molecule_suite.check_scenario(name) == [], name
+    assert "no molecule/nope/molecule.yml" in molecule_suite.check_scenario("nope")[0]
+
+
+def test_molecule_suite_names_a_missing_playbook_and_missing_tests(tmp_path, monkeypatch) -> None:
+    from tools.sandbox import molecule_suite
+
+    scenario = tmp_path / "broken"
+    scenario.mkdir()
+    (scenario / "molecule.yml").write_text(
+        "ansible:\n  playbooks:\n    create: ../resources/playbooks/create.yml\n"
+        "    destroy: ../resources/playbooks/destroy.yml\n    converge: converge.yml\n"
+        "verifier:\n  name: testinfra\n  directory: ../tests\n"
+    )
+    monkeypatch.setattr(molecule_suite, "MOLECULE_DIR", tmp_path)
+    problems = " ".join(molecule_suite.check_scenario("broken"))
+    assert "the converge playbook converge.yml does not exist" in problems
+    assert "the create playbook ../resources/playbooks/create.yml does not exist" in problems
+    assert "no test_*.py in the verifier directory" in problems
