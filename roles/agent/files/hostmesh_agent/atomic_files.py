@@ -23,10 +23,10 @@ def write_atomic(path: str, data: bytes, mode: int = 0o640) -> bool:
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # No fsync: readers need whole files, which the rename gives; durability does not
+    # matter, since the agent rewrites every file at start (and /run is tmpfs anyway).
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     os.rename(tmp, path)
     return True
 
