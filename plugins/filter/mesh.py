@@ -6,6 +6,7 @@
 Documentation for each filter lives next to this file, in ``<filter>.yml``.
 """
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -138,6 +139,7 @@ def host_record(host: str, hv, trust_domain: str) -> dict:
                 "name": name,
                 "port": port,
                 "protocol": protocol,
+                "address": address,
                 "endpoint": _endpoint(address, port),
                 "spiffe_id": identity,
             }
@@ -146,35 +148,61 @@ def host_record(host: str, hv, trust_domain: str) -> dict:
 
 
 def _group(offers):
-    """Merge offers by service; conflicting name/port/protocol is an error naming both hosts."""
+    """Merge offers by service name; one name with different ports or protocols is an error naming both hosts."""
     by_name = {}
-    by_port = {}
     for offer in offers:
-        where = "hostmesh_services (service %r)" % offer["name"]
         first = by_name.get(offer["name"])
         if first is None:
-            other = by_port.get(offer["port"])
-            if other is not None:
-                raise _bad(
-                    offer["host"],
-                    where + ".port",
-                    offer["port"],
-                    "a port no other service uses; host %r offers %r on it (outbound traffic is matched by port)"
-                    % (other["host"], other["name"]),
-                )
-            by_name[offer["name"]] = first = dict(offer, endpoints=set(), spiffe_ids=set())
-            by_port[offer["port"]] = first
+            by_name[offer["name"]] = first = dict(offer, offers=[])
         for key in ("port", "protocol"):
             if offer[key] != first[key]:
                 raise _bad(
                     offer["host"],
-                    where + "." + key,
+                    "hostmesh_services (service %r).%s" % (offer["name"], key),
                     offer[key],
                     "%s, as on host %r" % (json.dumps(first[key]), first["host"]),
                 )
-        first["endpoints"].add(offer["endpoint"])
-        first["spiffe_ids"].add(offer["spiffe_id"])
-    return by_name.values()
+        first["offers"].append(offer)
+    return list(by_name.values())
+
+
+def _host_cidr(offer, other):
+    """The host route of an offer's address, for a port it shares with another service."""
+    try:
+        address = ipaddress.ip_address(offer["address"])
+    except ValueError:
+        raise _bad(
+            offer["host"],
+            "hostmesh_address",
+            offer["address"],
+            "an IP address: service %r shares port %d with %r (host %r), and the sidecar tells them apart "
+            "by destination address" % (offer["name"], offer["port"], other["name"], other["host"]),
+        ) from None
+    return "%s/%d" % (address, address.max_prefixlen)
+
+
+def _match_cidrs(services):
+    """match_cidrs for services sharing a port: each one's own addresses, so the agent can tell them apart."""
+    by_port = {}
+    for service in services:
+        by_port.setdefault(service["port"], []).append(service)
+    cidrs = {}
+    for sharing in by_port.values():
+        if len(sharing) < 2:
+            continue
+        owner = {}
+        for service in sharing:
+            other = next(s for s in sharing if s is not service)
+            cidrs[service["name"]] = sorted({_host_cidr(offer, other) for offer in service["offers"]})
+            for cidr in cidrs[service["name"]]:
+                if owner.setdefault(cidr, service)["name"] != service["name"]:
+                    raise _bad(
+                        service["offers"][0]["host"],
+                        "hostmesh_services (service %r).port" % service["name"],
+                        service["port"],
+                        "a port that %r does not also use at %s" % (owner[cidr]["name"], cidr),
+                    )
+    return cidrs
 
 
 def _trust_domain(hostvars, host, given):
@@ -204,17 +232,21 @@ def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=None):
             raise _bad(host, "hosts", host, "a host of the inventory")
         records.append(host_record(host, hostvars[host], trust_domain))
     offers = jmespath.search(OFFERS_QUERY.format(me=_literal(str(inventory_hostname))), records) or []
-    upstreams = [
-        {
+    services = _group(offers)
+    cidrs = _match_cidrs(services)
+    upstreams = []
+    for service in services:
+        upstream = {
             "name": service["name"],
             "port": service["port"],
             "protocol": service["protocol"],
-            "endpoints": sorted(service["endpoints"]),
+            "endpoints": sorted({offer["endpoint"] for offer in service["offers"]}),
             "tls": True,
-            "spiffe_ids": sorted(service["spiffe_ids"]),
+            "spiffe_ids": sorted({offer["spiffe_id"] for offer in service["offers"]}),
         }
-        for service in _group(offers)
-    ]
+        if service["name"] in cidrs:
+            upstream["match_cidrs"] = cidrs[service["name"]]
+        upstreams.append(upstream)
     return sorted(upstreams, key=lambda upstream: (upstream["name"], upstream["port"]))
 
 

@@ -36,7 +36,10 @@ INVENTORY = {
     "db1": {
         "ansible_default_ipv4": {"address": "10.0.2.5", "interface": "eth0"},
         "hostmesh_service_account": "postgres",
-        "hostmesh_services": [{"name": "pg", "port": "5432", "protocol": "tcp"}],
+        "hostmesh_services": [
+            {"name": "pg", "port": "5432", "protocol": "tcp"},
+            {"name": "node-exporter", "port": 9100},
+        ],
     },
 }
 HOSTS = ["web1", "web2", "db1"]
@@ -82,6 +85,21 @@ def test_golden_reads_as_expected():
     assert web1["web"]["endpoints"] == ["10.0.1.12:8080"]
 
 
+def test_services_sharing_a_port_are_told_apart_by_address():
+    """metrics (web2) and node-exporter (db1) both use 9100: each matches only its own hosts' addresses."""
+    web1 = {u["name"]: u for u in all_upstreams()["web1"]}
+    assert web1["metrics"]["match_cidrs"] == ["10.0.1.12/32"]
+    assert web1["node-exporter"]["match_cidrs"] == ["10.0.2.5/32"]
+    assert "match_cidrs" not in web1["pg"] and "match_cidrs" not in web1["web"]
+    v6 = {
+        "a": {"ansible_host": "fd00::a", "hostmesh_services": [{"name": "x", "port": 80}]},
+        "b": {"ansible_host": "10.0.0.2", "hostmesh_services": [{"name": "y", "port": 80}]},
+        "me": {"ansible_host": "10.0.0.9"},
+    }
+    got = {u["name"]: u["match_cidrs"] for u in mesh_upstreams(v6, list(v6), "me")}
+    assert got == {"x": ["fd00::a/128"], "y": ["10.0.0.2/32"]}
+
+
 def test_output_does_not_depend_on_order():
     reordered = {host: dict(reversed(list(INVENTORY[host].items()))) for host in reversed(HOSTS)}
     assert all_upstreams(reordered, list(reversed(HOSTS))) == all_upstreams()
@@ -90,8 +108,8 @@ def test_output_does_not_depend_on_order():
 def test_trust_domain_and_client_only_host():
     hostvars = dict(INVENTORY, client={"ansible_host": "10.9.9.9"})
     got = mesh_upstreams(hostvars, HOSTS, "client", trust_domain="example.org")
-    assert [u["name"] for u in got] == ["metrics", "pg", "web"]
-    assert got[1]["spiffe_ids"] == ["spiffe://example.org/ns/default/sa/postgres"]
+    assert [u["name"] for u in got] == ["metrics", "node-exporter", "pg", "web"]
+    assert got[2]["spiffe_ids"] == ["spiffe://example.org/ns/default/sa/postgres"]
 
 
 def test_trust_domain_from_the_inventory_unless_given():
@@ -165,7 +183,19 @@ def with_services(**hosts):
             "81",
         ),
         (
-            with_services(a=[{"name": "x", "port": 80}], b=[{"name": "y", "port": 80}]),
+            {
+                "a": {"hostmesh_address": "a.example.net", "hostmesh_services": [{"name": "x", "port": 80}]},
+                "b": {"ansible_host": "10.0.0.2", "hostmesh_services": [{"name": "y", "port": 80}]},
+            },
+            "a",
+            "hostmesh_address",
+            '"a.example.net"',
+        ),
+        (
+            {
+                "a": {"ansible_host": "10.0.0.2", "hostmesh_services": [{"name": "x", "port": 80}]},
+                "b": {"ansible_host": "10.0.0.2", "hostmesh_services": [{"name": "y", "port": 80}]},
+            },
             "b",
             "hostmesh_services (service 'y').port",
             "80",
