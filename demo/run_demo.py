@@ -28,6 +28,7 @@ PLAY = """- name: Capture traffic through the sidecar
       hostmesh.sidecar.traffic_capture:
         state: "{{ capture_state }}"
         chain_prefix: ISTIO_
+        protect_established: false
         ip_families: [ipv4]
 """
 

@@ -44,12 +44,14 @@ def render_rule(rule):
         parts.append("-o %s" % rule.out_iface)
     if rule.proto is not None:
         parts.append("-p %s" % rule.proto)
-    if rule.sport is not None or rule.dport is not None:
+    if rule.sport is not None or rule.dport is not None or rule.syn is not None:
         parts.append("-m %s" % rule.proto)
         if rule.sport is not None:
             parts.append(_flag("--sport", rule.sport))
         if rule.dport is not None:
             parts.append(_flag("--dport", rule.dport))
+        if rule.syn is not None:
+            parts.append(("" if rule.syn else "! ") + "--tcp-flags FIN,SYN,RST,ACK SYN")
     if rule.mark is not None:
         parts.append("-m mark --mark %s" % hex(rule.mark))
     if rule.connmark is not None:

@@ -40,6 +40,7 @@ _RULE_FIELDS = (
     "proto",  # "tcp" / "udp"
     "dport",  # int, or "!53" to negate
     "sport",  # int
+    "syn",  # False: TCP packets that are not a connection's first (SYN without ACK/RST/FIN)
     "uid_owner",  # int, or "!1337" to negate
     "gid_owner",  # int, or "!1337" to negate
     "mark",  # int: packet mark equals

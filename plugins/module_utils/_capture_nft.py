@@ -198,15 +198,17 @@ def render_rule(rule, family: str, chain_of=None) -> list:
         parts.append('iifname "%s"' % rule.in_iface)
     if rule.out_iface is not None:
         parts.append('oifname "%s"' % rule.out_iface)
-    if rule.sport is None and rule.dport is None:
+    if rule.sport is None and rule.dport is None and rule.syn is None:
         if rule.proto is not None:
             parts.append("meta l4proto %d" % _L4PROTO[rule.proto])
     else:
-        # A port match carries its protocol; nft hides the l4proto dependency.
+        # A port or flags match carries its protocol; nft hides the l4proto dependency.
         if rule.sport is not None:
             parts.append("%s sport %s" % (rule.proto, _compare(rule.sport)))
         if rule.dport is not None:
             parts.append("%s dport %s" % (rule.proto, _compare(rule.dport)))
+        if rule.syn is not None:
+            parts.append("tcp flags %s0x2 / 0x1,0x2,0x4,0x10" % ("" if rule.syn else "!= "))
     if rule.mark is not None:
         parts.append("meta mark %s" % _mark(rule.mark))
     if rule.connmark is not None:

@@ -99,6 +99,19 @@ def build_family(options, family, nameservers=()):
     return FamilyRules(family, chains, jumps, ip_rules, ip_routes)
 
 
+def _established_guard(options, **matches):
+    """Connections already open when capture goes on are never captured.
+
+    Where conntrack was not yet active, its first sight of such a connection is
+    a mid-stream packet it files as new; redirecting that packet would cut the
+    connection (an SSH session included). A new connection's first packet is
+    always a SYN, so anything else is let through untouched.
+    """
+    if not options.protect_established:
+        return []
+    return [rule(RETURN, proto="tcp", syn=False, **matches)]
+
+
 def _inbound_exclusions(options):
     """RETURN rules that keep excluded interfaces and ports away from capture."""
     rules = [rule(RETURN, in_iface=iface) for iface in options.exclude_interfaces]
@@ -108,7 +121,7 @@ def _inbound_exclusions(options):
 
 
 def _nat_inbound(options, names):
-    rules = _inbound_exclusions(options)
+    rules = _established_guard(options) + _inbound_exclusions(options)
     if options.inbound_ports is None:
         rules.append(rule(names.in_redirect, proto="tcp"))
     else:
@@ -119,7 +132,8 @@ def _nat_inbound(options, names):
 def _nat_output(options, names, family, nameservers):
     tproxy = options.mode == "tproxy"
     localhost = LOCALHOST[family]
-    rules = [rule(RETURN, proto="tcp", dport=port) for port in options.outbound_ports_exclude]
+    rules = _established_guard(options)
+    rules += [rule(RETURN, proto="tcp", dport=port) for port in options.outbound_ports_exclude]
     rules += [rule(RETURN, out_iface=iface) for iface in options.exclude_interfaces]
     rules.append(rule(RETURN, src=PASSTHROUGH_SOURCE[family], out_iface="lo"))
     # With DNS capture, loopback DNS (e.g. a local stub resolver) still goes to the proxy.
@@ -156,6 +170,7 @@ def _add_tproxy(options, names, family, add_chain, add_jump):
     tproxy_params = {"on_port": options.inbound_capture_port, "on_ip": ANY_ADDRESS[family], "mark": mark}
     add_chain("mangle", names.tproxy, [rule(TPROXY, tproxy_params, dst="!" + LOCALHOST[family], proto="tcp")])
     inbound = [
+        *_established_guard(options, ctstate="NEW"),
         # Remember the mark on the connection so replies route back through lo.
         rule(CONNMARK_SAVE, proto="tcp", mark=mark),
         # Do not capture again what the proxy already handed over on lo.

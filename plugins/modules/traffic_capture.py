@@ -24,8 +24,9 @@ description:
   - The local port of the SSH connection running the task (from
     C(SSH_CONNECTION)) is never captured, even if O(inbound_ports_exclude)
     forgets it; a warning says so.
-  - With O(chain_prefix=ISTIO_) and Istio's defaults, C(iptables -t nat -S)
-    reads exactly as a pod's does.
+  - With O(chain_prefix=ISTIO_), Istio's defaults and
+    O(protect_established=false), C(iptables -t nat -S) reads exactly as a
+    pod's does.
 author:
   - hostmesh.sidecar maintainers (@hostmesh)
 options:
@@ -140,6 +141,20 @@ options:
     description: Drop inbound TCP packets conntrack marks INVALID, so they cannot bypass the proxy (Istio's C(--drop-invalid)).
     type: bool
     default: false
+  protect_established:
+    description:
+      - Never capture a TCP connection that was already open when capture went
+        on. Each capture chain starts with a rule that lets through any TCP
+        packet conntrack files as new that is not a SYN.
+      - It matters on hosts where nothing used conntrack before (no firewall):
+        conntrack then meets open connections mid-stream, files their next
+        packet as new, and without this rule that packet would be redirected
+        to the proxy, cutting the connection, including the SSH session
+        running this task.
+      - Set V(false) only to reproduce Istio's pod rules exactly; in a pod no
+        connection is open when capture starts.
+    type: bool
+    default: true
   tproxy_mark:
     description: Firewall mark used by TPROXY mode (Istio's C(-t)).
     type: int
@@ -202,9 +217,10 @@ EXAMPLES = r"""
   hostmesh.sidecar.traffic_capture:
     rules_file: /etc/hostmesh/capture.rules
 
-- name: Istio's own chain names and defaults (iptables -t nat -S reads as in a pod)
+- name: Istio's own chain names and rules (iptables -t nat -S reads as in a pod)
   hostmesh.sidecar.traffic_capture:
     chain_prefix: ISTIO_
+    protect_established: false
 
 - name: Capture only the application's port, keep the database direct
   hostmesh.sidecar.traffic_capture:
@@ -308,6 +324,7 @@ ARGUMENT_SPEC = {
     "dns_capture_all": {"type": "bool", "default": False},
     "dns_port": {"type": "int", "default": 15053},
     "drop_invalid": {"type": "bool", "default": False},
+    "protect_established": {"type": "bool", "default": True},
     "tproxy_mark": {"type": "int", "default": 1337},
     "tproxy_route_table": {"type": "int", "default": 133},
     "chain_prefix": {"type": "str", "default": "HOSTMESH_"},

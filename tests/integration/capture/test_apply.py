@@ -18,7 +18,7 @@ def seed_listing():
 
 @pytest.mark.parametrize("backend", VARIANTS)
 def test_seed_settings_read_back_as_the_seed(lab, backend):
-    result = lab.ok(chain_prefix="ISTIO_", backend=backend, ip_families=["ipv4", "ipv6"])
+    result = lab.ok(chain_prefix="ISTIO_", protect_established=False, backend=backend, ip_families=["ipv4", "ipv6"])
     assert result["changed"] is True
     assert result["backend"] == backend
     assert lab.nat_listing(backend.split("-")[1]) == seed_listing()
@@ -52,16 +52,16 @@ def test_absent_restores_the_host_exactly(lab):
 
 
 def test_hand_deleted_rule_is_detected_and_restored(lab):
-    lab.ok(chain_prefix="ISTIO_")
+    lab.ok(chain_prefix="ISTIO_", protect_established=False)
     lab.run(lab.host, ["iptables", "-t", "nat", "-D", "ISTIO_INBOUND", "-p", "tcp", "--dport", "15090", "-j", "RETURN"])
     lab.run(lab.host, ["iptables", "-t", "nat", "-D", "OUTPUT", "-p", "tcp", "-j", "ISTIO_OUTPUT"])
     lab.run(
         lab.host,
         ["iptables", "-t", "nat", "-R", "ISTIO_REDIRECT", "1", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "9"],
     )
-    check = lab.ok(chain_prefix="ISTIO_", check_mode=True)
+    check = lab.ok(chain_prefix="ISTIO_", protect_established=False, check_mode=True)
     assert check["changed"] is True
-    fixed = lab.ok(chain_prefix="ISTIO_")
+    fixed = lab.ok(chain_prefix="ISTIO_", protect_established=False)
     assert fixed["changed"] is True
     assert any("--dport 15090 -j RETURN" in line for line in fixed["added"])
     assert lab.nat_listing() == seed_listing()

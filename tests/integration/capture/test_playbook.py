@@ -16,6 +16,7 @@ PLAYBOOK = """
     - name: Apply the seed's chains
       hostmesh.sidecar.traffic_capture:
         chain_prefix: ISTIO_
+        protect_established: false
         ip_families: [ipv4, ipv6]
       register: capture
     - name: Show the rendered rules

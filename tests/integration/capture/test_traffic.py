@@ -5,6 +5,9 @@ address (TPROXY), so each answer says where the connection was meant to go,
 who made it, and which listener took it.
 """
 
+import subprocess
+import sys
+
 import pytest
 from netlab import HOST_V4, HOST_V6, PEER_V4, PEER_V6
 
@@ -102,3 +105,68 @@ def test_ipv6_is_captured_like_ipv4(lab):
     assert answer(lab.connect(lab.host, PEER_V6, 8080)) == ("[%s]:8080" % PEER_V6, "[%s]" % HOST_V6, 15001)
     assert answer(lab.connect(lab.peer, HOST_V6, 8080)) == ("[%s]:8080" % HOST_V6, "[%s]" % PEER_V6, 15006)
     assert answer(lab.connect(lab.host, PEER_V6, 8080, uid=PROXY_UID))[2] == 8080
+
+
+LONG_LIVED_SERVER = """
+import socket, sys, time
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", int(sys.argv[1])))
+server.listen(1)
+print("ready", flush=True)
+conn, _peer = server.accept()
+conn.recv(1)
+sys.stdin.readline()  # the test says when capture is on
+conn.sendall(b"still-connected")
+time.sleep(5)
+"""
+
+LONG_LIVED_CLIENT = """
+import socket, sys
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+conn.sendall(b"x")
+print("connected", flush=True)
+conn.settimeout(8)
+try:
+    print(conn.recv(100).decode(), flush=True)
+except OSError as error:
+    print("broken: %s" % error, flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "port"),
+    [
+        ({"backend": "iptables-nft"}, 8080),
+        ({"backend": "iptables-legacy"}, 8080),
+        ({"backend": "nftables"}, 8080),
+        ({"backend": "iptables-nft"}, 22),
+        ({"backend": "iptables-nft", "mode": "tproxy"}, 8080),
+    ],
+)
+def test_connections_open_before_capture_keep_working(lab, args, port):
+    """On a host where conntrack was not active, an open connection (an SSH
+    session, a database link) must survive capture going on: its next packet
+    is not a SYN and must not be redirected."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", lab.host, sys.executable, "-c", LONG_LIVED_SERVER, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout.readline().strip() == "ready"
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", lab.peer, sys.executable, "-c", LONG_LIVED_CLIENT, HOST_V4, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout.readline().strip() == "connected"
+        lab.ok(ip_families=["ipv4"], **args)
+        server.stdin.write("go\n")
+        server.stdin.flush()
+        assert client.stdout.readline().strip() == "still-connected"
+    finally:
+        for proc in (server, client):
+            proc.kill()
+            proc.wait()

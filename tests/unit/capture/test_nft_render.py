@@ -195,6 +195,7 @@ table inet istio {
 
 TPROXY_DNS_PARAMS = {
     "chain_prefix": "ISTIO_",
+    "protect_established": False,
     "mode": "tproxy",
     "dns_redirect": True,
     "drop_invalid": True,
@@ -209,7 +210,13 @@ TPROXY_DNS_PARAMS = {
 
 
 def test_seed_settings_both_families_golden():
-    assert render(families(chain_prefix="ISTIO_")) == SEED_GOLDEN
+    assert render(families(chain_prefix="ISTIO_", protect_established=False)) == SEED_GOLDEN
+
+
+def test_established_connections_guard_leads_each_capture_chain():
+    text = render(families(mode="tproxy"), name="hostmesh")
+    assert _chain(text, "nat_HOSTMESH_OUTPUT")[0] == "tcp flags != 0x2 / 0x1,0x2,0x4,0x10 return"
+    assert _chain(text, "mangle_HOSTMESH_INBOUND")[0] == "tcp flags != 0x2 / 0x1,0x2,0x4,0x10 ct state 0x8 return"
 
 
 def test_tproxy_dns_drop_invalid_exclusions_both_families_golden():

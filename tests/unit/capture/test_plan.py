@@ -26,7 +26,7 @@ COMMIT
 
 
 def seed_desired():
-    return desired_tables(build_family(options(chain_prefix="ISTIO_"), "ipv4"))
+    return desired_tables(build_family(options(chain_prefix="ISTIO_", protect_established=False), "ipv4"))
 
 
 def host_save(desired, extra_rules=(), drop=()):
@@ -91,7 +91,9 @@ def test_absent_removes_jumps_then_chains_and_nothing_else():
 
 def test_switching_mode_drops_stale_chains():
     redirect = seed_desired()
-    tproxy = desired_tables(build_family(options(chain_prefix="ISTIO_", mode="tproxy"), "ipv4"))
+    tproxy = desired_tables(
+        build_family(options(chain_prefix="ISTIO_", mode="tproxy", protect_established=False), "ipv4")
+    )
     text = plan_restore(parse_save(host_save(redirect), "ISTIO_"), tproxy)
     assert "-X ISTIO_IN_REDIRECT" in text and "-X ISTIO_INBOUND" in text
     assert "*mangle" in text and ":ISTIO_TPROXY - [0:0]" in text

@@ -13,7 +13,23 @@ def seed_listing():
 
 
 def test_seed_settings_give_the_seed_listing_rule_for_rule():
-    assert table_lines(chain_prefix="ISTIO_") == {"nat": seed_listing()}
+    assert table_lines(chain_prefix="ISTIO_", protect_established=False) == {"nat": seed_listing()}
+
+
+GUARD = "-p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN"
+
+
+def test_connections_open_before_capture_are_never_captured():
+    lines = table_lines()["nat"]
+    inbound = [line for line in lines if line.startswith("-A HOSTMESH_INBOUND")]
+    output = [line for line in lines if line.startswith("-A HOSTMESH_OUTPUT")]
+    assert inbound[0] == "-A HOSTMESH_INBOUND " + GUARD
+    assert output[0] == "-A HOSTMESH_OUTPUT " + GUARD
+    mangle = table_lines(mode="tproxy")["mangle"]
+    assert next(line for line in mangle if line.startswith("-A HOSTMESH_INBOUND")) == (
+        "-A HOSTMESH_INBOUND -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j RETURN"
+    )
+    assert not [line for line in table_lines(protect_established=False)["nat"] if "tcp-flags" in line]
 
 
 def test_default_prefix_names_our_chains():
@@ -54,7 +70,7 @@ def test_outbound_ports_include_and_exclude():
 
 
 def test_explicit_inbound_ports_capture_only_those():
-    lines = table_lines(inbound_ports=[8080, 9090], inbound_ports_exclude=[])["nat"]
+    lines = table_lines(inbound_ports=[8080, 9090], inbound_ports_exclude=[], protect_established=False)["nat"]
     inbound = [line for line in lines if line.startswith("-A HOSTMESH_INBOUND")]
     assert inbound == [
         "-A HOSTMESH_INBOUND -p tcp -m tcp --dport 8080 -j HOSTMESH_IN_REDIRECT",
