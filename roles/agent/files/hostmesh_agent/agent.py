@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -473,17 +474,24 @@ class Agent:
                 time.sleep(0.1)
             else:
                 log.warning("drain bound reached; stopping envoy with connections open")
+            # A hot restart's parent still finishing its connections gets the same bound.
+            while self.draining and time.monotonic() < deadline:
+                self._reap_draining()
+                time.sleep(0.1)
         self._stop_all_envoys()
         log.info("stopped")
 
     def _stop_all_envoys(self) -> None:
+        """Envoy ignores SIGTERM (see Proxy.start): ask the serving epoch to quit through
+        the admin API, give it stop_timeout_s, then SIGKILL whatever is left."""
         procs = self._alive()
-        for p in procs:
-            _signal(p, signal.SIGTERM)
-        deadline = time.monotonic() + self.cfg.supervise.stop_timeout_s
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.popen.wait(max(0.0, deadline - time.monotonic()))
+        if self.current is not None and self.current in procs:
+            try:
+                self._admin().quit()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.current.popen.wait(self.cfg.supervise.stop_timeout_s)
+            except AdminError as exc:
+                log.warning("envoy did not take /quitquitquit, killing it: %s", exc)
         self._kill(procs)
         self.current = None
         self.draining = []

@@ -48,8 +48,15 @@ class EnvoyProcess:
         return self.popen.poll()
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """In the child before exec: if the agent dies, the kernel kills Envoy too."""
+# Signals Envoy starts with blocked. Only the agent may stop Envoy, and only after a
+# drain: a SIGTERM from systemd's KillMode=control-group or a terminal's Ctrl-C would
+# make Envoy exit at once. The agent stops it through the admin API instead.
+SHIELDED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _prepare_child(parent_pid: int) -> None:
+    """In the child before exec: shield Envoy from stop signals, die with the agent."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SHIELDED_SIGNALS)  # inherited across exec
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -152,10 +159,9 @@ class Proxy:
                 args,
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
-                # Its own session: a Ctrl-C meant for the agent must not reach Envoy
-                # undrained; the agent stops it, and PDEATHSIG covers the agent dying.
+                # Its own session, so a terminal's signals go to the agent alone.
                 start_new_session=True,
-                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                preexec_fn=functools.partial(_prepare_child, os.getpid()),
             )
         except OSError as exc:
             raise ProxyError(f"cannot start {binary}: {exc.strerror}") from None
