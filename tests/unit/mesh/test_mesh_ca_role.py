@@ -175,3 +175,14 @@ def test_changing_cas_with_no_gap(tmp_path):
     step3 = play(tmp_path, "-e", json.dumps(final))
     assert step3.rc == 0 and step3.facts["localhost"]["ca"] == str(new_dir / "ca-cert.pem"), step3.output
     verify_svid(step3.facts["localhost"]["ca"], cert, step3.facts["localhost"]["spiffe_id"])
+
+
+def test_bad_variables_fail_before_anything_is_written(tmp_path):
+    ca_dir = tmp_path / "ca"
+    typed = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_cert_days=soon")
+    assert typed.rc != 0 and "hostmesh_cert_days" in typed.output, typed.output
+    renew = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_cert_renew_days=30")
+    assert renew.rc != 0 and "must be less than hostmesh_cert_days" in renew.output, renew.output
+    named = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_service_account=Web_1")
+    assert named.rc != 0 and "service_account: got 'Web_1'" in named.output, named.output
+    assert not (ca_dir / "hosts" / "localhost").exists()
