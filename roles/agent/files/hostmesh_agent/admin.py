@@ -127,12 +127,6 @@ class EnvoyAdmin:
         if status != 200:
             raise AdminError(f"envoy admin /drain_listeners answered {status}: {body[:200]!r}")
 
-    def quit(self) -> None:
-        """Ask Envoy to exit cleanly (it ignores SIGTERM: see Proxy.start)."""
-        status, _body = self.request("POST", "/quitquitquit")
-        if status != 200:
-            raise AdminError(f"envoy admin /quitquitquit answered {status}")
-
     def prometheus(self) -> bytes:
         status, body = self.request("GET", "/stats/prometheus", timeout=5.0)
         if status != 200:

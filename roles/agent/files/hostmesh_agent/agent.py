@@ -482,16 +482,13 @@ class Agent:
         log.info("stopped")
 
     def _stop_all_envoys(self) -> None:
-        """Envoy ignores SIGTERM (see Proxy.start): ask the serving epoch to quit through
-        the admin API, give it stop_timeout_s, then SIGKILL whatever is left."""
         procs = self._alive()
-        if self.current is not None and self.current in procs:
-            try:
-                self._admin().quit()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.current.popen.wait(self.cfg.supervise.stop_timeout_s)
-            except AdminError as exc:
-                log.warning("envoy did not take /quitquitquit, killing it: %s", exc)
+        for p in procs:
+            _signal(p, signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.supervise.stop_timeout_s
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(max(0.0, deadline - time.monotonic()))
         self._kill(procs)
         self.current = None
         self.draining = []

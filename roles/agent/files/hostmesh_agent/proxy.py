@@ -48,15 +48,8 @@ class EnvoyProcess:
         return self.popen.poll()
 
 
-# Signals Envoy starts with blocked. Only the agent may stop Envoy, and only after a
-# drain: a SIGTERM from systemd's KillMode=control-group or a terminal's Ctrl-C would
-# make Envoy exit at once. The agent stops it through the admin API instead.
-SHIELDED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
 def _prepare_child(parent_pid: int) -> None:
-    """In the child before exec: shield Envoy from stop signals, die with the agent."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, SHIELDED_SIGNALS)  # inherited across exec
+    """In the child before exec: if the agent dies, the kernel kills Envoy too."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
