@@ -1,0 +1,143 @@
+"""Benchmark fleet onboarding on sandbox hosts, and the data path's added latency.
+
+In one run: boots N sandbox hosts (systemd-nspawn, reached over SSH), starts a
+small HTTP app on the first, measures the app's latency from the second
+direct, onboards every host with playbooks/onboard.yml (first run), runs it
+again (re-run), runs a playbook that only gathers facts on the same hosts, and
+measures the same requests again, now through both sidecars with mTLS.
+Prints the figures; destroys the hosts. Run as root:
+
+    .venv/bin/python benchmarks/onboard_bench.py [--hosts 8] [--requests 500]
+"""
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tools.sandbox.sandbox import Sandbox  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+APP_PORT = 8080
+
+# Sends requests one at a time over fresh connections and prints latencies (ms).
+PROBE = r"""
+import json, sys, time, urllib.request
+url, count = sys.argv[1], int(sys.argv[2])
+samples = []
+for _i in range(count):
+    start = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=5) as response:
+        response.read()
+    samples.append((time.perf_counter() - start) * 1000)
+print(json.dumps(samples))
+"""
+
+FACTS_ONLY = """- name: Gather facts only
+  hosts: mesh
+  gather_facts: true
+  tasks: []
+"""
+
+
+def playbook(inventory, extra_inventory, path, forks):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"), ANSIBLE_NOCOLOR="1")
+    argv = [os.path.join(BIN, "ansible-playbook"), "-i", inventory, "-i", extra_inventory, "-f", str(forks), path]
+    start = time.monotonic()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit("%s failed:\n%s\n%s" % (path, proc.stdout[-4000:], proc.stderr[-2000:]))
+    recap = [line for line in proc.stdout.splitlines() if "changed=" in line]
+    changed = sum(int(line.split("changed=")[1].split()[0]) for line in recap)
+    return elapsed, changed
+
+
+def percentile(samples, fraction):
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def latencies(sandbox, client, url, count):
+    # ssh hands the words to the remote shell, so quote them for it.
+    argv = [shlex.quote(word) for word in ("python3", "-c", PROBE, url, str(count))]
+    proc = sandbox.ssh(client, argv, check=True, timeout=600)
+    return json.loads(proc.stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=500)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark boots systemd-nspawn hosts")
+
+    names = ["web"] + ["host%d" % index for index in range(2, args.hosts + 1)]
+    sandbox = Sandbox("bench-onboard", log=lambda message: print(message, file=sys.stderr))
+    try:
+        sandbox.create(names)
+        hosts = sandbox.hosts()
+        with tempfile.TemporaryDirectory() as directory:
+            extra = os.path.join(directory, "mesh.yml")
+            members = "\n".join("    %s: {}" % name for name in names[1:])
+            with open(extra, "w") as handle:
+                handle.write(
+                    "mesh:\n  hosts:\n    web:\n      hostmesh_services:\n"
+                    "        - {name: web, port: %d}\n%s\n" % (APP_PORT, members)
+                )
+            facts = os.path.join(directory, "facts.yml")
+            with open(facts, "w") as handle:
+                handle.write(FACTS_ONLY)
+            inventory = str(sandbox.inventory)
+
+            sandbox.ssh(
+                "web",
+                [
+                    "systemd-run",
+                    "--unit",
+                    "bench-web",
+                    "python3",
+                    "-m",
+                    "http.server",
+                    str(APP_PORT),
+                    "--directory",
+                    "/etc",
+                ],
+                check=True,
+            )
+            time.sleep(1)
+            url = "http://%s:%d/hostname" % (hosts["web"], APP_PORT)
+            direct = latencies(sandbox, names[1], url, args.requests)
+
+            onboard = os.path.join(ROOT, "playbooks", "onboard.yml")
+            first, first_changed = playbook(inventory, extra, onboard, args.hosts)
+            rerun, rerun_changed = playbook(inventory, extra, onboard, args.hosts)
+            facts_time, _changed = playbook(inventory, extra, facts, args.hosts)
+            meshed = latencies(sandbox, names[1], url, args.requests)
+    finally:
+        sandbox.destroy(quiet=True)
+
+    print("onboarding %d sandbox hosts (seconds)" % args.hosts)
+    print("  first run                      %7.1f   (changed=%d)" % (first, first_changed))
+    print("  re-run                         %7.1f   (changed=%d)" % (rerun, rerun_changed))
+    print("  facts-only playbook            %7.1f" % facts_time)
+    print("  re-run / facts-only            %7.1fx" % (rerun / facts_time))
+    print("data path, %d sequential HTTP requests, new connection each (ms)" % args.requests)
+    print("  direct            p50 %6.2f   p99 %6.2f" % (percentile(direct, 0.5), percentile(direct, 0.99)))
+    print("  via both sidecars p50 %6.2f   p99 %6.2f" % (percentile(meshed, 0.5), percentile(meshed, 0.99)))
+    print(
+        "  added             p50 %6.2f   p99 %6.2f"
+        % (percentile(meshed, 0.5) - percentile(direct, 0.5), percentile(meshed, 0.99) - percentile(direct, 0.99))
+    )
+
+
+if __name__ == "__main__":
+    main()
