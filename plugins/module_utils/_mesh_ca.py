@@ -229,7 +229,7 @@ def certificate_problems(request, ca, cert_pem, key_pem, now):
         problems.append("URI SAN is %s; wanted %s" % (uris or "missing", wanted))
     if sorted(set(dns)) != sorted(set(request.dns_names)):
         problems.append("DNS SANs are %s; wanted %s" % (sorted(dns), sorted(set(request.dns_names))))
-    if cert_pem != _chain_pem(cert, ca):
+    if cert_pem != chain_pem(cert, ca):
         problems.append("certificate file does not hold the certificate followed by the CA chain")
     if _not_before(cert) > now:
         problems.append("not valid before %s" % _not_before(cert).isoformat())
@@ -276,7 +276,7 @@ def _pem(cert):
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _chain_pem(leaf, ca):
+def chain_pem(leaf, ca):
     """Leaf, then every intermediate of the CA file (a self-signed root stays out of the chain)."""
     return b"".join([_pem(leaf)] + [_pem(cert) for cert in ca.chain if not _self_signed(cert)])
 
@@ -302,12 +302,41 @@ def plan_certificate(request, now):
     ca = load_ca(request.ca_cert_path, request.ca_key_path, now)
     if not request.cert_path:
         return Plan(request, wanted, ca, False, [], None, None)
+    _check_uri_constraints(ca, request)
     cert_pem, key_pem = _read(request.cert_path), _read(request.key_path)
     reasons = certificate_problems(request, ca, cert_pem, key_pem, now)
     if reasons:
         return Plan(request, wanted, ca, False, reasons, None, None)
     current = load_certificates(cert_pem)[0]
     return Plan(request, wanted, ca, False, [], current, key_mode_problem(request.key_path))
+
+
+def permitted_uri_hosts(cert):
+    """The URI hosts a name-constrained CA may sign for; None when it is not constrained for URIs."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    hosts = [
+        name.value for name in constraints.permitted_subtrees or () if isinstance(name, x509.UniformResourceIdentifier)
+    ]
+    return hosts or None
+
+
+def _uri_host_permitted(host, permitted):
+    # RFC 5280: "example.com" is that host only; ".example.com" any host below it.
+    return any(host == p or (p.startswith(".") and host.endswith(p)) for p in permitted)
+
+
+def _check_uri_constraints(ca, request):
+    """Refuse to issue what peers would reject: a SPIFFE ID outside the CA's name constraints."""
+    for cert in ca.chain:
+        permitted = permitted_uri_hosts(cert)
+        if permitted is not None and not _uri_host_permitted(request.trust_domain, permitted):
+            raise MeshCAError(
+                "trust_domain: got %r; the CA in %s may only sign URIs in %s (name constraints)"
+                % (request.trust_domain, request.ca_cert_path, ", ".join(permitted))
+            )
 
 
 def trust_bundle(request):
@@ -359,7 +388,7 @@ def new_key():
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key):
+def private_key_pem(key):
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -487,7 +516,7 @@ def write_file(path, content, mode):
 def _create_ca_exclusive(request, now):
     """Create the CA unless another run just did; the key is linked in place so only one run wins."""
     ca = new_ca(request, now)
-    key_pem = _key_pem(ca.key)
+    ca_key_pem = private_key_pem(ca.key)
     directory = os.path.dirname(os.path.abspath(request.ca_key_path))
     if not os.path.isdir(directory):
         os.makedirs(directory, mode=DIR_MODE)
@@ -495,7 +524,7 @@ def _create_ca_exclusive(request, now):
     try:
         os.fchmod(handle, KEY_MODE)
         with os.fdopen(handle, "wb") as stream:
-            stream.write(key_pem)
+            stream.write(ca_key_pem)
         try:
             os.link(temp, request.ca_key_path)
         except FileExistsError:
@@ -536,8 +565,8 @@ def apply_plan(plan, now):
     key = new_key()
     cert = issue(request, ca, key, now)
     # Key first: a reader that sees the new certificate also finds its key.
-    write_file(request.key_path, _key_pem(key), KEY_MODE)
-    write_file(request.cert_path, _chain_pem(cert, ca), CERT_MODE)
+    write_file(request.key_path, private_key_pem(key), KEY_MODE)
+    write_file(request.cert_path, chain_pem(cert, ca), CERT_MODE)
     return ca, cert, created
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from mesh_helpers import COLLECTIONS, MODULE, load_pem_chain, make_ca, run_module, verify_svid
 
@@ -244,10 +245,17 @@ def test_name_constrained_ca_verifies(tmp_path, paths):
     # OpenSSL honours URI name constraints; cryptography's verifier refuses them
     # (one reason the option is off by default).
     verify_svid(paths["ca_cert_path"], paths["cert_path"], "spiffe://mesh.example/ns/default/sa/web1", python=False)
-    outside = run_module(web1(paths, trust_domain="other.example", force=True), tmp_path)
-    assert outside["rc"] == 0, outside
+    # The module refuses to issue outside the constraint ...
+    outside = run_module(web1(paths, trust_domain="other.example"), tmp_path)
+    assert outside["rc"] == 1 and "may only sign URIs in mesh.example" in outside["msg"], outside
+    # ... and a certificate made anyway does not verify.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca = mesh_ca.load_ca(paths["ca_cert_path"], paths["ca_key_path"], now)
+    stray = mesh_ca.issue(mesh_ca.make_request(web1(paths, trust_domain="other.example")), ca, mesh_ca.new_key(), now)
+    stray_path = tmp_path / "stray.pem"
+    stray_path.write_bytes(stray.public_bytes(serialization.Encoding.PEM))
     proc = subprocess.run(
-        ["openssl", "verify", "-CAfile", paths["ca_cert_path"], paths["cert_path"]],
+        ["openssl", "verify", "-CAfile", paths["ca_cert_path"], str(stray_path)],
         capture_output=True,
         text=True,
         check=False,

@@ -7,6 +7,7 @@ agent configures sidecars. A request that gets through proves the chain, the
 key and the URI SAN are what Envoy expects.
 """
 
+import datetime
 import importlib.util
 import json
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from mesh_helpers import make_ca, run_module
+
+from ansible_collections.hostmesh.sidecar.plugins.module_utils import _mesh_ca as mesh_ca
 
 pytestmark = pytest.mark.envoy
 
@@ -207,9 +210,11 @@ def test_name_constrained_ca_is_accepted_and_enforced_by_envoy(tmp_path):
     client, server = issue_pair(tmp_path, ca_name_constraints=True)
     bundle = str(tmp_path / "ca" / "ca-cert.pem")
     assert request_through_envoy(tmp_path, client, server, bundle) == "mesh ok"
-    # A client certificate outside the trust domain, from the same CA, is refused
-    # even by a server that would accept its ID.
-    stray = run_module(
+    # A client certificate outside the trust domain (which the module refuses to
+    # issue, so made here directly) is refused even by a server that would accept its ID.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca = mesh_ca.load_ca(bundle, str(tmp_path / "ca" / "ca-key.pem"), now)
+    request = mesh_ca.make_request(
         {
             "ca_cert_path": bundle,
             "ca_key_path": str(tmp_path / "ca" / "ca-key.pem"),
@@ -217,10 +222,11 @@ def test_name_constrained_ca_is_accepted_and_enforced_by_envoy(tmp_path):
             "service_account": "client",
             "cert_path": client[0],
             "key_path": client[1],
-        },
-        tmp_path,
+        }
     )
-    assert stray["rc"] == 0, stray
+    key = mesh_ca.new_key()
+    mesh_ca.write_file(client[1], mesh_ca.private_key_pem(key), 0o600)
+    mesh_ca.write_file(client[0], mesh_ca.chain_pem(mesh_ca.issue(request, ca, key, now), ca), 0o644)
     stray_id = "spiffe://elsewhere.example/ns/default/sa/client"
     assert request_through_envoy(tmp_path, client, server, bundle, expect_client=stray_id) != "mesh ok"
 
