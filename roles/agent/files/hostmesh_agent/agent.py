@@ -114,6 +114,7 @@ class Agent:
         self._ready_deadline = 0.0
         self._notified_ready = False
         self._failed_checks = 0
+        self._last_status = ""
         self._wake_r, self._wake_w = socket.socketpair()
         self.status_server: Optional[StatusServer] = None
 
@@ -403,7 +404,7 @@ class Agent:
             self._next_watchdog = now + interval
 
     def _status(self, text: str) -> None:
-        if getattr(self, "_last_status", None) != text:
+        if self._last_status != text:
             self._last_status = text
             self.notifier.status(text)
 
