@@ -146,7 +146,7 @@ options:
       - Never capture a TCP connection that was already open when capture went
         on. Each capture chain starts with a rule that lets through any TCP
         packet conntrack files as new that is not a SYN.
-      - It matters on hosts where nothing used conntrack before (no firewall):
+      - It matters on hosts where nothing used conntrack before (no firewall), as
         conntrack then meets open connections mid-stream, files their next
         packet as new, and without this rule that packet would be redirected
         to the proxy, cutting the connection, including the SSH session
