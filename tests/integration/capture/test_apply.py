@@ -202,3 +202,24 @@ def test_prefix_naming_an_nft_keyword_still_works_with_iptables(lab):
     result = lab.ok(chain_prefix="TPROXY_", ip_families=["ipv4"])
     assert result["changed"] is True
     assert "-N TPROXY_OUTPUT" in lab.nat_listing()
+
+
+def test_waits_for_the_xtables_lock_and_says_so_when_it_cannot(lab):
+    """Another iptables user holding the lock: we wait up to lock_wait seconds."""
+    import subprocess
+    import time
+
+    holder = subprocess.Popen(["flock", "/run/xtables.lock", "sleep", "3"])
+    try:
+        time.sleep(0.3)
+        before = lab.ruleset()
+        refused = lab.module(backend="iptables-legacy", ip_families=["ipv4"], lock_wait=1)
+        assert refused.get("failed") is True
+        assert "lock" in refused["msg"].lower()
+        assert_same(before, lab.ruleset())
+        assert holder.poll() is None, "the lock holder ended before the second run started"
+        waited = lab.ok(backend="iptables-legacy", ip_families=["ipv4"], lock_wait=10)
+        assert waited["changed"] is True
+    finally:
+        holder.kill()
+        holder.wait()
