@@ -1,8 +1,13 @@
-"""Fixtures and hooks shared by every scenario's tests (see ../sandbox_hosts.py)."""
+"""The fixtures and hooks every scenario's tests share, from ../sandbox_hosts.py."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sandbox_hosts import *  # noqa: F403
+import sandbox_hosts
+
+host1 = sandbox_hosts.host1
+host2 = sandbox_hosts.host2
+probe = sandbox_hosts.probe
+pytest_runtest_makereport = sandbox_hosts.pytest_runtest_makereport
