@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("host", nargs="*")
     d.add_argument("--unit", action="append", default=[], help="extra unit to show")
     x = sub.add_parser("destroy")
-    x.add_argument("--all", action="store_true", help="every sandbox of this checkout")
+    x.add_argument("--all", action="store_true", help="every sandbox of this checkout, also ones other runs are using")
     return p
 
 
