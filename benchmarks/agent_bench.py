@@ -82,6 +82,12 @@ def time_agent_ready(topo: Topology, workdir: Path, envoy: str) -> Dict[str, Any
     return {"seconds": elapsed, "argv": argv, "run_dir": str(run_dir), "snapshot": snapshot}
 
 
+def remove_shared_memory(argv: List[str]) -> None:
+    """Envoy leaves its hot-restart region behind; the agent removes it, Envoy alone does not."""
+    base_id = int(argv[argv.index("--base-id") + 1])
+    Path(f"/dev/shm/envoy_shared_memory_{base_id * 10}").unlink(missing_ok=True)
+
+
 def time_envoy_live(topo: Topology, argv: List[str], run_dir: str, snapshot: Path) -> float:
     """Envoy alone, same binary, flags and files (restored from the agent's run), to LIVE."""
     shutil.rmtree(run_dir)
@@ -104,6 +110,7 @@ def time_envoy_live(topo: Topology, argv: List[str], run_dir: str, snapshot: Pat
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+        remove_shared_memory(argv)
 
 
 def main() -> int:
@@ -168,7 +175,8 @@ def main() -> int:
             figures["requests_failed"] = result["failed"]
             figures["agent_rss_mib_after_hot_restarts"] = rss_kib(agent.pid) / 1024
         finally:
-            agent.close()
+            agent.close()  # a SIGKILL: the agent cannot remove the region itself
+            Path(f"/dev/shm/envoy_shared_memory_{config['envoy']['base_id'] * 10}").unlink(missing_ok=True)
     finally:
         topo.down()
         shutil.rmtree(base, ignore_errors=True)
