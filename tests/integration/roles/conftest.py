@@ -60,6 +60,8 @@ class RolesHost:
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_FORCE_COLOR="0",
             ANSIBLE_PIPELINING="1",
+            # No ssh compression: the hosts are local and the Envoy binary is large.
+            ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=120s",
             ANSIBLE_HOST_KEY_CHECKING="1",
             ANSIBLE_RETRY_FILES_ENABLED="0",
         )
