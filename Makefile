@@ -16,7 +16,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export ANSIBLE_NOCOLOR := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help deps apt venv collection lint ruff ansible-lint sanity unit integration molecule test demo clean
+.PHONY: help deps apt venv collection lint ruff ansible-lint sanity unit integration molecule test demo demo-capture clean
 
 help:
 	@echo "make demo   - run the demo (the main job)"
@@ -72,7 +72,7 @@ integration: deps
 	$(BIN)/pytest -q tests/integration
 
 # Scenarios run on sandbox hosts (tools/sandbox); the rootfs is built once per run.
-MOLECULE_SCENARIOS ?= capture tproxy
+MOLECULE_SCENARIOS ?= capture capture_over_ssh tproxy
 molecule: deps
 	$(BIN)/python -m tools.sandbox.molecule_suite $(MOLECULE_SCENARIOS)
 
@@ -80,6 +80,10 @@ test: deps lint unit integration molecule
 
 demo: deps
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python demo/run_demo.py
+
+# The capture module alone, on a pair of network namespaces (no VMs).
+demo-capture: deps
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python demo/capture_demo.py
 
 clean:
 	rm -rf $(BUILD)
