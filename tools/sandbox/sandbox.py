@@ -191,7 +191,11 @@ class Sandbox:
             if last in ("running", "degraded"):
                 if last == "degraded":
                     failed = self.run_in(host, ["systemctl", "--failed", "--no-legend"]).stdout
-                    self.log(f"{host}: booted degraded; failed units:\n{failed}")
+                    units = [w for w in failed.split() if "." in w and not w.startswith("●")]
+                    journal = self.run_in(
+                        host, ["journalctl", "-b", "--no-pager", "-n", "40", *[f"--unit={u}" for u in units]]
+                    ).stdout
+                    self.log(f"{host}: booted degraded; failed units:\n{failed}{journal}")
                 return time.monotonic() - started
             time.sleep(0.3)
         raise SandboxError(

@@ -45,7 +45,9 @@ def boot_id(sb: Sandbox, host: str) -> str:
 def test_hosts_run_systemd_as_pid1_and_accept_ssh(sandbox: Sandbox) -> None:
     for host in ("host1", "host2"):
         assert sh(sandbox, host, "ps -o comm= -p 1") == "systemd"
-        assert sh(sandbox, host, "systemctl is-system-running") in ("running", "degraded")
+        # rc 1 with "degraded" still means systemd booted; create() logs the failed units.
+        state = sandbox.ssh(host, ["systemctl is-system-running"]).stdout.strip()
+        assert state in ("running", "degraded"), state
         assert sh(sandbox, host, "hostname") == host
 
 
