@@ -1,91 +1,118 @@
-"""The demo: traffic_capture on a throwaway pair of network namespaces.
+"""The demo: two VMs onboarded into the mesh, a request through both sidecars
+with mTLS, then offboarded back to exactly how they were.
 
-1. creates a "host" and a "peer" namespace joined by a veth;
-2. runs ansible-playbook (connection local, inside the host namespace) with
-   hostmesh.sidecar.traffic_capture and Istio's settings, shows
-   `iptables -t nat -S`, then runs it again to show `changed=0`;
-3. proves capture with real connections: the app's outbound call and the
-   peer's inbound call arrive at the capture listeners with their original
-   destinations; the proxy's own traffic goes direct;
-4. removes capture (state: absent) and shows the host's ruleset as before;
-5. deletes the namespaces.
+1. boots two sandbox hosts (systemd-nspawn, real systemd, reached over SSH):
+   "web" runs a small HTTP app on 127.0.0.1:8080, "client" calls it;
+2. records each host's state (rulesets, users, units, files);
+3. runs playbooks/onboard.yml (mesh CA, Envoy, agent, capture) and again to
+   show nothing changes;
+4. client -> web:8080: the request goes through the client's sidecar and the
+   web's sidecar over mTLS (Envoy stats show the TLS handshakes; web presents
+   its SPIFFE certificate); the app only listens on loopback, so there is no
+   other way in;
+5. runs playbooks/offboard.yml and compares each host with step 2;
+6. destroys the hosts.
 Run as root: `make demo`.
 """
 
+import difflib
 import os
+import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "integration", "capture"))
+sys.path.insert(0, ROOT)
 
-from netlab import COLLECTIONS, HOST_V4, PEER_V4, Lab  # noqa: E402
+from tools.sandbox.sandbox import Sandbox  # noqa: E402
 
-PLAY = """- name: Capture traffic through the sidecar
-  hosts: all
-  gather_facts: false
-  tasks:
-    - name: Apply the interception chains
-      hostmesh.sidecar.traffic_capture:
-        state: "{{ capture_state }}"
-        chain_prefix: ISTIO_
-        protect_established: false
-        ip_families: [ipv4]
+BIN = os.path.dirname(sys.executable)
+
+MESH = """mesh:
+  hosts:
+    web:
+      hostmesh_services:
+        - {name: web, port: 8080}
+    client: {}
 """
+
+STATE = (
+    "iptables-save | grep -v '^#'; ip6tables-save | grep -v '^#'; nft list ruleset;"
+    " ip rule; ip -6 rule; getent passwd | sort; getent group | sort;"
+    " systemctl list-unit-files --no-legend | grep -v scope | sort;"
+    " ls -A /etc/hostmesh /usr/local/bin /usr/local/lib /run/hostmesh 2>&1"
+)
 
 
 def say(text):
     print("\n== %s" % text, flush=True)
 
 
-def playbook(lab, state, directory):
-    path = os.path.join(directory, "capture.yml")
-    with open(path, "w") as handle:
-        handle.write(PLAY)
-    argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local"]
-    argv += ["-e", "ansible_python_interpreter=%s" % sys.executable, "-e", "capture_state=%s" % state, path]
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1")
-    proc = lab.run(lab.host, argv, check=False, env=env)
-    recap = [line for line in proc.stdout.splitlines() if "ok=" in line]
-    print("\n".join(recap) or proc.stdout + proc.stderr)
+def playbook(sandbox, mesh_inventory, name):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"), ANSIBLE_NOCOLOR="1")
+    argv = [os.path.join(BIN, "ansible-playbook"), "-i", str(sandbox.inventory), "-i", mesh_inventory]
+    argv += ["-e", "hostmesh_ca_dir=%s" % os.path.join(os.path.dirname(mesh_inventory), "ca")]
+    argv.append(os.path.join(ROOT, "playbooks", name))
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    recap = [line for line in proc.stdout.splitlines() if "changed=" in line and "ok=" in line]
+    print("\n".join(recap))
     if proc.returncode != 0:
-        raise SystemExit("playbook failed")
+        print(proc.stdout[-6000:], proc.stderr[-3000:])
+        raise SystemExit("%s failed" % name)
+    return recap
 
 
-def show(lab, argv):
-    print("$ " + " ".join(argv))
-    print(lab.run(lab.host, argv).stdout.rstrip() or "(nothing)")
+def on(sandbox, host, command):
+    proc = sandbox.ssh(host, ["sh", "-c", "'%s'" % command.replace("'", "'\\''")], timeout=120)
+    return proc.stdout.strip()
 
 
 def main():
     if os.geteuid() != 0:
-        raise SystemExit("run as root (the demo creates network namespaces)")
-    lab = Lab().up()
-    directory = lab._tmp
+        raise SystemExit("run as root (the demo boots systemd-nspawn hosts)")
+    sandbox = Sandbox("demo", log=lambda message: print(message, file=sys.stderr, flush=True))
     try:
-        say("a host (%s) and a peer (%s) in their own network namespaces" % (HOST_V4, PEER_V4))
-        before = lab.ruleset()
-        for ns, port in ((lab.host, 15001), (lab.host, 15006), (lab.peer, 8080), (lab.host, 8080)):
-            lab.serve(ns, port)
+        say("two sandbox VMs with systemd: web and client")
+        sandbox.create(["web", "client"])
+        web = sandbox.hosts()["web"]
+        on(sandbox, "web", "systemd-run --unit demo-app python3 -m http.server 8080 --bind 127.0.0.1 --directory /etc")
+        before = {host: on(sandbox, host, STATE) for host in ("web", "client")}
+        with tempfile.TemporaryDirectory() as directory:
+            mesh = os.path.join(directory, "mesh.yml")
+            with open(mesh, "w") as handle:
+                handle.write(MESH)
 
-        say("onboard: ansible-playbook applies traffic_capture (first run, then again)")
-        playbook(lab, "present", directory)
-        playbook(lab, "present", directory)
-        show(lab, ["iptables", "-t", "nat", "-S"])
+            say("onboard: ansible-playbook playbooks/onboard.yml (then again: nothing changes)")
+            playbook(sandbox, mesh, "onboard.yml")
+            playbook(sandbox, mesh, "onboard.yml")
+            print(on(sandbox, "web", "iptables -t nat -S | grep HOSTMESH_INBOUND | head -4"))
 
-        say("real connections (answer: original destination, client, listener port)")
-        print("app -> peer:8080           ", lab.connect(lab.host, PEER_V4, 8080))
-        print("proxy (uid 1337) -> peer   ", lab.connect(lab.host, PEER_V4, 8080, uid=1337))
-        print("peer -> host:8080          ", lab.connect(lab.peer, HOST_V4, 8080))
-
-        say("offboard: state absent")
-        playbook(lab, "absent", directory)
-        print("app -> peer:8080           ", lab.connect(lab.host, PEER_V4, 8080))
-        print("ruleset as before onboarding:", "yes" if lab.ruleset() == before else "NO")
-        if lab.ruleset() != before:
-            raise SystemExit("the ruleset differs from before onboarding")
+            say("client -> http://%s:8080/hostname (the app listens on web's loopback only)" % web)
+            print("answer:", on(sandbox, "client", "curl -s --max-time 5 http://%s:8080/hostname" % web))
+            stats = (
+                'curl -s http://127.0.0.1:15000/stats | grep -E "ssl.handshake|ssl.connection_error" | grep -v ": 0$"'
+            )
+            print("client sidecar (outbound mTLS):", on(sandbox, "client", stats))
+            print("web sidecar (inbound mTLS):    ", on(sandbox, "web", stats))
+            print(
+                "web presents:",
+                on(sandbox, "web", 'curl -s http://127.0.0.1:15000/certs | grep -o "spiffe://[^\\"]*" | sort -u'),
+            )
+            say("offboard: ansible-playbook playbooks/offboard.yml")
+            playbook(sandbox, mesh, "offboard.yml")
+            for host in ("web", "client"):
+                after = on(sandbox, host, STATE)
+                same = after == before[host]
+                print("%s reads as before onboarding: %s" % (host, "yes" if same else "NO"))
+                if not same:
+                    diff = difflib.unified_diff(
+                        before[host].splitlines(), after.splitlines(), "before", "after", lineterm=""
+                    )
+                    print("\n".join(diff))
+                    raise SystemExit("%s differs from before onboarding" % host)
     finally:
-        lab.down()
-        say("namespaces removed")
+        sandbox.destroy(quiet=True)
+        say("sandbox destroyed")
     return 0
 
 

@@ -102,11 +102,11 @@ class HostCommands:
         no chains, so the host reads as before (iptables-nft creates them on
         demand). Legacy tables are kernel modules and stay registered, empty."""
         if variant != "iptables-nft" or not self.nft_available():
-            return
+            return False
         name = "%s %s" % ("ip" if family == IPV4 else "ip6", table)
         rc, out, _err = self._run([self.binary("nft"), "list", "table", *name.split()], check=False)
         if rc != 0:
-            return
+            return False
         chains, empty, current = [], [], None
         for line in out.splitlines():
             line = line.strip()
@@ -121,11 +121,12 @@ class HostCommands:
                 empty.remove(current)
         doomed = [chain for chain in empty if chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")]
         if not doomed:
-            return
+            return False
         script = ["delete chain %s %s" % (name, chain) for chain in doomed]
         if len(doomed) == len(chains):
             script = ["delete table %s" % name]
         self._run([self.binary("nft"), "-f", "-"], data="\n".join(script) + "\n")
+        return True
 
     # -- nftables --------------------------------------------------------------
 

@@ -393,6 +393,12 @@ def main():
         changed = bool(plan.changed_steps)
         if not module.check_mode:
             apply_plan(plan, options)
+            if options.state == "absent":
+                # Our rules may have been lifted already (e.g. by the rules file's
+                # `remove`), leaving empty tables iptables-nft made for them.
+                for family in ("ipv4", "ipv6"):
+                    for table in ("raw", "mangle", "nat"):
+                        changed = host.prune_empty_table("iptables-nft", family, table) or changed
         result = {
             "backend": plan.backend,
             "families": list(plan.families),
