@@ -6,7 +6,11 @@ not-ready until the first CDS and LDS arrive. Everything it learns (the node
 Envoy sent, the authorization header, ACKs and NACKs) goes to ``--report``.
 
 Run: python3 ads_server.py --port P --cert C --key K --ca CA --release-file F --report R
-     --listen-port 18080 --app-port 8080
+     --listen-port 18080 --app-port 8080 [--bind 127.0.0.1] [--lifetime-s 0]
+
+``--bind`` is the address it listens on (loopback unless told otherwise);
+``--lifetime-s`` makes it stop on its own after that many seconds (0: never),
+so a server started for a test run cannot outlive it.
 """
 
 from __future__ import annotations
@@ -125,6 +129,8 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--listen-port", type=int, default=18080)
     p.add_argument("--app-port", type=int, default=8080)
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: loopback)")
+    p.add_argument("--lifetime-s", type=float, default=0, help="stop after this many seconds (0: never)")
     args = p.parse_args()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(args), server)
@@ -132,10 +138,14 @@ def main() -> None:
         creds = grpc.ssl_server_credentials(
             [(k.read(), c.read())], root_certificates=ca.read(), require_client_auth=True
         )
-    server.add_secure_port(f"127.0.0.1:{args.port}", creds)
+    host = f"[{args.bind}]" if ":" in args.bind else args.bind
+    server.add_secure_port(f"{host}:{args.port}", creds)
     server.start()
     print("serving", flush=True)
-    server.wait_for_termination()
+    timed_out = server.wait_for_termination(timeout=args.lifetime_s or None)
+    if timed_out:
+        print(f"lifetime of {args.lifetime_s:g}s is over: stopping", flush=True)
+        server.stop(grace=1).wait()
 
 
 if __name__ == "__main__":
