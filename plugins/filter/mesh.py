@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 
 try:
     import jmespath
@@ -132,6 +133,11 @@ def host_record(host: str, hv, trust_domain: str) -> dict:
             raise _bad(host, where + ".protocol", protocol, "one of %s" % ", ".join(PROTOCOLS))
         if name in names:
             raise _bad(host, where + ".name", name, "each service once per host (also at %s)" % names[name])
+        # A service the agent serves in plain text (tls: false) is called in plain text.
+        try:
+            tls = boolean(service.get("tls", True), strict=True)
+        except TypeError:
+            raise _bad(host, where + ".tls", service["tls"], "true or false") from None
         names[name] = where
         offers.append(
             {
@@ -142,19 +148,20 @@ def host_record(host: str, hv, trust_domain: str) -> dict:
                 "address": address,
                 "endpoint": _endpoint(address, port),
                 "spiffe_id": identity,
+                "tls": tls,
             }
         )
     return {"host": host, "spiffe_id": identity, "offers": offers}
 
 
 def _group(offers):
-    """Merge offers by service name; one name with different ports or protocols is an error naming both hosts."""
+    """Merge offers by service name; one name with different ports, protocols or tls is an error naming both hosts."""
     by_name = {}
     for offer in offers:
         first = by_name.get(offer["name"])
         if first is None:
             by_name[offer["name"]] = first = dict(offer, offers=[])
-        for key in ("port", "protocol"):
+        for key in ("port", "protocol", "tls"):
             if offer[key] != first[key]:
                 raise _bad(
                     offer["host"],
@@ -241,9 +248,10 @@ def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=None):
             "port": service["port"],
             "protocol": service["protocol"],
             "endpoints": sorted({offer["endpoint"] for offer in service["offers"]}),
-            "tls": True,
-            "spiffe_ids": sorted({offer["spiffe_id"] for offer in service["offers"]}),
+            "tls": service["tls"],
         }
+        if service["tls"]:
+            upstream["spiffe_ids"] = sorted({offer["spiffe_id"] for offer in service["offers"]})
         if service["name"] in cidrs:
             upstream["match_cidrs"] = cidrs[service["name"]]
         upstreams.append(upstream)

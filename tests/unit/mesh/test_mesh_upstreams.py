@@ -206,6 +206,13 @@ def with_services(**hosts):
             "hostmesh_services (service 'x').protocol",
             '"http"',
         ),
+        (with_services(a=[{"name": "x", "port": 80, "tls": "maybe"}]), "a", "hostmesh_services[0].tls", '"maybe"'),
+        (
+            with_services(a=[{"name": "x", "port": 80}], b=[{"name": "x", "port": 80, "tls": False}]),
+            "b",
+            "hostmesh_services (service 'x').tls",
+            "false",
+        ),
         ({"a": {"hostmesh_services": [{"name": "x", "port": 80}]}}, "a", "hostmesh_address", "null"),
         ({"a": {"ansible_host": "h", "hostmesh_namespace": "Prod"}}, "a", "hostmesh_namespace", '"Prod"'),
         ({"A": {"ansible_host": "h"}}, "A", "hostmesh_service_account", '"A"'),
@@ -218,6 +225,20 @@ def test_bad_registry_names_host_key_and_value(hostvars, host, key, value):
     assert "host %r" % host in message
     assert key in message
     assert "got %s" % value in message
+
+
+def test_plain_text_service_is_called_in_plain_text():
+    hostvars = with_services(
+        a=[{"name": "plain", "port": 80, "tls": False}, {"name": "secure", "port": 81, "tls": "yes"}], me=[]
+    )
+    got = {upstream["name"]: upstream for upstream in mesh_upstreams(hostvars, ["a", "me"], "me")}
+    assert got["plain"]["tls"] is False
+    assert "spiffe_ids" not in got["plain"]
+    assert got["secure"]["tls"] is True
+    assert got["secure"]["spiffe_ids"] == ["spiffe://cluster.local/ns/default/sa/a"]
+    tls = {"cert_file": "/c.pem", "key_file": "/k.pem", "ca_file": "/ca.pem"}
+    cfg = parse_config({"tls": tls, "outbound": {"services": list(got.values())}})
+    assert {s.name: s.tls for s in cfg.outbound.services} == {"plain": False, "secure": True}
 
 
 def test_bad_arguments():
