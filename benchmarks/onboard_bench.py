@@ -49,7 +49,9 @@ FACTS_ONLY = """- name: Gather facts only
 
 def playbook(inventory, extra_inventory, path, forks):
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"), ANSIBLE_NOCOLOR="1")
-    argv = [os.path.join(BIN, "ansible-playbook"), "-i", inventory, "-i", extra_inventory, "-f", str(forks), path]
+    argv = [os.path.join(BIN, "ansible-playbook"), "-i", inventory, "-i", extra_inventory, "-f", str(forks)]
+    # The mesh CA goes with the run's other throwaway files, not beside the playbook.
+    argv += ["-e", "hostmesh_ca_dir=%s" % os.path.join(os.path.dirname(extra_inventory), "ca"), path]
     start = time.monotonic()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - start

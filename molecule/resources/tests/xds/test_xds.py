@@ -99,3 +99,12 @@ def test_tcp_through_the_ads_listener_reaches_the_app(host1, scenario) -> None:
     requests = [line for line in new_lines if '"GET / HTTP/1.0"' in line]
     assert len(requests) == 1, new_lines
     assert requests[0].startswith("127.0.0.1 "), requests[0]
+
+
+def test_onboarding_turned_capture_on_around_the_xds_sidecar(host1, scenario) -> None:
+    """The onboard playbook ran its capture role too: outbound and inbound chains, the listener's port excluded."""
+    assert host1.service("hostmesh-capture.service").is_enabled
+    nat = host1.check_output("iptables-save -t nat")
+    assert "-A ISTIO_OUTPUT" in nat, nat
+    assert "-j ISTIO_IN_REDIRECT" in nat, nat
+    assert "--dport %d -j RETURN" % scenario["xds_listener_port"] in nat, nat
