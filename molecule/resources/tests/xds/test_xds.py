@@ -105,6 +105,6 @@ def test_onboarding_turned_capture_on_around_the_xds_sidecar(host1, scenario) ->
     """The onboard playbook ran its capture role too: outbound and inbound chains, the listener's port excluded."""
     assert host1.service("hostmesh-capture.service").is_enabled
     nat = host1.check_output("iptables-save -t nat")
-    assert "-A ISTIO_OUTPUT" in nat, nat
-    assert "-j ISTIO_IN_REDIRECT" in nat, nat
+    assert "-A HOSTMESH_OUTPUT" in nat, nat
+    assert "-j HOSTMESH_IN_REDIRECT" in nat, nat
     assert "--dport %d -j RETURN" % scenario["xds_listener_port"] in nat, nat
