@@ -125,10 +125,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: flo
 class Topology:
     """A captured host namespace and a peer namespace joined by a veth pair."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "hm-agt") -> None:
         tag = secrets.token_hex(3)
-        self.host = f"hm-agt-{tag}-h"
-        self.peer = f"hm-agt-{tag}-p"
+        self.host = f"{prefix}-{tag}-h"
+        self.peer = f"{prefix}-{tag}-p"
         self._veth = (f"hmh{tag}", f"hmp{tag}")
         self._procs: List[subprocess.Popen] = []
 
@@ -142,6 +142,8 @@ class Topology:
             run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
             run("ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", dev, "nodad")
             run("ip", "-n", ns, "link", "set", dev, "up")
+        if not (capture or capture_peer):
+            return
         rules = (HERE / "capture_rules.txt").read_text()
         rules6 = (HERE / "capture_rules6.txt").read_text()
         for ns, wanted in ((self.host, capture), (self.peer, capture_peer)):
@@ -172,6 +174,28 @@ class Topology:
                 proc.wait()
         for ns in (self.host, self.peer):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def apply_capture(ns: str, workdir: Path, **options: Any) -> Dict[str, Any]:
+    """Run the traffic_capture module in ``ns`` as Ansible would (a JSON args file);
+    the same rules, ip rules and routes the capture role applies. Returns its result."""
+    args = workdir / "capture-args.json"
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**options, "_ansible_check_mode": False}}))
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO / ".build" / "collections"), "LANG": "C.UTF-8"}
+    module = REPO / "plugins" / "modules" / "traffic_capture.py"
+    res = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, str(module), str(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    try:
+        result = json.loads(res.stdout)
+    except ValueError:
+        raise AssertionError(f"traffic_capture printed no JSON ({res.returncode}): {res.stderr[-2000:]}") from None
+    assert not result.get("failed"), result.get("msg")
+    return result
 
 
 class LoadClient:
@@ -212,6 +236,7 @@ class AgentProcess:
         ns: str = "",
         args: Tuple[str, ...] = (),
         private_shm: bool = False,
+        net_admin: bool = False,
     ) -> None:
         self.topo = topo
         self.ns = ns or topo.host
@@ -221,8 +246,10 @@ class AgentProcess:
         self.config = config
         self.write_config(config)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's life)
+        # net_admin: CAP_NET_ADMIN as an ambient capability, as the unit gives it for TPROXY.
+        caps = ["--inh-caps=+net_admin", "--ambient-caps=+net_admin"] if net_admin else []
         cmd = [
-            "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
+            "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", *caps,
             "env", f"PYTHONPATH={AGENT_PATH}", *(f"{k}={v}" for k, v in env.items()),
             host_python(), "-S", "-m", "hostmesh_agent", "run",
             "--config", str(self.config_path), "--log-level", "debug", *args,

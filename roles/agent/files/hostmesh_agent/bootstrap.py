@@ -122,7 +122,7 @@ def node_metadata(cfg: Config, ip: str) -> Json:
         "NAME": cfg.node.name,
         "LABELS": dict(cfg.node.labels),
         "SERVICE_ACCOUNT": cfg.node.service_account,
-        "INTERCEPTION_MODE": "REDIRECT",
+        "INTERCEPTION_MODE": cfg.inbound.interception.upper(),  # REDIRECT or TPROXY, as Istio spells them
         "ENVOY_STATUS_PORT": cfg.ports.health,
         "ENVOY_PROMETHEUS_PORT": cfg.ports.prometheus,
     }

@@ -46,6 +46,33 @@ def node_ip(cfg: Config) -> str:
     return detect_ip() if cfg.node.ip == "auto" else cfg.node.ip
 
 
+CAP_NET_ADMIN = 12
+
+
+def has_capability(cap: int, status_path: str = "/proc/self/status") -> Optional[bool]:
+    """Whether this process holds capability ``cap`` (effective set); None if unknown."""
+    try:
+        with open(status_path, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _warn_tproxy_without_capability(cfg: Config) -> None:
+    """Envoy's transparent listener needs CAP_NET_ADMIN; without it Envoy rejects the
+    listener and never becomes ready. Only a warning: Envoy may get it another way
+    (file capabilities on its binary)."""
+    if cfg.inbound.tproxy and has_capability(CAP_NET_ADMIN) is False:
+        log.warning(
+            'inbound.interception is "tproxy" but the agent has no CAP_NET_ADMIN to pass on: Envoy will '
+            "refuse its transparent inbound listener unless its binary has the capability "
+            "(the unit needs AmbientCapabilities=CAP_NET_ADMIN)"
+        )
+
+
 def _load(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config, args.run_dir)
     return with_node_defaults(cfg, socket.gethostname())
@@ -73,7 +100,14 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     agent = Agent(cfg, node_ip(cfg), lambda: _load(args))
-    log.info("hostmesh-agent %s starting: mode %s, run dir %s", __version__, cfg.mode, cfg.run_dir)
+    log.info(
+        "hostmesh-agent %s starting: mode %s, %s interception, run dir %s",
+        __version__,
+        cfg.mode,
+        cfg.inbound.interception,
+        cfg.run_dir,
+    )
+    _warn_tproxy_without_capability(cfg)
     return agent.run()
 
 

@@ -17,6 +17,8 @@ MODES = ("standalone", "xds")
 LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 IP_VERSIONS = ("v4", "v6")
 PROTOCOLS = ("tcp", "http")
+# How the capture rules hand inbound connections to Envoy (traffic_capture's ``mode``).
+INTERCEPTIONS = ("redirect", "tproxy")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _COMPONENT_LEVEL_RE = re.compile(r"^[a-z0-9_]+:[a-z]+(,[a-z0-9_]+:[a-z]+)*$")
 
@@ -238,10 +240,21 @@ class InboundService:
 
 @dataclass(frozen=True)
 class InboundConfig:
+    """Inbound traffic. With ``interception`` "tproxy" the capture rules divert
+    connections with TPROXY: Envoy's inbound listener must be transparent, and it
+    reaches the application at the address the client dialed, from the client's
+    own address, marked ``tproxy_mark`` so that the reply is routed back to it."""
+
     services: Tuple[InboundService, ...] = ()
     passthrough: bool = True
     app_address: str = "127.0.0.1"
     source_address: str = "127.0.0.6"
+    interception: str = "redirect"
+    tproxy_mark: int = 1337
+
+    @property
+    def tproxy(self) -> bool:
+        return self.interception == "tproxy"
 
 
 @dataclass(frozen=True)
@@ -461,7 +474,14 @@ _SECTIONS: Dict[str, Dict[str, Any]] = {
     "listen": _LISTEN,
     "supervise": _SUPERVISE,
     "tls": _TLS,
-    "inbound": {"services": _INBOUND_SERVICE, "passthrough": _bool, "app_address": _ip, "source_address": _ip},
+    "inbound": {
+        "services": _INBOUND_SERVICE,
+        "passthrough": _bool,
+        "app_address": _ip,
+        "source_address": _ip,
+        "interception": _choice(*INTERCEPTIONS),
+        "tproxy_mark": _int_range(1, 0xFFFFFFFF),
+    },
     "outbound": {"services": _OUTBOUND_SERVICE, "passthrough": _bool},
     "xds": _XDS,
 }
@@ -539,6 +559,7 @@ def _check_whole(cfg: Config) -> None:
         given = [k for k in tls_keys if getattr(cfg.xds, k)]
         if given and len(given) != len(tls_keys):
             raise ConfigError(f"config keys 'xds.cert_file' and 'xds.key_file' go together; got only 'xds.{given[0]}'")
+    _check_interception(cfg.inbound)
     wants_tls = [f"inbound.services[{i}]" for i, s in enumerate(cfg.inbound.services) if s.tls]
     wants_tls += [f"outbound.services[{i}]" for i, s in enumerate(cfg.outbound.services) if s.tls]
     if wants_tls and not cfg.tls.configured:
@@ -552,6 +573,22 @@ def _check_whole(cfg: Config) -> None:
             f"config key 'tls.{given[0]}' is set but not all of 'tls.cert_file', 'tls.key_file',"
             " 'tls.ca_file' are; expected all three or none"
         )
+
+
+def _check_interception(inbound: InboundConfig) -> None:
+    """In tproxy mode Envoy reaches the application where the client meant to go, as the
+    client: the redirect-mode addresses would make a loopback hop the application
+    could not answer (a reply from 127.0.0.1 cannot be routed to a peer's address)."""
+    if not inbound.tproxy:
+        return
+    for key in ("app_address", "source_address"):
+        value = getattr(inbound, key)
+        if value != getattr(InboundConfig, key):
+            raise ConfigError(
+                f"config key 'inbound.{key}': got {json.dumps(value)}; expected it left out when "
+                "'inbound.interception' is \"tproxy\" (Envoy then connects to the address the client "
+                "dialed, from the client's own address)"
+            )
 
 
 def service_node(cfg: Config, ip: str) -> str:
@@ -585,6 +622,7 @@ def restart_relevant(cfg: Config) -> List[Any]:
     return [
         cfg.mode,
         cfg.trust_domain,
+        cfg.inbound.interception,  # node metadata INTERCEPTION_MODE
         cfg.node,
         cfg.envoy,
         cfg.ports,

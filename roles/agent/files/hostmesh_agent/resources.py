@@ -156,7 +156,7 @@ def _inbound_listener(cfg: Config, run_dir: RunDir) -> Json:
             }
         chains.append(chain)
     fallback = INBOUND_PASSTHROUGH if cfg.inbound.passthrough else BLACKHOLE
-    return {
+    listener: Json = {
         "name": INBOUND_LISTENER,
         "stat_prefix": "inbound",
         "address": listen_address(cfg.listen.inbound_address, cfg.ports.inbound),
@@ -166,6 +166,24 @@ def _inbound_listener(cfg: Config, run_dir: RunDir) -> Json:
         "default_filter_chain": {
             "name": "inbound-passthrough",
             "filters": [_tcp_proxy(fallback, fallback)],
+        },
+    }
+    if cfg.inbound.tproxy:
+        # The kernel hands a TPROXY-diverted connection only to a socket with
+        # IP_TRANSPARENT; Envoy then connects upstream from the client's address,
+        # its packets marked so that the application's replies route back to Envoy
+        # (the capture rules' ip rule: fwmark -> local table) rather than out to the client.
+        listener["transparent"] = True
+        listener["listener_filters"] = [_ORIGINAL_DST_FILTER, _original_src_filter(cfg.inbound.tproxy_mark)]
+    return listener
+
+
+def _original_src_filter(mark: int) -> Json:
+    return {
+        "name": "envoy.filters.listener.original_src",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
+            "mark": mark,
         },
     }
 
@@ -221,7 +239,33 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
+def _original_dst_cluster(name: str, **extra: Any) -> Json:
+    return {
+        "name": name,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": CONNECT_TIMEOUT,
+        **extra,
+    }
+
+
+def _inbound_clusters(cfg: Config) -> Tuple[List[Json], Json]:
+    """Envoy's ways to the application, and to other captured ports (passthrough).
+
+    redirect: to ``app_address`` from ``source_address`` (127.0.0.6), an address the
+    capture rules let through. tproxy: to the address the client dialed (the
+    original destination, on the service's target port), from the client's address
+    (the listener's original_src filter): a loopback hop would leave the application
+    answering a peer's address from 127.0.0.1, which the kernel cannot route.
+    """
+    if cfg.inbound.tproxy:
+        clusters = [
+            _original_dst_cluster(
+                inbound_cluster_name(svc), original_dst_lb_config={"upstream_port_override": svc.app_port}
+            )
+            for svc in cfg.inbound.services
+        ]
+        return clusters, _original_dst_cluster(INBOUND_PASSTHROUGH)
     source = cfg.inbound.source_address
     clusters: List[Json] = []
     for svc in cfg.inbound.services:
@@ -244,6 +288,11 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
                 **_bind_source(source),
             }
         )
+    return clusters, _original_dst_cluster(INBOUND_PASSTHROUGH, **_bind_source(source))
+
+
+def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
+    clusters, inbound_passthrough = _inbound_clusters(cfg)
     for svc in cfg.outbound.services:
         name = outbound_cluster_name(svc)
         static = all(_is_ip(e.rpartition(":")[0].strip("[]")) for e in svc.endpoints)
@@ -266,19 +315,8 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
             }
         clusters.append(cluster)
     clusters += [
-        {
-            "name": INBOUND_PASSTHROUGH,
-            "type": "ORIGINAL_DST",
-            "lb_policy": "CLUSTER_PROVIDED",
-            "connect_timeout": CONNECT_TIMEOUT,
-            **_bind_source(source),
-        },
-        {
-            "name": OUTBOUND_PASSTHROUGH,
-            "type": "ORIGINAL_DST",
-            "lb_policy": "CLUSTER_PROVIDED",
-            "connect_timeout": CONNECT_TIMEOUT,
-        },
+        inbound_passthrough,
+        _original_dst_cluster(OUTBOUND_PASSTHROUGH),
         {"name": BLACKHOLE, "type": "STATIC", "connect_timeout": CONNECT_TIMEOUT},
     ]
     return clusters
