@@ -156,11 +156,12 @@ class Topology:
         self._procs.append(proc)
         return proc
 
-    def start_app(self, *ports: int, ns: str = "") -> None:
+    def start_app(self, *ports: int, ns: str = "", dual_stack: bool = False) -> None:
         proc = self.spawn(
             ns or self.host,
             sys.executable,
             str(HERE / "app_server.py"),
+            *(["--dual-stack"] if dual_stack else []),
             *map(str, ports),
             stdout=subprocess.PIPE,
             text=True,

@@ -1,11 +1,12 @@
 """The application behind the sidecar in tests: answers with who connected to it.
 
 Body: ``<served port> <peer ip>``; ``?delay=S`` holds the answer S seconds.
-Run: python3 app_server.py PORT [PORT...]
+Run: python3 app_server.py [--dual-stack] PORT [PORT...]   (--dual-stack: listen on "::", IPv6 and IPv4)
 """
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -36,10 +37,20 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128  # the default 5 drops SYNs when a test opens many at once
 
 
+class DualStackServer(Server):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 def main() -> None:
     servers = []
-    for port in sys.argv[1:]:
-        httpd = Server(("0.0.0.0", int(port)), Handler)
+    args = sys.argv[1:]
+    dual = "--dual-stack" in args
+    for port in (a for a in args if a != "--dual-stack"):
+        httpd = DualStackServer(("::", int(port)), Handler) if dual else Server(("0.0.0.0", int(port)), Handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         servers.append(httpd)
     print("listening", flush=True)

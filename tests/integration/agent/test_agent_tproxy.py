@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from agent_netns import (
     HOST_IP,
+    HOST_IP6,
     PEER_IP,
+    PEER_IP6,
     Topology,
     agent_config,
     apply_capture,
@@ -151,3 +153,20 @@ def test_switching_interception_on_reload_hot_restarts_onto_tproxy(envoy_binary,
     wait_for(lambda: agent.metric("hostmesh_agent_epoch") == 1 and agent.ready(), 15, "epoch 1 ready")
     wait_for(lambda: len(agent.envoy_pids()) == 1, 15, "old epoch gone")
     assert http_get(topo.peer, HOST_IP, 8080)[1].split() == ["8080", PEER_IP]
+
+
+def test_tproxy_dual_stack_keeps_both_families_client_addresses(envoy_binary, topo, workdir, start_agent):
+    """One transparent "::" listener takes TPROXY-diverted IPv6 and IPv4; each reply finds its way back."""
+    apply_capture(topo.host, workdir, mode="tproxy", ip_families=["ipv4", "ipv6"])
+    topo.start_app(8080, 9443, 9000, dual_stack=True)
+    cfg = _tproxy_config(envoy_binary, workdir)
+    cfg["listen"] = {"inbound_address": "::", "outbound_address": "::", "status_address": "::"}
+    agent = start_agent(cfg, net_admin=True)
+    agent.wait_ready()
+    before = _stat(topo.host, "listener.inbound.downstream_cx_total")
+    # The app (on "::") sees IPv4 peers as v4-mapped addresses.
+    for host, peer in ((HOST_IP6, PEER_IP6), (HOST_IP, "::ffff:" + PEER_IP)):
+        assert http_get(topo.peer, host, 8080)[1].split() == ["8080", peer], host
+        assert http_get(topo.peer, host, 8443)[1].split() == ["9443", peer], host
+        assert http_get(topo.peer, host, 9000)[1].split() == ["9000", peer], host  # passthrough
+    assert _stat(topo.host, "listener.inbound.downstream_cx_total") == before + 6
