@@ -8,6 +8,11 @@ from sandbox_hosts import address_of
 APP_PORT = 8080
 
 
+def capture_mode(host) -> str:
+    """The inventory's hostmesh_capture_mode (redirect unless the scenario says tproxy)."""
+    return host.ansible.get_variables().get("hostmesh_capture_mode", "redirect")
+
+
 @pytest.mark.parametrize("name", ["host1", "host2"])
 def test_sidecar_is_running_and_ready(name, host1, host2) -> None:
     host = host1 if name == "host1" else host2
@@ -28,7 +33,12 @@ def test_capture_is_on(name, host1, host2) -> None:
     host = host1 if name == "host1" else host2
     nat = host.check_output("iptables -t nat -S")
     assert "REDIRECT --to-ports 15001" in nat
-    assert "REDIRECT --to-ports 15006" in nat
+    if capture_mode(host) == "tproxy":
+        mangle = host.check_output("iptables -t mangle -S")
+        assert "TPROXY --on-port 15006" in mangle, mangle
+        assert "REDIRECT --to-ports 15006" not in nat, nat
+    else:
+        assert "REDIRECT --to-ports 15006" in nat
 
 
 def test_call_goes_through_both_sidecars(host1, host2) -> None:
@@ -39,8 +49,15 @@ def test_call_goes_through_both_sidecars(host1, host2) -> None:
     # host1's sidecar sent the request upstream ...
     out_stats = host1.check_output("curl -s http://127.0.0.1:15000/stats | grep -E 'echo.*upstream_rq_total' || true")
     assert any(int(line.rsplit(":", 1)[1]) > 0 for line in out_stats.splitlines()), out_stats
-    # ... and the application saw the request arrive from host2's own sidecar, not from host1.
+    # ... and the request reached the application through host2's sidecar: with
+    # redirect it comes from the sidecar (127.0.0.6), with tproxy the sidecar
+    # keeps host1's address as the source.
     log = host2.check_output("journalctl -u echo-app.service --no-pager -o cat")
     new_lines = log.splitlines()[int(before) :]
     assert new_lines, log
-    assert address_of(host1) not in new_lines[-1], new_lines[-1]
+    if capture_mode(host2) == "tproxy":
+        assert new_lines[-1].startswith(address_of(host1) + " "), new_lines[-1]
+    else:
+        assert new_lines[-1].startswith("127.0.0.6 "), new_lines[-1]
+    inbound = host2.check_output("curl -s 'http://127.0.0.1:15000/stats?filter=^listener.inbound.downstream_cx_total$'")
+    assert int(inbound.rsplit(":", 1)[1]) > 0, inbound
