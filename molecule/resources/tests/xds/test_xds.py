@@ -53,13 +53,14 @@ def test_envoy_got_its_listener_and_cluster_from_ads(host1, scenario) -> None:
     # The node the server saw is this host's Envoy, in the agent's form.
     node_id = admin_json(host1, "/server_info")["node"]["id"]
     namespace = scenario["hostmesh_namespace"]
-    assert node_id.startswith("sidecar~")
-    assert node_id.endswith(f"~host1.{namespace}~{namespace}.svc.cluster.local"), node_id
+    # hostmesh_node_ip names the host's mesh address (the sandbox has no default route).
+    assert node_id == f"sidecar~{address_of(host1)}~host1.{namespace}~{namespace}.svc.cluster.local", node_id
     assert report["node"]["id"] == node_id
     metadata = report["node"]["metadata"]
     assert metadata["CLUSTER_ID"] == scenario["hostmesh_xds_cluster_id"]
     assert metadata["NAMESPACE"] == namespace
     assert metadata["SERVICE_ACCOUNT"] == scenario["hostmesh_service_account"]
+    assert metadata["INSTANCE_IPS"] == address_of(host1)
     # The token file the role installed went out as the bearer token.
     token = (STATE_DIR / "token").read_text().strip()
     assert token
