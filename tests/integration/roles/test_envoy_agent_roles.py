@@ -112,6 +112,29 @@ def test_second_run_changes_nothing(host: RolesHost) -> None:
     assert host.main_pid() == pid
 
 
+def test_re_run_asks_the_host_once_and_repairs_what_drifted(host: RolesHost) -> None:
+    """In sync, the role runs one task on the host; a file, a module or the unit changed by hand is put back."""
+    result = host.play(ROLES)
+    assert_ok(result)
+    assert "TASK [hostmesh.sidecar.agent : Write the agent's config" not in result.output, result.output[-4000:]
+    module = "/usr/local/lib/hostmesh/hostmesh_agent/backoff.py"
+    shipped = (Path(__file__).resolve().parents[3] / "roles/agent/files/hostmesh_agent/backoff.py").read_text()
+    host.sh("chmod 0700 /usr/local/bin/hostmesh-agent")
+    host.sh(f"echo '# edited by hand' >> {module}")
+    host.sh("systemctl stop hostmesh-agent")
+    repaired = host.play(ROLES)
+    assert_ok(repaired)
+    assert repaired.recap["changed"] > 0, repaired.output[-4000:]
+    assert host.sh("stat -c %a /usr/local/bin/hostmesh-agent").strip() == "755"
+    assert host.sh(f"cat {module}") == shipped
+    assert host.sh("systemctl is-active hostmesh-agent").strip() == "active"
+    assert host.ready_status() == "200"
+    settled = host.play(ROLES)
+    assert_ok(settled)
+    assert settled.recap["changed"] == 0, settled.output[-4000:]
+    assert "TASK [hostmesh.sidecar.agent : Write the agent's config" not in settled.output
+
+
 def test_unit_exposure_is_low(host: RolesHost) -> None:
     level = exposure(host)
     print(f"systemd-analyze security hostmesh-agent.service (redirect): exposure {level}")
