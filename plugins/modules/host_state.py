@@ -70,11 +70,14 @@ options:
 attributes:
   check_mode:
     support: full
-    details: V(recorded) writes nothing in check mode.
+    description: V(checked) reads only; V(recorded) reports whether the stamp would change and writes nothing.
   diff_mode:
     support: none
+    description: RV(differences) says what differs.
   platform:
+    support: full
     platforms: posix
+    description: Runs on the managed host; units are read with C(systemctl).
 """
 
 EXAMPLES = r"""

@@ -68,7 +68,9 @@ def test_every_kind_of_drift_is_named(tmp_path):
     assert str(conf) + ":" in text and '"sha1"' in text
     assert args["paths"][0] + ":" in text and '"0755"' in text
     assert args["large_files"][0] + ":" in text
-    assert run(tmp_path, **dict(args, digest="d2"))["differences"][0] == "the wanted state changed since the last run"
+    wanted_more = {**args}
+    wanted_more["digest"] = "d2"
+    assert run(tmp_path, **wanted_more)["differences"][0] == "the wanted state changed since the last run"
     conf.unlink()
     assert any(line.startswith(str(conf) + ": missing") for line in run(tmp_path, **args)["differences"])
 
@@ -81,7 +83,9 @@ def test_no_stamp_a_broken_one_or_a_new_path_is_not_in_sync(tmp_path):
     run(tmp_path, state="recorded", **args)
     extra = tmp_path / "extra"
     extra.write_text("x")
-    found = run(tmp_path, **dict(args, paths=args["paths"] + [str(extra)]))
+    more_paths = {**args}
+    more_paths["paths"] = args["paths"] + [str(extra)]
+    found = run(tmp_path, **more_paths)
     assert found["differences"] == ["%s: not recorded by the last run" % extra]
 
 
@@ -93,7 +97,8 @@ def test_check_mode_records_nothing(tmp_path):
 
 
 def test_a_missing_directory_for_the_stamp_is_an_error_naming_path(tmp_path):
-    args = dict(fixture_tree(tmp_path), path=str(tmp_path / "nowhere" / "state.json"))
+    args = fixture_tree(tmp_path)
+    args["path"] = str(tmp_path / "nowhere" / "state.json")
     result = run(tmp_path, state="recorded", **args)
     assert result["failed"] is True
     assert result["msg"].startswith("path: got '%s'" % args["path"])
