@@ -118,6 +118,9 @@ def render_role(role: str, entry_points: Dict[str, Any]) -> List[str]:
         if spec.get("short_description"):
             summary += ": " + convert_markup(spec["short_description"])
         lines += [f"## {title}", "", summary, ""]
+        if entry != "main" and spec.get("options") == entry_points.get("main", {}).get("options"):
+            lines += ["The same variables as the main entry point.", ""]
+            continue
         lines += [
             "| variable | type | default | choices | description |",
             "|---|---|---|---|---|",

@@ -7,106 +7,147 @@
 DOCUMENTATION = r"""
 ---
 module: host_state
-short_description: Tell a role whether a host is still as its last run left it
+short_description: Tell roles whether a host is still as their last run left it
 version_added: "0.1.0"
 description:
-  - With O(state=recorded), writes a stamp file holding O(digest) (what the
-    role was asked to do, computed on the controller) and a fingerprint of
-    each of O(paths), O(users), O(groups) and O(units) as they are now.
-  - With O(state=checked), compares the host with that stamp and returns
-    RV(in_sync) and the RV(differences). It changes nothing, so it runs in
-    check mode too.
-  - A role calls it first and skips its other tasks when RV(in_sync) is true,
-    so a re-run costs one task on the host instead of one per file, account
-    and unit; when anything differs (a file edited or removed, an account
-    changed, a unit stopped, a variable changed) the role runs in full and
-    records a new stamp.
+  - Each of O(records) is what one role left on the host - a stamp file
+    holding a digest of what the role was asked to do (computed on the
+    controller) and a fingerprint of each path, account and unit it manages.
+  - With O(state=recorded), writes each record's stamp as the host is now.
+  - With O(state=checked), compares the host with each stamp and returns, per
+    record, whether it is in sync and what differs. With O(capture), it also
+    compares the live capture rules (and rules file) with what those
+    M(hostmesh.sidecar.traffic_capture) options ask for. It changes nothing,
+    so it runs in check mode too.
+  - Roles call it first and skip their other tasks when their record is in
+    sync, so a re-run costs one task on the host instead of one per file,
+    account, unit and rule; when anything differs (a file edited or removed,
+    an account changed, a unit stopped, a rule lifted, a variable changed)
+    the role runs in full and records a new stamp. The
+    C(hostmesh.sidecar.sidecar) role asks once for Envoy, the agent and
+    capture together.
   - Paths are fingerprinted by kind, mode, owner, group and the sha1 of a
-    regular file's content; O(large_files) by size and modification time
+    regular file's content; large files by size and modification time
     instead. Users by uid, gid, home and shell; groups by gid and members;
     units by C(systemctl is-enabled) and C(systemctl is-active).
 author:
   - hostmesh.sidecar maintainers (@hostmesh)
 options:
-  path:
-    description: The stamp file, kept by the role with its other files.
-    type: path
+  records:
+    description: One record per role, in the order RV(records) reports them.
+    type: list
+    elements: dict
     required: true
+    suboptions:
+      path:
+        description: The stamp file, kept by the role with its other files.
+        type: path
+        required: true
+      digest:
+        description: What the role was asked to do, as a digest computed on the controller.
+        type: str
+        required: true
+      paths:
+        description: Files and directories the role manages.
+        type: list
+        elements: path
+        default: []
+      large_files:
+        description: Large files (binaries) compared by size and modification time rather than content.
+        type: list
+        elements: path
+        default: []
+      users:
+        description: Accounts the role manages.
+        type: list
+        elements: str
+        default: []
+      groups:
+        description: Groups the role manages.
+        type: list
+        elements: str
+        default: []
+      units:
+        description: systemd units the role keeps enabled and running.
+        type: list
+        elements: str
+        default: []
   state:
     description:
-      - V(checked) compares the host with the stamp; V(recorded) writes the stamp.
+      - V(checked) compares the host with the stamps; V(recorded) writes them.
     type: str
     choices: [checked, recorded]
     default: checked
-  digest:
-    description: What the role was asked to do, as a digest computed on the controller.
-    type: str
-    required: true
-  paths:
-    description: Files and directories the role manages.
-    type: list
-    elements: path
-    default: []
-  large_files:
-    description: Large files (binaries) compared by size and modification time rather than content.
-    type: list
-    elements: path
-    default: []
-  users:
-    description: Accounts the role manages.
-    type: list
-    elements: str
-    default: []
-  groups:
-    description: Groups the role manages.
-    type: list
-    elements: str
-    default: []
-  units:
-    description: systemd units the role keeps enabled and running.
-    type: list
-    elements: str
-    default: []
+  capture:
+    description:
+      - Options of M(hostmesh.sidecar.traffic_capture) (V(state) included)
+        whose result the live rules should already be. Compared with
+        O(state=checked) only; nothing is applied.
+    type: dict
 attributes:
   check_mode:
     support: full
-    description: V(checked) reads only; V(recorded) reports whether the stamp would change and writes nothing.
+    description: V(checked) reads only; V(recorded) reports whether a stamp would change and writes nothing.
   diff_mode:
     support: none
-    description: RV(differences) says what differs.
+    description: RV(records) and RV(capture_differences) say what differs.
   platform:
     support: full
     platforms: posix
-    description: Runs on the managed host; units are read with C(systemctl).
+    description: Runs on the managed host; units are read with C(systemctl), rules with the capture backend's tools.
+seealso:
+  - module: hostmesh.sidecar.traffic_capture
 """
 
 EXAMPLES = r"""
 - name: Ask whether the host is as the last run left it
   hostmesh.sidecar.host_state:
-    path: /etc/hostmesh/agent.state
-    digest: "{{ wanted | to_json | hash('sha1') }}"
-    paths: [/etc/hostmesh/agent.json]
-    users: [hostmesh-proxy]
-    units: [hostmesh-agent.service]
+    records:
+      - path: /etc/hostmesh/agent.state
+        digest: "{{ wanted | to_json | hash('sha1') }}"
+        paths: [/etc/hostmesh/agent.json]
+        users: [hostmesh-proxy]
+        units: [hostmesh-agent.service]
   register: agent_state
 
 - name: Converge in full when anything differs
   ansible.builtin.include_tasks: converge.yml
   when: not agent_state.in_sync
+
+- name: Ask about two roles and the live capture rules at once
+  hostmesh.sidecar.host_state:
+    records: ["{{ agent_record }}", "{{ capture_record }}"]
+    capture: {mode: redirect, proxy_uid: [1337], rules_file: /etc/hostmesh/capture.rules}
+  register: host_now
 """
 
 RETURN = r"""
 in_sync:
-  description: Whether the host matches the stamp and O(digest); always false with O(state=recorded).
+  description: Whether every record and the capture rules match; always false with O(state=recorded).
   returned: always
   type: bool
   sample: true
-differences:
-  description: What differs, one line each.
+records:
+  description: Per record, in the order given, its stamp path, whether it is in sync, and what differs.
   returned: always
   type: list
+  elements: dict
+  sample:
+    - path: /etc/hostmesh/agent.state
+      in_sync: false
+      differences: ["/etc/hostmesh/agent.json: content or mode changed", "hostmesh-agent.service: inactive"]
+      changed: false
+capture_in_sync:
+  description: Whether the live capture rules and rules file are what O(capture) asks for.
+  returned: when O(capture) is set and O(state=checked)
+  type: bool
+  sample: false
+capture_differences:
+  description: Rules missing or unexpected, and a rules file that differs, one line each.
+  returned: when O(capture) is set and O(state=checked)
+  type: list
   elements: str
-  sample: ["/etc/hostmesh/agent.json: content or mode changed", "hostmesh-agent.service: inactive"]
+  sample: ["missing iptables ipv4 nat: -A OUTPUT -p tcp -j HOSTMESH_OUTPUT"]
 """
 
 import grp
@@ -117,6 +158,24 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils import _host_state as core
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_apply import CaptureError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import CommandError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_host import (
+    OPTION_NAMES,
+    capture_differences,
+    plan_on_host,
+)
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
+
+RECORD_SPEC = dict(
+    path=dict(type="path", required=True),
+    digest=dict(type="str", required=True, no_log=False),
+    paths=dict(type="list", elements="path", default=[]),
+    large_files=dict(type="list", elements="path", default=[]),
+    users=dict(type="list", elements="str", default=[]),
+    groups=dict(type="list", elements="str", default=[]),
+    units=dict(type="list", elements="str", default=[]),
+)
 
 
 def read(path):
@@ -127,6 +186,11 @@ def read(path):
         return None
 
 
+def read_text(path):
+    data = read(path)
+    return None if data is None else data.decode("utf-8", "replace")
+
+
 def lstat(path):
     try:
         return os.lstat(path)
@@ -134,33 +198,33 @@ def lstat(path):
         return None
 
 
-def current(module):
-    """Fingerprints of everything the role manages, as it is on the host now."""
-    params = module.params
+def current(module, record):
+    """Fingerprints of everything one record covers, as it is on the host now."""
     paths = {}
-    for path in params["paths"]:
+    for path in record["paths"]:
         st = lstat(path)
         regular = st is not None and not os.path.isdir(path) and not os.path.islink(path)
         paths[path] = core.path_fingerprint(st, read(path) if regular else None)
-    for path in params["large_files"]:
+    for path in record["large_files"]:
         paths[path] = core.big_file_fingerprint(lstat(path))
     accounts = {}
-    for name in params["users"]:
+    for name in record["users"]:
         try:
             accounts["user " + name] = core.user_fingerprint(pwd.getpwnam(name))
         except KeyError:
             accounts["user " + name] = None
-    for name in params["groups"]:
+    for name in record["groups"]:
         try:
             accounts["group " + name] = core.group_fingerprint(grp.getgrnam(name))
         except KeyError:
             accounts["group " + name] = None
     units = {}
-    systemctl = module.get_bin_path("systemctl", required=bool(params["units"]))
-    for name in params["units"]:
-        enabled = module.run_command([systemctl, "is-enabled", name])[1].strip()
-        active = module.run_command([systemctl, "is-active", name])[1].strip()
-        units[name] = {"enabled": enabled, "active": active}
+    if record["units"]:
+        systemctl = module.get_bin_path("systemctl", required=True)
+        for name in record["units"]:
+            enabled = module.run_command([systemctl, "is-enabled", name])[1].strip()
+            active = module.run_command([systemctl, "is-active", name])[1].strip()
+            units[name] = {"enabled": enabled, "active": active}
     return paths, accounts, units
 
 
@@ -178,38 +242,64 @@ def write_stamp(path, text):
         raise
 
 
+def check(module, record):
+    paths, accounts, units = current(module, record)
+    found = core.differences(core.parse_stamp(read_text(record["path"])), record["digest"], paths, accounts, units)
+    return {"path": record["path"], "in_sync": not found, "differences": found, "changed": False}
+
+
+def record_now(module, record, index):
+    paths, accounts, units = current(module, record)
+    text = core.stamp_text(core.stamp(record["digest"], paths, accounts, units))
+    changed = read_text(record["path"]) != text
+    if changed and not module.check_mode:
+        try:
+            write_stamp(record["path"], text)
+        except OSError as error:
+            module.fail_json(msg="records[%d].path: cannot write %r: %s" % (index, record["path"], error))
+    return {"path": record["path"], "in_sync": False, "differences": [], "changed": changed}
+
+
+def check_capture(module, params):
+    unknown = sorted(set(params) - set(OPTION_NAMES))
+    if unknown:
+        module.fail_json(
+            msg="capture.%s: %r is not an option of hostmesh.sidecar.traffic_capture" % (unknown[0], params[unknown[0]])
+        )
+    try:
+        options, _warnings, _host, plan = plan_on_host(module, params)
+    except CaptureOptionError as error:
+        module.fail_json(msg="capture.%s" % error, option="capture." + error.option, value=error.value)
+    except (CaptureError, CommandError) as error:
+        module.fail_json(msg="capture: %s" % error)
+    return capture_differences(options, plan)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            path=dict(type="path", required=True),
+            records=dict(type="list", elements="dict", required=True, options=RECORD_SPEC),
             state=dict(type="str", choices=["checked", "recorded"], default="checked"),
-            digest=dict(type="str", required=True, no_log=False),
-            paths=dict(type="list", elements="path", default=[]),
-            large_files=dict(type="list", elements="path", default=[]),
-            users=dict(type="list", elements="str", default=[]),
-            groups=dict(type="list", elements="str", default=[]),
-            units=dict(type="list", elements="str", default=[]),
+            capture=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    path = params["path"]
-    paths, accounts, units = current(module)
-    old_text = read(path)
-    if params["state"] == "checked":
-        recorded = core.parse_stamp(old_text.decode("utf-8", "replace") if old_text is not None else None)
-        found = core.differences(recorded, params["digest"], paths, accounts, units)
-        module.exit_json(changed=False, in_sync=not found, differences=found)
-    text = core.stamp_text(core.stamp(params["digest"], paths, accounts, units))
-    changed = old_text is None or old_text.decode("utf-8", "replace") != text
-    if changed and not module.check_mode:
-        if not os.path.isdir(os.path.dirname(path) or "."):
-            module.fail_json(msg="path: got %r; its directory does not exist" % path)
-        try:
-            write_stamp(path, text)
-        except OSError as error:
-            module.fail_json(msg="path: cannot write %r: %s" % (path, error))
-    module.exit_json(changed=changed, in_sync=False, differences=[])
+    records = params["records"]
+    if params["state"] == "recorded":
+        for index, record in enumerate(records):
+            if not os.path.isdir(os.path.dirname(record["path"]) or "."):
+                module.fail_json(msg="records[%d].path: got %r; its directory does not exist" % (index, record["path"]))
+        results = [record_now(module, record, index) for index, record in enumerate(records)]
+        module.exit_json(changed=any(result["changed"] for result in results), in_sync=False, records=results)
+    results = [check(module, record) for record in records]
+    in_sync = all(result["in_sync"] for result in results)
+    extra = {}
+    if params["capture"] is not None:
+        found = check_capture(module, params["capture"])
+        extra = {"capture_in_sync": not found, "capture_differences": found}
+        in_sync = in_sync and not found
+    module.exit_json(changed=False, in_sync=in_sync, records=results, **extra)
 
 
 if __name__ == "__main__":

@@ -288,22 +288,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_apply import (
-    CaptureError,
-    apply_plan,
-    plan_capture,
-)
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import (
-    CommandError,
-    HostCommands,
-    nameservers,
-)
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import (
-    DEFAULTS,
-    CaptureOptionError,
-    parse_options,
-    ssh_port_from_environment,
-)
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_apply import CaptureError, apply_plan
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import CommandError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_host import plan_on_host, read_text
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
 
 ARGUMENT_SPEC = {
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
@@ -338,17 +326,9 @@ ARGUMENT_SPEC = {
 }
 
 
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
 def _sync_rules_file(module, path, content):
     """Write (content) or remove (None) the rules file; True when it changed."""
-    current = _read(path)
+    current = read_text(path)
     if current == content:
         return False
     if module.check_mode:
@@ -369,26 +349,15 @@ def _sync_rules_file(module, path, content):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    ssh_port = ssh_port_from_environment(os.environ)
     try:
-        options, warnings = parse_options(
-            {key: module.params[key] for key in DEFAULTS if key in module.params}, ssh_port
-        )
+        options, warnings, host, plan = plan_on_host(module, module.params)
     except CaptureOptionError as error:
         module.fail_json(msg=str(error), option=error.option, value=error.value)
+    except (CaptureError, CommandError) as error:
+        module.fail_json(msg=str(error))
     for warning in warnings:
         module.warn(warning)
-
-    host = HostCommands(
-        lambda argv, data=None: module.run_command(
-            argv, data=data, binary_data=True, handle_exceptions=False, environ_update={"LC_ALL": "C"}
-        ),
-        module.get_bin_path,
-        lock_wait=options.lock_wait,
-    )
     try:
-        resolvers = nameservers(_read("/etc/resolv.conf"))
-        plan = plan_capture(options, host, host.host_has_ipv6(_read), resolvers)
         added, removed = plan.added_removed()
         changed = bool(plan.changed_steps)
         if not module.check_mode:
@@ -405,7 +374,7 @@ def main():
             "rules": plan.rules,
             "added": added,
             "removed": removed,
-            "ssh_port": ssh_port,
+            "ssh_port": options.ssh_port,
         }
         if options.rules_file:
             content = plan.script if options.state == "present" else None

@@ -83,8 +83,8 @@ class Lab:
     def run(self, ns, argv, check=True, **kwargs):
         return sh(["ip", "netns", "exec", ns, *argv], check=check, **kwargs)
 
-    def module(self, check_mode=False, diff=False, env=None, **args):
-        """Run traffic_capture in the host namespace; returns its JSON result."""
+    def module(self, check_mode=False, diff=False, env=None, module=MODULE, **args):
+        """Run traffic_capture (or another module) in the host namespace; returns its JSON result."""
         params = dict(args)
         params["_ansible_check_mode"] = check_mode
         params["_ansible_diff"] = diff
@@ -97,7 +97,7 @@ class Lab:
             "LANG": "C.UTF-8",
         }
         environ.update(env or {})
-        proc = self.run(self.host, [sys.executable, MODULE, path], check=False, env=environ)
+        proc = self.run(self.host, [sys.executable, module, path], check=False, env=environ)
         try:
             return json.loads(proc.stdout)
         except ValueError:
