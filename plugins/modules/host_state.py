@@ -288,7 +288,7 @@ def main():
     records = params["records"]
     if params["state"] == "recorded":
         for index, record in enumerate(records):
-            if not os.path.isdir(os.path.dirname(record["path"]) or "."):
+            if not module.check_mode and not os.path.isdir(os.path.dirname(record["path"]) or "."):
                 module.fail_json(msg="records[%d].path: got %r; its directory does not exist" % (index, record["path"]))
         results = [record_now(module, record, index) for index, record in enumerate(records)]
         module.exit_json(changed=any(result["changed"] for result in results), in_sync=False, records=results)

@@ -101,6 +101,14 @@ def test_check_mode_records_nothing(tmp_path):
     assert not Path(args["path"]).exists()
 
 
+def test_check_mode_reports_a_stamp_whose_directory_a_real_run_would_create(tmp_path):
+    args = fixture_tree(tmp_path)
+    args["path"] = str(tmp_path / "not-yet" / "state.json")
+    result = run(tmp_path, check_mode=True, state="recorded", **args)
+    assert result.get("failed") is not True, result
+    assert result["changed"] is True
+
+
 def test_a_missing_directory_for_the_stamp_is_an_error_naming_path(tmp_path):
     args = fixture_tree(tmp_path)
     args["path"] = str(tmp_path / "nowhere" / "state.json")
