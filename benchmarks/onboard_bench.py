@@ -3,8 +3,9 @@
 In one run: boots N sandbox hosts (systemd-nspawn, reached over SSH), starts a
 small HTTP app on the first, measures the app's latency from the second
 direct, onboards every host with playbooks/onboard.yml (first run), runs it
-again (re-run), runs a playbook that only gathers facts on the same hosts, and
-measures the same requests again, now through both sidecars with mTLS.
+again (re-run, timing each step) and once more gathering every fact, runs a
+playbook that only gathers facts on the same hosts, and measures the same
+requests again, now through both sidecars with mTLS.
 Prints the figures; destroys the hosts. Run as root:
 
     .venv/bin/python benchmarks/onboard_bench.py [--hosts 8] [--requests 500]
@@ -47,13 +48,23 @@ FACTS_ONLY = """- name: Gather facts only
 """
 
 
-def playbook(inventory, extra_inventory, path, forks):
+def playbook(inventory, extra_inventory, path, forks, extra_vars=(), times=None):
+    """Run a playbook; returns (seconds, changed). With ``times`` (a path) each task's duration is written there."""
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"), ANSIBLE_NOCOLOR="1")
+    if times:
+        env.update(
+            ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, "benchmarks", "callback_plugins"),
+            ANSIBLE_CALLBACKS_ENABLED="task_times",
+            HOSTMESH_TASK_TIMES=times,
+        )
     # SSH pipelining, as docs/onboarding.md recommends for fleets; every playbook timed here gets it.
     env.setdefault("ANSIBLE_PIPELINING", "True")
     argv = [os.path.join(BIN, "ansible-playbook"), "-i", inventory, "-i", extra_inventory, "-f", str(forks)]
     # The mesh CA goes with the run's other throwaway files, not beside the playbook.
-    argv += ["-e", "hostmesh_ca_dir=%s" % os.path.join(os.path.dirname(extra_inventory), "ca"), path]
+    argv += ["-e", "hostmesh_ca_dir=%s" % os.path.join(os.path.dirname(extra_inventory), "ca")]
+    for assignment in extra_vars:
+        argv += ["-e", assignment]
+    argv.append(path)
     start = time.monotonic()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - start
@@ -80,6 +91,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, default=8)
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=12, help="how many of the re-run's slowest steps to print")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark boots systemd-nspawn hosts")
@@ -123,7 +135,13 @@ def main():
 
             onboard = os.path.join(ROOT, "playbooks", "onboard.yml")
             first, first_changed = playbook(inventory, extra, onboard, args.hosts)
-            rerun, rerun_changed = playbook(inventory, extra, onboard, args.hosts)
+            times = os.path.join(directory, "rerun-times.json")
+            rerun, rerun_changed = playbook(inventory, extra, onboard, args.hosts, times=times)
+            with open(times) as handle:
+                steps = json.load(handle)
+            with_facts, with_facts_changed = playbook(
+                inventory, extra, onboard, args.hosts, extra_vars=["hostmesh_gather_facts=true"]
+            )
             facts_time, _changed = playbook(inventory, extra, facts, args.hosts)
             meshed = latencies(sandbox, names[1], url, args.requests)
     finally:
@@ -137,6 +155,11 @@ def main():
     print("  re-run                         %7.1f   (changed=%d)" % (rerun, rerun_changed))
     print("  facts-only playbook            %7.1f" % facts_time)
     print("  re-run / facts-only            %7.1fx" % (rerun / facts_time))
+    print("  re-run gathering all facts     %7.1f   (changed=%d)" % (with_facts, with_facts_changed))
+    print("re-run, slowest steps (seconds from a task's start to the next's)")
+    for seconds, name in sorted(steps, reverse=True)[: args.steps]:
+        print("  %6.2f  %s" % (seconds, name))
+    print("  %6.2f  all %d steps" % (sum(row[0] for row in steps), len(steps)))
     print("data path, %d sequential HTTP requests, new connection each (ms)" % args.requests)
     print("  direct            p50 %6.2f   p99 %6.2f" % (percentile(direct, 0.5), percentile(direct, 0.99)))
     print("  via both sidecars p50 %6.2f   p99 %6.2f" % (percentile(meshed, 0.5), percentile(meshed, 0.99)))
