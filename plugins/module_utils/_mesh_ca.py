@@ -5,8 +5,11 @@
 
 ``plan_certificate`` reads what exists and decides what should change (a CA to
 create, a workload certificate to issue and why); ``apply_plan`` does it.
-Check mode is a plan that is not applied. Workload certificates are SPIFFE
-X.509-SVIDs: EC P-256 keys, the SPIFFE ID as the only URI SAN.
+``plan_workloads``/``apply_workloads`` do the same for many workloads against
+one CA, checked once. Check mode is a plan that is not applied. Workload
+certificates are SPIFFE X.509-SVIDs: EC P-256 keys, the SPIFFE ID as the only
+URI SAN. ``plan_private_dir``/``apply_private_dir`` keep the directory holding
+the keys private.
 """
 
 import datetime
@@ -84,6 +87,9 @@ REQUEST_DEFAULTS = {
 # key_mode: why the key file's mode is put right, when only that is wrong.
 Plan = namedtuple("Plan", ["request", "spiffe_id", "ca", "create_ca", "reasons", "current", "key_mode"])
 CA = namedtuple("CA", ["cert", "key", "chain"])
+# Many workloads against one CA: base holds the shared CA options, ca and
+# create_ca are read once, plans is ((name, Plan), ...) in the caller's order.
+BatchPlan = namedtuple("BatchPlan", ["base", "ca", "create_ca", "plans"])
 
 
 class MeshCAError(Exception):
@@ -114,9 +120,7 @@ def make_request(params):
             if not values.get(key):
                 raise MeshCAError("%s is required to issue a certificate (cert_path and key_path are set)" % key)
         _check_name("service_account", values["service_account"])
-    for name in values["dns_names"]:
-        if not isinstance(name, str) or not DNS_RE.match(name):
-            raise MeshCAError("dns_names: got %r; expected DNS host names" % (name,))
+    _check_dns_names("dns_names", values["dns_names"])
     if not 1 <= values["days"] <= 3650:
         raise MeshCAError("days: got %r; expected 1 to 3650" % (values["days"],))
     if not 0 <= values["renew_days"] < values["days"]:
@@ -131,6 +135,99 @@ def make_request(params):
 def _check_name(key, value):
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise MeshCAError("%s: got %r; expected a lower-case DNS-style name (letters, digits, '-', '.')" % (key, value))
+
+
+def _check_dns_names(key, names):
+    for name in names:
+        if not isinstance(name, str) or not DNS_RE.match(name):
+            raise MeshCAError("%s: got %r; expected DNS host names" % (key, name))
+
+
+# --- many workloads ---------------------------------------------------------
+
+# name: the caller's label for the workload (an inventory host name, say);
+# request: the shared CA options with this workload's identity and files.
+Workload = namedtuple("Workload", ["name", "request"])
+WORKLOAD_REQUIRED = ("name", "service_account", "cert_path", "key_path")
+WORKLOAD_KEYS = (*WORKLOAD_REQUIRED, "namespace", "dns_names", "force")
+# Options that describe one workload: given per entry of workloads instead.
+SINGLE_ONLY = ("service_account", "cert_path", "key_path")
+
+
+def make_workloads(base, items):
+    """One checked Workload per entry of workloads, sharing base's CA options; errors name workloads[i].<key>."""
+    _check_batch_options(base)
+    if not isinstance(items, (list, tuple)):
+        raise MeshCAError("workloads: got %r; expected a list of mappings" % (items,))
+    workloads = []
+    names = {}
+    for index, item in enumerate(items):
+        workload = _make_workload(base, "workloads[%d]" % index, item)
+        if workload.name in names:
+            raise MeshCAError(
+                "workloads[%d].name: got %r; %s has that name already, names must be unique"
+                % (index, workload.name, names[workload.name])
+            )
+        names[workload.name] = "workloads[%d]" % index
+        workloads.append(workload)
+    _check_files_unique(workloads)
+    return workloads
+
+
+def _check_batch_options(base):
+    for key in SINGLE_ONLY:
+        if getattr(base, key):
+            raise MeshCAError("%s: got %r; with workloads, set it in each workload instead" % (key, getattr(base, key)))
+    if base.dns_names:
+        raise MeshCAError("dns_names: got %s; with workloads, set it in each workload instead" % list(base.dns_names))
+    if base.force:
+        raise MeshCAError("force: got True; with workloads, set it in each workload instead")
+
+
+def _make_workload(base, where, item):
+    if not isinstance(item, dict):
+        raise MeshCAError("%s: got %r; expected a mapping with %s" % (where, item, ", ".join(WORKLOAD_REQUIRED)))
+    unknown = sorted(set(item) - set(WORKLOAD_KEYS))
+    if unknown:
+        raise MeshCAError("%s: unknown keys %s; expected some of %s" % (where, unknown, ", ".join(WORKLOAD_KEYS)))
+    for key in WORKLOAD_REQUIRED:
+        if item.get(key) in (None, ""):
+            raise MeshCAError("%s.%s is required (got %r)" % (where, key, item.get(key)))
+    for key in ("name", "cert_path", "key_path"):
+        if not isinstance(item[key], str):
+            raise MeshCAError("%s.%s: got %r; expected a string" % (where, key, item[key]))
+    namespace = base.namespace if item.get("namespace") is None else item["namespace"]
+    _check_name(where + ".namespace", namespace)
+    _check_name(where + ".service_account", item["service_account"])
+    dns_names = item.get("dns_names") or ()
+    if not isinstance(dns_names, (list, tuple)):
+        raise MeshCAError("%s.dns_names: got %r; expected a list of DNS host names" % (where, dns_names))
+    _check_dns_names(where + ".dns_names", dns_names)
+    force = item.get("force")
+    if force is not None and not isinstance(force, bool):
+        raise MeshCAError("%s.force: got %r; expected true or false" % (where, force))
+    request = base._replace(
+        namespace=namespace,
+        service_account=item["service_account"],
+        dns_names=tuple(dns_names),
+        cert_path=item["cert_path"],
+        key_path=item["key_path"],
+        force=bool(force),
+    )
+    return Workload(item["name"], request)
+
+
+def _check_files_unique(workloads):
+    """Two workloads writing one file would replace each other's certificate on every run."""
+    owners = {}
+    for index, workload in enumerate(workloads):
+        for key in ("cert_path", "key_path"):
+            path = getattr(workload.request, key)
+            where = "workloads[%d].%s" % (index, key)
+            real = os.path.abspath(path)
+            if real in owners:
+                raise MeshCAError("%s: got %r; %s names the same file" % (where, path, owners[real]))
+            owners[real] = where
 
 
 # --- reading ----------------------------------------------------------------
@@ -283,7 +380,12 @@ def chain_pem(leaf, ca):
 
 def plan_certificate(request, now):
     """Read the CA and the workload certificate in place and decide what to change."""
-    wanted = spiffe_id(request.trust_domain, request.namespace, request.service_account or "")
+    ca, create_ca = plan_ca(request, now)
+    return plan_workload(request, ca, create_ca, now)
+
+
+def plan_ca(request, now):
+    """(the CA, None while it is still to be created; whether to create it)."""
     if os.path.exists(request.ca_key_path) and not os.path.exists(request.ca_cert_path):
         # The key is written first: another run may be creating the CA right now.
         _wait_for(request.ca_cert_path, seconds=10.0)
@@ -294,12 +396,19 @@ def plan_certificate(request, now):
                 "the CA does not exist (ca_cert_path %s, ca_key_path %s) and create_ca is false"
                 % (request.ca_cert_path, request.ca_key_path)
             )
-        reasons = ["the CA is created"] if request.cert_path else []
-        return Plan(request, wanted, None, True, reasons, None, None)
+        return None, True
     if not all(ca_present):
         missing = request.ca_cert_path if not ca_present[0] else request.ca_key_path
         raise MeshCAError("CA file %s does not exist while its pair does; restore it or remove both" % missing)
-    ca = load_ca(request.ca_cert_path, request.ca_key_path, now)
+    return load_ca(request.ca_cert_path, request.ca_key_path, now), False
+
+
+def plan_workload(request, ca, create_ca, now):
+    """Decide about the request's workload certificate, given the CA plan_ca found."""
+    wanted = spiffe_id(request.trust_domain, request.namespace, request.service_account or "")
+    if create_ca:
+        reasons = ["the CA is created"] if request.cert_path else []
+        return Plan(request, wanted, None, True, reasons, None, None)
     if not request.cert_path:
         return Plan(request, wanted, ca, False, [], None, None)
     _check_uri_constraints(ca, request)
@@ -309,6 +418,13 @@ def plan_certificate(request, now):
         return Plan(request, wanted, ca, False, reasons, None, None)
     current = load_certificates(cert_pem)[0]
     return Plan(request, wanted, ca, False, [], current, key_mode_problem(request.key_path))
+
+
+def plan_workloads(base, workloads, now):
+    """The CA read (or planned) once from base, then a Plan per workload, in order."""
+    ca, create_ca = plan_ca(base, now)
+    plans = tuple((workload.name, plan_workload(workload.request, ca, create_ca, now)) for workload in workloads)
+    return BatchPlan(base, ca, create_ca, plans)
 
 
 def permitted_uri_hosts(cert):
@@ -497,8 +613,7 @@ def _has_ski(cert):
 def write_file(path, content, mode):
     """Replace path atomically with content, created with mode from the start (keys are never world-readable)."""
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        os.makedirs(directory, mode=DIR_MODE)
+    make_private_dirs(directory)
     handle, temp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
     try:
         os.fchmod(handle, mode)
@@ -513,13 +628,25 @@ def write_file(path, content, mode):
         raise
 
 
+def make_private_dirs(directory):
+    """Create directory and every missing parent with mode 0700 (os.makedirs gives parents the default mode)."""
+    directory = os.path.abspath(directory)
+    if os.path.isdir(directory):
+        return
+    make_private_dirs(os.path.dirname(directory))
+    try:
+        os.mkdir(directory, DIR_MODE)
+    except FileExistsError:
+        if not os.path.isdir(directory):
+            raise
+
+
 def _create_ca_exclusive(request, now):
     """Create the CA unless another run just did; the key is linked in place so only one run wins."""
     ca = new_ca(request, now)
     ca_key_pem = private_key_pem(ca.key)
     directory = os.path.dirname(os.path.abspath(request.ca_key_path))
-    if not os.path.isdir(directory):
-        os.makedirs(directory, mode=DIR_MODE)
+    make_private_dirs(directory)
     handle, temp = tempfile.mkstemp(prefix=".ca-key.", dir=directory)
     try:
         os.fchmod(handle, KEY_MODE)
@@ -548,26 +675,41 @@ def _wait_for(path, seconds=30.0):
 
 def apply_plan(plan, now):
     """Create the CA and issue the certificate as planned; returns (ca, certificate or None, ca_created)."""
+    ca, created = apply_ca(plan.request, plan.ca, plan.create_ca, now)
+    return ca, apply_workload(plan, ca, now), created
+
+
+def apply_ca(request, ca, create_ca, now):
+    """Create the CA when planned (unless another run just did); returns (ca, ca_created)."""
+    if not create_ca:
+        return ca, False
+    created = _create_ca_exclusive(request, now)
+    if not created:
+        _wait_for(request.ca_cert_path)
+    return load_ca(request.ca_cert_path, request.ca_key_path, now), created
+
+
+def apply_workload(plan, ca, now):
+    """Issue, fix or keep the planned workload certificate, signed by ca; returns it (None without cert_path)."""
     request = plan.request
-    ca = plan.ca
-    created = False
-    if plan.create_ca:
-        created = _create_ca_exclusive(request, now)
-        if not created:
-            _wait_for(request.ca_cert_path)
-        ca = load_ca(request.ca_cert_path, request.ca_key_path, now)
     if not request.cert_path:
-        return ca, None, created
+        return None
     if not plan.reasons:
         if plan.key_mode:
             os.chmod(request.key_path, KEY_MODE)
-        return ca, plan.current, created
+        return plan.current
     key = new_key()
     cert = issue(request, ca, key, now)
     # Key first: a reader that sees the new certificate also finds its key.
     write_file(request.key_path, private_key_pem(key), KEY_MODE)
     write_file(request.cert_path, chain_pem(cert, ca), CERT_MODE)
-    return ca, cert, created
+    return cert
+
+
+def apply_workloads(batch, now):
+    """Apply a BatchPlan: the CA once, then each workload; returns (ca, ca_created, [(name, certificate)])."""
+    ca, created = apply_ca(batch.base, batch.ca, batch.create_ca, now)
+    return ca, created, [(name, apply_workload(plan, ca, now)) for name, plan in batch.plans]
 
 
 def ca_expires_within(ca, now, days):
@@ -594,3 +736,69 @@ def key_mode_problem(path):
     except OSError:
         return None
     return None if mode == KEY_MODE else "key mode is %04o; wanted %04o" % (mode, KEY_MODE)
+
+
+# --- the private directory --------------------------------------------------
+
+GITIGNORE = b"# Private keys of the mesh CA and hosts: never commit or share.\n*\n"
+GITIGNORE_MODE = 0o600
+# kind: "mkdir", "chmod" or "write"; reason: what is wrong, as reported.
+DirAction = namedtuple("DirAction", ["kind", "path", "mode", "reason"])
+
+
+def plan_private_dir(path, files=()):
+    """What keeping path private takes: mode 0700, a .gitignore of everything, and 0700 on the
+    directories below it that hold files (paths in files). Empty when all is as it should be."""
+    gitignore = os.path.join(path, ".gitignore")
+    if not os.path.exists(path):
+        return [
+            DirAction("mkdir", path, DIR_MODE, "%s does not exist" % path),
+            DirAction("write", gitignore, GITIGNORE_MODE, "%s does not exist" % gitignore),
+        ]
+    if not os.path.isdir(path):
+        raise MeshCAError("private_dir: got %r; it exists and is not a directory" % path)
+    actions = [_chmod_action(directory, DIR_MODE) for directory in [path, *_dirs_below(path, files)]]
+    content = _read(gitignore)
+    if content != GITIGNORE:
+        reason = "%s does not exist" % gitignore if content is None else "%s differs" % gitignore
+        actions.append(DirAction("write", gitignore, GITIGNORE_MODE, reason))
+    else:
+        actions.append(_chmod_action(gitignore, GITIGNORE_MODE))
+    return [action for action in actions if action is not None]
+
+
+def _chmod_action(path, mode):
+    try:
+        current = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    if current == mode:
+        return None
+    return DirAction("chmod", path, mode, "%s mode is %04o; wanted %04o" % (path, current, mode))
+
+
+def _dirs_below(top, files):
+    """The directories strictly below top on the way to each of files, outermost first."""
+    top = os.path.abspath(top)
+    found = []
+    for path in files:
+        directory = os.path.dirname(os.path.abspath(path))
+        chain = []
+        while directory != top and os.path.dirname(directory) != directory:
+            chain.append(directory)
+            directory = os.path.dirname(directory)
+        if directory == top:
+            found.extend(d for d in reversed(chain) if d not in found)
+    return found
+
+
+def apply_private_dir(actions):
+    """Carry out plan_private_dir's actions."""
+    for action in actions:
+        if action.kind == "mkdir":
+            make_private_dirs(action.path)
+            os.chmod(action.path, action.mode)
+        elif action.kind == "chmod":
+            os.chmod(action.path, action.mode)
+        else:
+            write_file(action.path, GITIGNORE, action.mode)

@@ -50,14 +50,17 @@ def test_converge_then_nothing_to_change(tmp_path):
     assert rc == 0, output
     assert changed["localhost"] > 0
     got = facts["localhost"]
+    issued = got.pop("issued")
     assert got == {
         "cert": str(ca_dir / "hosts" / "localhost" / "cert-chain.pem"),
         "key": str(ca_dir / "hosts" / "localhost" / "key.pem"),
         "ca": str(ca_dir / "ca-cert.pem"),
         "spiffe_id": "spiffe://cluster.local/ns/default/sa/localhost",
     }
+    assert issued["spiffe_id"] == got["spiffe_id"] and issued["reasons"] == ["the CA is created"]
     assert oct(os.stat(ca_dir).st_mode & 0o777) == "0o700"
-    assert (ca_dir / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert (ca_dir / ".gitignore").read_text() == "# Private keys of the mesh CA and hosts: never commit or share.\n*\n"
+    assert oct(os.stat(ca_dir / ".gitignore").st_mode & 0o777) == "0o600"
     assert oct(os.stat(got["key"]).st_mode & 0o777) == "0o600"
     verify_svid(got["ca"], got["cert"], got["spiffe_id"])
 
@@ -116,25 +119,119 @@ def test_bring_your_own_ca(tmp_path):
     assert half.rc != 0 and "hostmesh_ca_cert and hostmesh_ca_key go together" in half.output
 
 
-def test_a_fleet_shares_one_ca(tmp_path):
-    """Five hosts: the CA is created once, each host gets its own identity, the re-run changes nothing."""
-    hosts = ["vm%d" % i for i in range(5)]
+def fleet(tmp_path, hosts, host_vars=None) -> tuple:
+    """An inventory of hosts run locally, with optional per-host variables; returns play()'s inventory argument."""
+    host_vars = host_vars or {}
+    lines = ["[mesh]"]
+    for host in hosts:
+        extra = "".join(" %s=%s" % (key, value) for key, value in host_vars.get(host, {}).items())
+        lines.append("%s ansible_connection=local%s" % (host, extra))
+    lines += ["[mesh:vars]", "ansible_python_interpreter={{ ansible_playbook_python }}"]
     inventory = tmp_path / "inventory.ini"
-    inventory.write_text(
-        "[mesh]\n"
-        + "".join("%s ansible_connection=local\n" % host for host in hosts)
-        + "[mesh:vars]\nansible_python_interpreter={{ ansible_playbook_python }}\n"
-    )
+    inventory.write_text("\n".join(lines) + "\n")
+    return ("-i", str(inventory))
+
+
+def module_runs(output: str) -> list:
+    """The hosts the role's mesh_certificate task reported for, once per run of it (once per batch)."""
+    runs = []
+    for block in re.split(r"^TASK \[", output, flags=re.MULTILINE)[1:]:
+        if block.startswith("hostmesh.sidecar.mesh_ca : Keep the CA directory private"):
+            runs += re.findall(r"^(?:ok|changed): \[([^\]\s]+)", block, flags=re.MULTILINE)
+    return runs
+
+
+def test_a_fleet_is_served_by_one_module_run(tmp_path):
+    """Five hosts: one module run creates the CA and issues every certificate; the re-run changes nothing."""
+    hosts = ["vm%d" % i for i in range(5)]
+    inventory = fleet(tmp_path, hosts)
     ca_dir = tmp_path / "ca"
     args = ("-e", "hostmesh_ca_dir=%s" % ca_dir, "--forks", "5")
-    rc, changed, facts, output = play(tmp_path, *args, inventory=("-i", str(inventory)))
+    rc, changed, facts, output = play(tmp_path, *args, inventory=inventory)
     assert rc == 0, output
-    assert all(changed[host] > 0 for host in hosts)
+    assert module_runs(output) == ["vm0"], output
+    assert changed["vm0"] > 0
+    serials = {}
     for host in hosts:
-        assert facts[host]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/%s" % host
-        verify_svid(ca_dir / "ca-cert.pem", facts[host]["cert"], facts[host]["spiffe_id"])
-    again = play(tmp_path, *args, inventory=("-i", str(inventory)))
+        got = facts[host]
+        assert got["cert"] == str(ca_dir / "hosts" / host / "cert-chain.pem")
+        assert got["key"] == str(ca_dir / "hosts" / host / "key.pem")
+        assert got["ca"] == str(ca_dir / "ca-cert.pem")
+        assert got["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/%s" % host
+        # Each host reads its own part of the batch's registered result.
+        assert got["issued"]["spiffe_id"] == got["spiffe_id"] and got["issued"]["cert_path"] == got["cert"]
+        assert got["issued"]["changed"] is True
+        assert oct(os.stat(got["key"]).st_mode & 0o777) == "0o600"
+        verify_svid(got["ca"], got["cert"], got["spiffe_id"])
+        serials[host] = got["issued"]["serial_number"]
+    assert len(set(serials.values())) == len(hosts)
+    for directory in (ca_dir, ca_dir / "hosts"):
+        assert oct(os.stat(directory).st_mode & 0o777) == "0o700"
+
+    again = play(tmp_path, *args, inventory=inventory)
     assert again.rc == 0 and set(again.changed.values()) == {0}, again.output
+    assert module_runs(again.output) == ["vm0"], again.output
+    assert {host: again.facts[host]["issued"]["serial_number"] for host in hosts} == serials
+    assert all(again.facts[host]["issued"]["reasons"] == [] for host in hosts)
+
+
+def test_each_host_gets_its_own_identity_and_rotation(tmp_path):
+    """Per-host variables reach that host's certificate and facts only, though one run issues them all."""
+    hosts = ["vm0", "vm1", "vm2"]
+    ca_dir = tmp_path / "ca"
+    args = ("-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_trust_domain=mesh.example")
+    first = play(tmp_path, *args, inventory=fleet(tmp_path, hosts))
+    assert first.rc == 0, first.output
+    host_vars = {
+        "vm1": {"hostmesh_namespace": "prod", "hostmesh_service_account": "api"},
+        "vm2": {"hostmesh_cert_rotate": "true"},
+    }
+    run = play(tmp_path, *args, inventory=fleet(tmp_path, hosts, host_vars))
+    assert run.rc == 0, run.output
+    facts = run.facts
+    assert facts["vm0"]["spiffe_id"] == "spiffe://mesh.example/ns/default/sa/vm0"
+    assert facts["vm1"]["spiffe_id"] == "spiffe://mesh.example/ns/prod/sa/api"
+    assert facts["vm0"]["issued"]["changed"] is False
+    assert facts["vm1"]["issued"]["changed"] is True and any("URI SAN" in r for r in facts["vm1"]["issued"]["reasons"])
+    assert facts["vm2"]["issued"]["reasons"] == ["force is set"]
+    for host in hosts:
+        verify_svid(facts[host]["ca"], facts[host]["cert"], facts[host]["spiffe_id"])
+    assert facts["vm0"]["issued"]["serial_number"] == first.facts["vm0"]["issued"]["serial_number"]
+    assert facts["vm2"]["issued"]["serial_number"] != first.facts["vm2"]["issued"]["serial_number"]
+
+
+def test_serial_batches_and_limit(tmp_path):
+    """One module run per batch, each for the batch's own hosts; --limit issues for the hosts it names only."""
+    hosts = ["vm%d" % i for i in range(5)]
+    inventory = fleet(tmp_path, hosts)
+    ca_dir = tmp_path / "ca"
+    limited = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "--limit", "vm1,vm3", inventory=inventory)
+    assert limited.rc == 0, limited.output
+    assert module_runs(limited.output) == ["vm1"], limited.output
+    assert sorted(path.name for path in (ca_dir / "hosts").iterdir()) == ["vm1", "vm3"]
+    assert sorted(limited.facts) == ["vm1", "vm3"]
+
+    batched = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "mesh_serial=2", inventory=inventory)
+    assert batched.rc == 0, batched.output
+    assert module_runs(batched.output) == ["vm0", "vm2", "vm4"], batched.output
+    for host in hosts:
+        got = batched.facts[host]
+        assert got["issued"]["changed"] is (host not in ("vm1", "vm3")), (host, got)
+        verify_svid(got["ca"], got["cert"], got["spiffe_id"])
+
+
+def test_check_mode_over_a_fleet_reports_every_certificate(tmp_path):
+    hosts = ["vm0", "vm1", "vm2"]
+    ca_dir = tmp_path / "ca"
+    rc, changed, facts, output = play(
+        tmp_path, "--check", "-e", "hostmesh_ca_dir=%s" % ca_dir, inventory=fleet(tmp_path, hosts)
+    )
+    assert rc == 0 and changed["vm0"] > 0, output
+    for host in hosts:
+        assert facts[host]["cert"] == str(ca_dir / "hosts" / host / "cert-chain.pem")
+        assert facts[host]["issued"]["reasons"] == ["the CA is created"]
+        assert "serial_number" not in facts[host]["issued"]
+    assert not ca_dir.exists()
 
 
 def test_changing_cas_with_no_gap(tmp_path):

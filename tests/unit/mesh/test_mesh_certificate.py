@@ -336,3 +336,231 @@ def test_trust_extra_errors(tmp_path, paths):
     (tmp_path / "junk.pem").write_text("not a certificate\n")
     junk = run_module(web1(paths, trust_bundle_path=bundle, trust_extra=[str(tmp_path / "junk.pem")]), tmp_path)
     assert junk["rc"] == 1 and "junk.pem is not a PEM certificate" in junk["msg"], junk
+
+
+# --- many workloads in one run ------------------------------------------------
+
+HOSTS = ("web1", "web2", "db1")
+
+
+def workload(ca_dir, name, **extra):
+    host_dir = Path(ca_dir) / "hosts" / name
+    return {
+        "name": name,
+        "service_account": name,
+        "dns_names": [name],
+        "cert_path": str(host_dir / "cert-chain.pem"),
+        "key_path": str(host_dir / "key.pem"),
+        **extra,
+    }
+
+
+def batch(tmp_path, hosts=HOSTS, overrides=None, **extra):
+    """Module arguments for one run over hosts, the CA and every host's files under tmp_path/ca."""
+    ca_dir = tmp_path / "ca"
+    overrides = overrides or {}
+    return {
+        "ca_cert_path": str(ca_dir / "ca-cert.pem"),
+        "ca_key_path": str(ca_dir / "ca-key.pem"),
+        "workloads": [workload(ca_dir, name, **overrides.get(name, {})) for name in hosts],
+        **extra,
+    }
+
+
+def serials(result):
+    return {name: each["serial_number"] for name, each in result["workloads"].items()}
+
+
+def test_workloads_issue_each_then_keep(tmp_path):
+    args = batch(tmp_path, overrides={"db1": {"namespace": "data", "service_account": "postgres"}}, namespace="apps")
+    first = run_module(args, tmp_path)
+    assert first["rc"] == 0, first
+    assert first["changed"] is True and first["ca_created"] is True and first["reasons"] == []
+    assert sorted(first["workloads"]) == sorted(HOSTS)
+    wanted = {
+        "web1": "spiffe://cluster.local/ns/apps/sa/web1",
+        "web2": "spiffe://cluster.local/ns/apps/sa/web2",
+        "db1": "spiffe://cluster.local/ns/data/sa/postgres",
+    }
+    for entry in args["workloads"]:
+        got = first["workloads"][entry["name"]]
+        assert got["spiffe_id"] == wanted[entry["name"]]
+        assert got["changed"] is True and got["reasons"] == ["the CA is created"]
+        assert (got["cert_path"], got["key_path"]) == (entry["cert_path"], entry["key_path"])
+        assert got["not_after"] == leaf(entry["cert_path"]).not_valid_after_utc.isoformat()
+        assert mode(entry["key_path"]) == 0o600
+        verify_svid(args["ca_cert_path"], entry["cert_path"], wanted[entry["name"]])
+    assert len(set(serials(first).values())) == len(HOSTS)
+
+    files = [path for entry in args["workloads"] for path in (entry["cert_path"], entry["key_path"])]
+    before = {path: Path(path).read_bytes() for path in [*files, args["ca_cert_path"], args["ca_key_path"]]}
+    second = run_module(args, tmp_path)
+    assert second["rc"] == 0 and second["changed"] is False and second["ca_created"] is False, second
+    assert all(each["changed"] is False and each["reasons"] == [] for each in second["workloads"].values())
+    assert serials(second) == serials(first)
+    assert {path: Path(path).read_bytes() for path in before} == before
+
+
+def test_workloads_renew_only_the_one_near_expiry(tmp_path):
+    args = batch(tmp_path)
+    first = run_module(args, tmp_path)
+    # web2's certificate is replaced by one with five days left, by the single form on the same files.
+    short = {key: value for key, value in args["workloads"][1].items() if key != "name"}
+    short.update(days=5, renew_days=1, force=True)
+    single = run_module(dict(short, ca_cert_path=args["ca_cert_path"], ca_key_path=args["ca_key_path"]), tmp_path)
+    assert single["rc"] == 0 and single["changed"] is True, single
+
+    renewed = run_module(args, tmp_path)
+    assert renewed["rc"] == 0 and renewed["changed"] is True, renewed
+    assert renewed["workloads"]["web2"]["reasons"][0].startswith("expires in 5.0 days")
+    assert renewed["workloads"]["web2"]["serial_number"] not in (
+        first["workloads"]["web2"]["serial_number"],
+        single["serial_number"],
+    )
+    for name in ("web1", "db1"):
+        assert renewed["workloads"][name]["changed"] is False
+        assert renewed["workloads"][name]["serial_number"] == first["workloads"][name]["serial_number"]
+    assert run_module(args, tmp_path)["changed"] is False
+
+
+def test_workloads_force_one(tmp_path):
+    first = run_module(batch(tmp_path), tmp_path)
+    old_key = Path(first["workloads"]["db1"]["key_path"]).read_bytes()
+    forced = run_module(batch(tmp_path, overrides={"db1": {"force": True}}), tmp_path)
+    assert forced["rc"] == 0 and forced["changed"] is True, forced
+    assert forced["workloads"]["db1"]["reasons"] == ["force is set"]
+    assert forced["workloads"]["db1"]["serial_number"] != first["workloads"]["db1"]["serial_number"]
+    assert Path(forced["workloads"]["db1"]["key_path"]).read_bytes() != old_key
+    assert {name: forced["workloads"][name]["changed"] for name in HOSTS} == {
+        "web1": False,
+        "web2": False,
+        "db1": True,
+    }
+
+
+def test_workloads_fix_a_loose_key_mode_and_write_the_bundle_once(tmp_path):
+    other = make_ca(tmp_path, "Next Mesh CA")
+    bundle = str(tmp_path / "ca" / "trust-bundle.pem")
+    args = batch(tmp_path, trust_bundle_path=bundle, trust_extra=[str(other.cert_path)])
+    first = run_module(args, tmp_path)
+    assert first["rc"] == 0 and first["trust_bundle_path"] == bundle, first
+    assert len(load_pem_chain(bundle)) == 2
+    for entry in args["workloads"]:
+        verify_svid(bundle, entry["cert_path"], first["workloads"][entry["name"]]["spiffe_id"])
+    os.chmod(args["workloads"][0]["key_path"], 0o644)
+    fixed = run_module(args, tmp_path)
+    assert fixed["changed"] is True and fixed["workloads"]["web1"]["reasons"] == ["key mode is 0644; wanted 0600"]
+    assert serials(fixed) == serials(first)
+    dropped = run_module(batch(tmp_path, trust_bundle_path=bundle), tmp_path)
+    assert dropped["changed"] is True and not any(each["changed"] for each in dropped["workloads"].values())
+    assert len(load_pem_chain(bundle)) == 1
+
+
+def test_workloads_check_mode_writes_nothing(tmp_path):
+    args = batch(tmp_path, private_dir=str(tmp_path / "ca"))
+    planned = run_module(args, tmp_path, check_mode=True)
+    assert planned["rc"] == 0 and planned["changed"] is True and planned["ca_created"] is True, planned
+    for name in HOSTS:
+        assert planned["workloads"][name]["reasons"] == ["the CA is created"]
+        assert planned["workloads"][name]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/%s" % name
+        assert "not_after" not in planned["workloads"][name]
+    assert planned["private_dir_changes"]
+    assert not (tmp_path / "ca").exists()
+
+    run_module(args, tmp_path)
+    files = sorted(path for path in (tmp_path / "ca").rglob("*") if path.is_file())
+    before = {path: path.read_bytes() for path in files}
+    renamed = batch(tmp_path, overrides={"web2": {"service_account": "web9"}}, private_dir=str(tmp_path / "ca"))
+    result = run_module(renamed, tmp_path, check_mode=True)
+    assert result["changed"] is True and [n for n in HOSTS if result["workloads"][n]["changed"]] == ["web2"], result
+    assert sorted(path for path in (tmp_path / "ca").rglob("*") if path.is_file()) == files
+    assert {path: path.read_bytes() for path in files} == before
+    assert run_module(args, tmp_path, check_mode=True)["changed"] is False
+
+
+def _bad(tmp_path, change):
+    args = batch(tmp_path, private_dir=str(tmp_path / "ca"))
+    change(args)
+    return args
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a["workloads"][2].update(service_account="Web_1"), "workloads[2].service_account: got 'Web_1'"),
+        (lambda a: a["workloads"][1].update(name="web1"), "workloads[1].name: got 'web1'; workloads[0] has that name"),
+        (lambda a: a["workloads"][1].update(service_account=""), "workloads[1].service_account is required"),
+        (lambda a: a["workloads"][2].pop("key_path"), "missing required arguments: key_path found in workloads"),
+        (lambda a: a["workloads"][0].update(namespace="Prod"), "workloads[0].namespace: got 'Prod'"),
+        (lambda a: a["workloads"][1].update(dns_names=["no spaces"]), "workloads[1].dns_names: got 'no spaces'"),
+        (
+            lambda a: a["workloads"][2].update(cert_path=a["workloads"][0]["cert_path"]),
+            "workloads[2].cert_path: got '%s'; workloads[0].cert_path names the same file",
+        ),
+        (lambda a: a.update(cert_path="/nowhere/cert.pem"), "mutually exclusive: workloads|cert_path"),
+        (lambda a: a.update(force=True), "force: got True; with workloads, set it in each workload"),
+        (lambda a: a.update(renew_days=30), "renew_days: got 30"),
+    ],
+)
+def test_workloads_bad_input_names_entry_and_writes_nothing(tmp_path, change, message):
+    args = _bad(tmp_path, change)
+    result = run_module(args, tmp_path)
+    if "%s" in message:
+        message = message % args["workloads"][0]["cert_path"]
+    assert result["rc"] == 1 and message in result["msg"], result
+    assert not (tmp_path / "ca").exists()
+
+
+def test_private_dir_is_kept_private(tmp_path):
+    ca_dir = tmp_path / "ca"
+    gitignore = ca_dir / ".gitignore"
+    args = batch(tmp_path, hosts=("web1",), private_dir=str(ca_dir))
+    first = run_module(args, tmp_path)
+    assert first["rc"] == 0 and first["private_dir"] == str(ca_dir), first
+    assert first["private_dir_changes"] == ["%s does not exist" % ca_dir, "%s does not exist" % gitignore]
+    assert gitignore.read_text() == "# Private keys of the mesh CA and hosts: never commit or share.\n*\n"
+    assert mode(gitignore) == 0o600
+    for directory in (ca_dir, ca_dir / "hosts", ca_dir / "hosts" / "web1"):
+        assert mode(directory) == 0o700, directory
+    assert run_module(args, tmp_path)["changed"] is False
+
+    # Loosened by hand: the directories' modes and the .gitignore's are put back, and nothing else.
+    for directory in (ca_dir, ca_dir / "hosts"):
+        os.chmod(directory, 0o755)
+    os.chmod(gitignore, 0o644)
+    inode = os.stat(gitignore).st_ino
+    checked = run_module(args, tmp_path, check_mode=True)
+    assert checked["changed"] is True and len(checked["private_dir_changes"]) == 3, checked
+    assert mode(ca_dir) == 0o755
+    fixed = run_module(args, tmp_path)
+    assert fixed["changed"] is True and fixed["private_dir_changes"] == [
+        "%s mode is 0755; wanted 0700" % ca_dir,
+        "%s mode is 0755; wanted 0700" % (ca_dir / "hosts"),
+        "%s mode is 0644; wanted 0600" % gitignore,
+    ]
+    assert fixed["workloads"]["web1"]["changed"] is False
+    assert mode(ca_dir) == 0o700 and mode(ca_dir / "hosts") == 0o700 and mode(gitignore) == 0o600
+    assert os.stat(gitignore).st_ino == inode
+
+    gitignore.write_text("*.pem\n")
+    rewritten = run_module(args, tmp_path)
+    assert rewritten["private_dir_changes"] == ["%s differs" % gitignore]
+    assert gitignore.read_text().endswith("\n*\n") and mode(gitignore) == 0o600
+    assert run_module(args, tmp_path)["changed"] is False
+
+
+def test_private_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "ca").write_text("not a directory\n")
+    result = run_module(batch(tmp_path, private_dir=str(tmp_path / "ca")), tmp_path)
+    assert result["rc"] == 1 and "private_dir: got '%s'" % (tmp_path / "ca") in result["msg"], result
+
+
+def test_make_workloads_checks_the_list_itself(paths):
+    base = mesh_ca.make_request({k: paths[k] for k in ("ca_cert_path", "ca_key_path")})
+    with pytest.raises(mesh_ca.MeshCAError, match=r"workloads\[0\]: got 'web1'; expected a mapping"):
+        mesh_ca.make_workloads(base, ["web1"])
+    with pytest.raises(mesh_ca.MeshCAError, match=r"workloads\[0\]: unknown keys \['sa'\]"):
+        mesh_ca.make_workloads(base, [dict(workload("/ca", "web1"), sa="x")])
+    with pytest.raises(mesh_ca.MeshCAError, match=r"workloads\[0\]\.force: got 'yes'"):
+        mesh_ca.make_workloads(base, [workload("/ca", "web1", force="yes")])
+    assert mesh_ca.make_workloads(base, []) == []
