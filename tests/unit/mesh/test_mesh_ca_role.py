@@ -200,6 +200,25 @@ def test_each_host_gets_its_own_identity_and_rotation(tmp_path):
     assert facts["vm2"]["issued"]["serial_number"] != first.facts["vm2"]["issued"]["serial_number"]
 
 
+def test_hosts_left_out_get_nothing_even_when_first_in_the_batch(tmp_path):
+    """hostmesh_ca_issue: false (xDS hosts) leaves a host out without skipping the batch's run for the others."""
+    hosts = ["vm0", "vm1", "vm2"]
+    ca_dir = tmp_path / "ca"
+    mixed = fleet(tmp_path, hosts, {"vm0": {"hostmesh_ca_issue": "false"}})
+    run = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, inventory=mixed)
+    assert run.rc == 0, run.output
+    assert sorted(path.name for path in (ca_dir / "hosts").iterdir()) == ["vm1", "vm2"]
+    assert run.facts["vm0"] == {"cert": None, "key": None, "ca": None, "spiffe_id": None, "issued": None}
+    for host in ("vm1", "vm2"):
+        verify_svid(run.facts[host]["ca"], run.facts[host]["cert"], run.facts[host]["spiffe_id"])
+
+    nobody = tmp_path / "ca-none"
+    none = fleet(tmp_path, hosts, {host: {"hostmesh_ca_issue": "false"} for host in hosts})
+    skipped = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % nobody, inventory=none)
+    assert skipped.rc == 0, skipped.output
+    assert not nobody.exists(), "a batch with no certificate to issue must not create a CA"
+
+
 def test_serial_batches_and_limit(tmp_path):
     """One module run per batch, each for the batch's own hosts; --limit issues for the hosts it names only."""
     hosts = ["vm%d" % i for i in range(5)]
