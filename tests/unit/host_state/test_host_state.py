@@ -2,33 +2,20 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from module_runner import run_module
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils import _host_state as core
 
-ROOT = Path(__file__).resolve().parents[3]
-MODULE = ROOT / "plugins" / "modules" / "host_state.py"
-COLLECTIONS = ROOT / ".build" / "collections"
-
 
 def run(workdir: Path, check_mode: bool = False, state: str = "checked", **record) -> dict:
-    """Run the module on one record in a fresh Python the way Ansible does: a JSON args file as argv[1]."""
+    """Run the module on one record."""
     return run_args(workdir, check_mode, records=[record], state=state)
 
 
 def run_args(workdir: Path, check_mode: bool = False, **args) -> dict:
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    args_file = workdir / "args.json"
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
-    proc = subprocess.run(
-        [sys.executable, str(MODULE), str(args_file)], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
-    assert proc.stdout, proc.stderr
-    return json.loads(proc.stdout)
+    return run_module("host_state", args, workdir, check_mode)
 
 
 def fixture_tree(tmp_path: Path) -> dict:

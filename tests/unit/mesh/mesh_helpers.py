@@ -1,14 +1,13 @@
 """Shared helpers for the mesh tests: run the module as Ansible does, verify chains."""
 
 import datetime
-import json
-import os
 import shutil
 import subprocess
 import sys
 from collections import namedtuple
 from pathlib import Path
 
+import module_runner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,20 +24,8 @@ ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
 def run_module(args: dict, workdir: Path, check_mode: bool = False) -> dict:
-    """Run mesh_certificate in a fresh Python the way Ansible does: a JSON args file as argv[1]."""
-    module_args = dict(args)
-    if check_mode:
-        module_args["_ansible_check_mode"] = True
-    args_file = workdir / "args.json"
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": module_args}))
-    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
-    proc = subprocess.run(
-        [sys.executable, str(MODULE), str(args_file)], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
-    assert proc.stdout, proc.stderr
-    result = json.loads(proc.stdout)
-    result["rc"] = proc.returncode
-    return result
+    """Run mesh_certificate in a fresh Python the way Ansible does."""
+    return module_runner.run_module("mesh_certificate", args, workdir, check_mode)
 
 
 def load_pem_chain(path: Path) -> list:
