@@ -109,13 +109,19 @@ def test_tproxy_inbound_reaches_the_app_through_envoy_with_the_client_address(en
     assert _stat(topo.host, inbound) == before + 23
 
 
-def test_tproxy_survives_a_hot_restart(envoy_binary, topo, workdir, start_agent):
-    """The transparent listening socket is handed to the next epoch with its option."""
+def _serving_through_tproxy(envoy_binary, topo, workdir, start_agent):
+    """IPv4 TPROXY capture, the app on 8080 and a ready agent; one peer request proves the path."""
     apply_capture(topo.host, workdir, mode="tproxy", ip_families=["ipv4"])
     topo.start_app(8080, 9443)
     agent = start_agent(_tproxy_config(envoy_binary, workdir), net_admin=True)
     agent.wait_ready()
     assert http_get(topo.peer, HOST_IP, 8080)[1].split() == ["8080", PEER_IP]
+    return agent
+
+
+def test_tproxy_survives_a_hot_restart(envoy_binary, topo, workdir, start_agent):
+    """The transparent listening socket is handed to the next epoch with its option."""
+    agent = _serving_through_tproxy(envoy_binary, topo, workdir, start_agent)
     agent.signal(10)  # SIGUSR1: hot restart
     wait_for(lambda: agent.metric("hostmesh_agent_epoch") == 1 and agent.ready(), 15, "epoch 1 ready")
     wait_for(lambda: len(agent.envoy_pids()) == 1, 15, "old epoch gone")
@@ -126,11 +132,7 @@ def test_tproxy_survives_a_hot_restart(envoy_binary, topo, workdir, start_agent)
 
 def test_tproxy_capture_state_absent_leaves_the_app_direct(envoy_binary, topo, workdir, start_agent):
     """Lifting TPROXY capture with the agent still running: peers reach the app directly."""
-    apply_capture(topo.host, workdir, mode="tproxy", ip_families=["ipv4"])
-    topo.start_app(8080, 9443)
-    agent = start_agent(_tproxy_config(envoy_binary, workdir), net_admin=True)
-    agent.wait_ready()
-    assert http_get(topo.peer, HOST_IP, 8080)[1].split() == ["8080", PEER_IP]
+    _serving_through_tproxy(envoy_binary, topo, workdir, start_agent)
     before = _stat(topo.host, "listener.inbound.downstream_cx_total")
     apply_capture(topo.host, workdir, mode="tproxy", state="absent")
     assert "lookup 133" not in run("ip", "-n", topo.host, "rule", "show")
