@@ -121,12 +121,16 @@ def test_re_run_asks_the_host_once_and_repairs_what_drifted(host: RolesHost) -> 
     shipped = (Path(__file__).resolve().parents[3] / "roles/agent/files/hostmesh_agent/backoff.py").read_text()
     host.sh("chmod 0700 /usr/local/bin/hostmesh-agent")
     host.sh(f"echo '# edited by hand' >> {module}")
+    # A module an earlier version shipped and this one dropped.
+    stale = "/usr/local/lib/hostmesh/hostmesh_agent/dropped_module.py"
+    host.sh(f"echo 'x = 1' > {stale}")
     host.sh("systemctl stop hostmesh-agent")
     repaired = host.play(ROLES)
     assert_ok(repaired)
     assert repaired.recap["changed"] > 0, repaired.output[-4000:]
     assert host.sh("stat -c %a /usr/local/bin/hostmesh-agent").strip() == "755"
     assert host.sh(f"cat {module}") == shipped
+    assert host.sh(f"test -e {stale} || echo gone").strip() == "gone"
     assert host.sh("systemctl is-active hostmesh-agent").strip() == "active"
     assert host.ready_status() == "200"
     settled = host.play(ROLES)
