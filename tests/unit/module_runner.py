@@ -31,3 +31,27 @@ def run_module(name: str, args: dict, workdir: Path, check_mode: bool = False) -
     result = json.loads(proc.stdout)
     result["rc"] = proc.returncode
     return result
+
+
+def run_playbook(workdir: Path, inventory: Path, playbook: Path, *args: str):
+    """Run ansible-playbook with the collection; returns (process, {host: msg of its last debug task})."""
+    tree = workdir / "tree"
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
+        ANSIBLE_CALLBACK_TREE_DIR=str(tree),
+    )
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(playbook), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    shown = {}
+    if tree.is_dir():
+        shown = {path.name: json.loads(path.read_text()).get("msg") for path in tree.iterdir()}
+    return proc, shown

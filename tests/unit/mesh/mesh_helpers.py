@@ -3,7 +3,6 @@
 import datetime
 import shutil
 import subprocess
-import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -20,7 +19,6 @@ TestCA = namedtuple("TestCA", ["cert", "key", "cert_path", "key_path"])
 ROOT = Path(__file__).resolve().parents[3]
 COLLECTIONS = ROOT / ".build" / "collections"
 MODULE = ROOT / "plugins" / "modules" / "mesh_certificate.py"
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
 def run_module(args: dict, workdir: Path, check_mode: bool = False) -> dict:

@@ -3,11 +3,11 @@
 import json
 import os
 import re
-import subprocess
 from collections import namedtuple
 from pathlib import Path
 
-from mesh_helpers import ANSIBLE_PLAYBOOK, COLLECTIONS, load_pem_chain, make_ca, run_module, verify_svid
+from mesh_helpers import load_pem_chain, make_ca, run_module, verify_svid
+from module_runner import run_playbook
 
 PLAYBOOK = Path(__file__).resolve().parent / "mesh_ca_playbook.yml"
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
@@ -19,29 +19,9 @@ PlayRun = namedtuple("PlayRun", ["rc", "changed", "facts", "output"])
 
 def play(tmp_path, *args, inventory=("-i", "localhost,", "-c", "local")) -> PlayRun:
     """Run the playbook with the role on the controller."""
-    tree = tmp_path / "tree"
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
-        ANSIBLE_CALLBACK_TREE_DIR=str(tree),
-    )
-    proc = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), *inventory, str(PLAYBOOK), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    output = proc.stdout + proc.stderr
+    proc, facts = run_playbook(tmp_path, inventory[1], PLAYBOOK, *inventory[2:], *args)
     changed = {m.group(1): int(m.group(3)) for m in RECAP.finditer(proc.stdout)}
-    facts = {}
-    if tree.is_dir():
-        for path in tree.iterdir():
-            facts[path.name] = json.loads(path.read_text()).get("msg")
-    return PlayRun(proc.returncode, changed, facts, output)
+    return PlayRun(proc.returncode, changed, facts, proc.stdout + proc.stderr)
 
 
 def test_converge_then_nothing_to_change(tmp_path):

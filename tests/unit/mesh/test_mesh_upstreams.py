@@ -6,12 +6,11 @@ Regenerate the golden file after an intended change with
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from mesh_helpers import ANSIBLE_PLAYBOOK, COLLECTIONS
+from module_runner import run_playbook
 
 from ansible_collections.hostmesh.sidecar.plugins.filter.mesh import FilterModule, mesh_spiffe_id, mesh_upstreams
 from hostmesh_agent.config import parse_config
@@ -269,15 +268,7 @@ def test_in_a_real_playbook_with_templated_hostvars(tmp_path):
         "        mode: '0644'\n"
         "      delegate_to: localhost\n"
     )
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "inventory.json"), str(tmp_path / "playbook.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    proc, _shown = run_playbook(tmp_path, tmp_path / "inventory.json", tmp_path / "playbook.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = {host: json.loads((tmp_path / ("%s.json" % host)).read_text()) for host in sorted(HOSTS)}
     assert got == json.loads(GOLDEN.read_text())

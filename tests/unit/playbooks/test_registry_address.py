@@ -1,15 +1,11 @@
 """The onboard playbook gathers a host's default address only when the inventory gives the registry none."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from module_runner import run_playbook
 
 ROOT = Path(__file__).resolve().parents[3]
 TASKS = ROOT / "playbooks" / "tasks" / "registry_address.yml"
-COLLECTIONS = ROOT / ".build" / "collections"
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 INVENTORY = """[mesh]
 bare ansible_connection=local hostmesh_services='[{"name": "web", "port": 8080}]'
@@ -40,24 +36,8 @@ PLAYBOOK = """- name: The onboard playbook's address step, then what the registr
 def test_only_a_host_without_address_gathers_and_the_registry_uses_it(tmp_path):
     (tmp_path / "inventory.ini").write_text(INVENTORY)
     (tmp_path / "play.yml").write_text(PLAYBOOK % TASKS)
-    tree = tmp_path / "tree"
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
-        ANSIBLE_CALLBACK_TREE_DIR=str(tree),
-    )
-    proc = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "inventory.ini"), str(tmp_path / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    proc, shown = run_playbook(tmp_path, tmp_path / "inventory.ini", tmp_path / "play.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    shown = {path.name: json.loads(path.read_text())["msg"] for path in tree.iterdir()}
     assert {host: shown[host]["gathered"] for host in shown} == {
         "bare": True,
         "named": False,
