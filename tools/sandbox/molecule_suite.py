@@ -25,6 +25,21 @@ MOLECULE_DIR = REPO_ROOT / "molecule"
 SCENARIO_TIMEOUT = 20 * 60
 # Printed by molecule only when the verifier really ran tests and they passed.
 VERIFIER_OK = "Verifier completed successfully"
+# Lines of molecule's output that say why a scenario failed: the step, the
+# task that failed or could not reach its host, the tests that failed, and
+# the tasks an idempotence run changed. The recap repeats them, so the end of
+# a long log is enough to see what went wrong.
+WHY_FAILED = re.compile(
+    r"^(\S+ > \w+: Executed: (?!Successful)"
+    r"|(fatal|failed): \["
+    r"|.*UNREACHABLE!"
+    r"|FAILED \S+::"
+    r"|ERROR \S+::"
+    r"|(CRITICAL|ERROR) "
+    r"|\* \[)"
+)
+WHY_FAILED_MAX_LINES = 24
+WHY_FAILED_MAX_CHARS = 400
 
 
 def scenarios() -> list[str]:
@@ -51,6 +66,21 @@ def check_scenario(name: str) -> list[str]:
     return problems
 
 
+def why_failed(output: str) -> list[str]:
+    """The lines of a scenario's output that say why it failed, shortened, in order."""
+    lines = []
+    for line in output.splitlines():
+        line = line.rstrip()
+        if WHY_FAILED.match(line) and line not in lines:
+            if len(line) > WHY_FAILED_MAX_CHARS:
+                line = line[: WHY_FAILED_MAX_CHARS - 3] + "..."
+            lines.append(line)
+    if len(lines) > WHY_FAILED_MAX_LINES:
+        left = len(lines) - WHY_FAILED_MAX_LINES
+        lines = [*lines[:WHY_FAILED_MAX_LINES], f"... and {left} more such lines in the log above"]
+    return lines
+
+
 def _env() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return dict(
@@ -63,14 +93,15 @@ def _env() -> dict[str, str]:
     )
 
 
-def run_scenario(name: str) -> tuple[bool, float, str]:
-    """Run one scenario's full test sequence; returns (passed, seconds, reason)."""
+def run_scenario(name: str) -> tuple[bool, float, str, list[str]]:
+    """Run one scenario's full test sequence; returns (passed, seconds, reason, why it failed)."""
     problems = check_scenario(name)
     if problems:
-        return False, 0.0, "; ".join(problems)
+        return False, 0.0, "; ".join(problems), []
     started = time.monotonic()
     sb = Sandbox(f"molecule-{name}", base_dir=DEFAULT_BASE, log=lambda m: print(m, flush=True))
     reason = ""
+    output: list[str] = []
     try:
         proc = subprocess.Popen(
             ["molecule", "test", "-s", name, "--destroy", "never"],
@@ -80,7 +111,6 @@ def run_scenario(name: str) -> tuple[bool, float, str]:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        output = []
         assert proc.stdout is not None
         for line in proc.stdout:
             print(line, end="", flush=True)
@@ -104,7 +134,7 @@ def run_scenario(name: str) -> tuple[bool, float, str]:
         left = sb.leftovers()
         if left and not reason:
             reason = f"destroy left {left}"
-    return not reason, time.monotonic() - started, reason
+    return not reason, time.monotonic() - started, reason, why_failed("".join(output)) if reason else []
 
 
 def _interrupt(signum, _frame) -> None:
@@ -126,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rootfs ready in {time.monotonic() - t0:.1f}s: {tree.name}", flush=True)
     results = [(name, *run_scenario(name)) for name in names]
     print("\n===== molecule scenarios =====")
-    for name, ok, took, reason in results:
+    for name, ok, took, reason, why in results:
         print(f"{name:24} {'passed' if ok else 'FAILED'} in {took:.0f}s {reason}")
+        for line in why:
+            print(f"    {line}")
     passed = sum(1 for result in results if result[1])
     print(f"{passed} passed, {len(results) - passed} failed")
     return 0 if passed == len(results) else 1

@@ -105,3 +105,38 @@ def test_molecule_suite_names_a_missing_playbook_and_missing_tests(tmp_path, mon
     assert "the converge playbook converge.yml does not exist" in problems
     assert "the create playbook ../resources/playbooks/create.yml does not exist" in problems
     assert "no test_*.py in the verifier directory" in problems
+
+
+def test_molecule_suite_recap_says_why_a_scenario_failed() -> None:
+    from tools.sandbox import molecule_suite
+
+    output = "\n".join(
+        [
+            "INFO     [fail_mode > side_effect] Executing",
+            "TASK [Reboot] ******",
+            "ok: [host2]",
+            "fatal: [host1]: UNREACHABLE! => {"
+            + '"changed": false, "msg": "Failed to connect to the host via ssh: timed out", "unreachable": true}',
+            "PLAY RECAP *****",
+            "host1 : ok=2 changed=1 unreachable=1 failed=0",
+            "../resources/tests/fail_mode/test_fail_mode.py::test_open PASSED [ 50%]",
+            "../resources/tests/fail_mode/test_fail_mode.py::test_closed FAILED [ 60%]",
+            "FAILED ../resources/tests/fail_mode/test_fail_mode.py::test_closed - AssertionError: " + "x" * 600,
+            "CRITICAL Idempotence test failed because of the following tasks:",
+            "* [host1] => hostmesh.sidecar.capture : Apply capture",
+            "fail_mode > destroy: Executed: Successful",
+            "fail_mode > side_effect: Executed: Failed",
+        ]
+    )
+    why = molecule_suite.why_failed(output)
+    assert why[0].startswith("fatal: [host1]: UNREACHABLE!")
+    assert any(line.startswith("FAILED ../resources/tests/fail_mode/test_fail_mode.py::test_closed - ") for line in why)
+    assert "* [host1] => hostmesh.sidecar.capture : Apply capture" in why
+    assert why[-1] == "fail_mode > side_effect: Executed: Failed"
+    # Neither passing lines, nor a test's progress line, nor a successful step.
+    assert not [line for line in why if "PASSED" in line or "[ 60%]" in line or "Successful" in line or "ok: " in line]
+    assert max(len(line) for line in why) == molecule_suite.WHY_FAILED_MAX_CHARS
+    assert molecule_suite.why_failed("ok: [host1]\nPLAY RECAP\n") == []
+    many = molecule_suite.why_failed("\n".join(f"fatal: [host{i}]: FAILED!" for i in range(40)))
+    assert len(many) == molecule_suite.WHY_FAILED_MAX_LINES + 1
+    assert many[-1] == "... and 16 more such lines in the log above"
