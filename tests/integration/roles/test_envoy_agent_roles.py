@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.envoy]
 
 ROLES = "envoy_agent.yml"
 ENVOY_ONLY = "envoy_only.yml"
+CAPTURE_ROLE = "capture_role.yml"
 WEB = {"name": "web", "port": 8080, "protocol": "http"}
 DB = {"name": "db", "port": 5432}
 EXPOSURE_LIMIT = 2.0
@@ -143,6 +144,45 @@ def test_unit_exposure_is_low(host: RolesHost) -> None:
     level = exposure(host)
     print(f"systemd-analyze security hostmesh-agent.service (redirect): exposure {level}")
     assert level <= EXPOSURE_LIMIT
+
+
+def test_capture_role_on_its_own_applies_keeps_repairs_and_lifts_capture(host: RolesHost) -> None:
+    """The capture role used without the sidecar role checks the host itself and converges only on a difference."""
+    # Ansible's own connections to the controller are never captured.
+    vars_ = {"hostmesh_capture_options": {"outbound_cidrs_exclude": [f"{host.sandbox.state()['controller']}/32"]}}
+    inbound = "-A PREROUTING -p tcp -j HOSTMESH_INBOUND"
+    first = host.play(CAPTURE_ROLE, vars_)
+    assert_ok(first)
+    assert inbound in host.sh("iptables -w -t nat -S PREROUTING")
+    assert host.sh("systemctl is-active hostmesh-capture; systemctl is-enabled hostmesh-capture").split() == [
+        "active",
+        "enabled",
+    ]
+    assert host.sh("test -s /etc/hostmesh/capture.rules && echo written").strip() == "written"
+
+    again = host.play(CAPTURE_ROLE, vars_)
+    assert_ok(again)
+    assert again.recap["changed"] == 0, again.output[-4000:]
+    assert "TASK [hostmesh.sidecar.capture : Apply the interception chains" not in again.output
+
+    host.sh(f"iptables -w -t nat {inbound.replace('-A ', '-D ', 1)}")
+    repaired = host.play(CAPTURE_ROLE, vars_)
+    assert_ok(repaired)
+    assert repaired.recap["changed"] > 0, repaired.output[-4000:]
+    assert inbound in host.sh("iptables -w -t nat -S PREROUTING")
+    settled = host.play(CAPTURE_ROLE, vars_)
+    assert_ok(settled)
+    assert settled.recap["changed"] == 0, settled.output[-4000:]
+
+    off = {**vars_, "hostmesh_capture_state": "absent"}
+    assert_ok(host.play(CAPTURE_ROLE, off))
+    assert "HOSTMESH_" not in host.sh("iptables -w -t nat -S; iptables -w -t mangle -S")
+    assert (
+        host.sh("ls /etc/hostmesh/capture.rules /etc/systemd/system/hostmesh-capture.service 2>/dev/null; true").strip()
+        == ""
+    )
+    assert host.ready_status() == "200", "lifting capture leaves the sidecar running"
+    assert host.play(CAPTURE_ROLE, off).recap["changed"] == 0
 
 
 def _mesh_certs(where: Path) -> dict:
