@@ -18,17 +18,9 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options 
     parse_options,
     ssh_port_from_environment,
 )
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_text
 
 OPTION_NAMES = tuple(DEFAULTS)
-
-
-def read_text(path):
-    """A file's text, or None when it cannot be read."""
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def plan_on_host(module, params):

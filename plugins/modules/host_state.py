@@ -166,6 +166,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_host imp
     plan_on_host,
 )
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_bytes, read_text
 
 RECORD_SPEC = dict(
     path=dict(type="path", required=True),
@@ -176,19 +177,6 @@ RECORD_SPEC = dict(
     groups=dict(type="list", elements="str", default=[]),
     units=dict(type="list", elements="str", default=[]),
 )
-
-
-def read(path):
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def read_text(path):
-    data = read(path)
-    return None if data is None else data.decode("utf-8", "replace")
 
 
 def lstat(path):
@@ -204,7 +192,7 @@ def current(module, record):
     for path in record["paths"]:
         st = lstat(path)
         regular = st is not None and not os.path.isdir(path) and not os.path.islink(path)
-        paths[path] = core.path_fingerprint(st, read(path) if regular else None)
+        paths[path] = core.path_fingerprint(st, read_bytes(path) if regular else None)
     for path in record["large_files"]:
         paths[path] = core.big_file_fingerprint(lstat(path))
     accounts = {}
