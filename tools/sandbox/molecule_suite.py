@@ -2,7 +2,9 @@
 
 ``python3 -m tools.sandbox.molecule_suite [SCENARIO...]`` (all of ``molecule/``
 when none is named). The rootfs is built once up front. A failed scenario
-prints each host's diagnostics before its hosts are destroyed; hosts are
+prints each host's diagnostics before its hosts are destroyed, and the recap
+repeats the lines that say why; molecule's output is printed with the
+seconds since the scenario started, to see where time went. Hosts are
 destroyed whatever happens. Molecule silently skips a missing create, destroy
 or verify step; this runner refuses such a scenario instead.
 """
@@ -113,7 +115,8 @@ def run_scenario(name: str) -> tuple[bool, float, str, list[str]]:
         )
         assert proc.stdout is not None
         for line in proc.stdout:
-            print(line, end="", flush=True)
+            # Each line says when it came, in seconds since the scenario started.
+            print(f"{time.monotonic() - started:5.0f}s {line}", end="", flush=True)
             output.append(line)
             if time.monotonic() - started > SCENARIO_TIMEOUT:
                 proc.kill()
