@@ -278,7 +278,53 @@ def test_bad_variables_fail_before_anything_is_written(tmp_path):
     typed = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_cert_days=soon")
     assert typed.rc != 0 and "hostmesh_cert_days" in typed.output, typed.output
     renew = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_cert_renew_days=30")
-    assert renew.rc != 0 and "must be less than hostmesh_cert_days" in renew.output, renew.output
+    assert renew.rc != 0 and "hostmesh_cert_renew_days: got 30; expected 0 or more" in renew.output, renew.output
     named = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, "-e", "hostmesh_service_account=Web_1")
-    assert named.rc != 0 and "service_account: got 'Web_1'" in named.output, named.output
+    assert named.rc != 0 and "hostmesh_service_account: got 'Web_1'" in named.output, named.output
     assert not (ca_dir / "hosts" / "localhost").exists()
+
+
+def host_failures(output: str) -> dict:
+    """{host: msg} of the hosts that failed a task."""
+    return {
+        match.group(1): json.loads(match.group(2))["msg"]
+        for match in re.finditer(r"^fatal: \[([^\]]+)\]: FAILED! => (\{.*\})$", output, flags=re.MULTILINE)
+    }
+
+
+def test_a_host_with_a_bad_identity_fails_alone(tmp_path):
+    """One bad host does not cost the rest of its batch their certificates."""
+    hosts = ["vm0", "vm1", "vm2"]
+    ca_dir = tmp_path / "ca"
+    inventory = fleet(tmp_path, hosts, {"vm1": {"hostmesh_service_account": "Web_1"}})
+    run = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, inventory=inventory)
+    assert run.rc != 0, run.output
+    failures = host_failures(run.output)
+    assert list(failures) == ["vm1"], run.output
+    assert failures["vm1"].startswith("hostmesh_service_account: got 'Web_1'; expected a lower-case DNS-style name")
+    assert module_runs(run.output) == ["vm0"], run.output
+    assert sorted(path.name for path in (ca_dir / "hosts").iterdir()) == ["vm0", "vm2"]
+    for host in ("vm0", "vm2"):
+        verify_svid(run.facts[host]["ca"], run.facts[host]["cert"], run.facts[host]["spiffe_id"])
+
+
+def test_a_host_whose_ca_settings_differ_from_the_mesh_fails_alone(tmp_path):
+    """The mesh's settings are the ones most of the batch has; the odd host fails, even when it comes first."""
+    hosts = ["vm0", "vm1", "vm2"]
+    ca_dir = tmp_path / "ca"
+    inventory = fleet(tmp_path, hosts, {"vm0": {"hostmesh_trust_domain": "other.example", "hostmesh_cert_days": 20}})
+    run = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, inventory=inventory)
+    assert run.rc != 0, run.output
+    failures = host_failures(run.output)
+    assert list(failures) == ["vm0"], run.output
+    assert failures["vm0"] == (
+        'hostmesh_trust_domain is "other.example" on vm0 but "cluster.local" on vm1, vm2: the CA settings are'
+        " the mesh's and must be the same on every host; hostmesh_cert_days is 20 on vm0 but 30 on vm1,"
+        " vm2: the CA settings are the mesh's and must be the same on every host"
+    )
+    # The batch's run is vm1's now, with the mesh's settings.
+    assert module_runs(run.output) == ["vm1"], run.output
+    assert sorted(path.name for path in (ca_dir / "hosts").iterdir()) == ["vm1", "vm2"]
+    for host in ("vm1", "vm2"):
+        assert run.facts[host]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/%s" % host
+        verify_svid(run.facts[host]["ca"], run.facts[host]["cert"], run.facts[host]["spiffe_id"])

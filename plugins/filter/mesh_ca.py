@@ -1,0 +1,84 @@
+# Copyright: contributors to hostmesh.sidecar
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Checks of one host's part of a mesh_ca batch, so a bad host fails alone.
+
+The mesh_ca role issues every certificate of a play batch in one
+mesh_certificate run, which refuses the whole batch when one workload is bad.
+These filters let each host check its own part first, with the module's own
+rules and messages, spelt with the role's variable names. Documentation for
+each filter lives next to this file, in ``<filter>.yml``.
+"""
+
+import json
+import re
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca import (
+    MeshCAError,
+    make_request,
+    make_workloads,
+)
+
+# The module's messages start with the option they are about, for a batch as
+# workloads[<i>].<option>.
+LEADING_OPTION = re.compile(r"^(?:workloads\[\d+\]\.)?(\w+)")
+# How many hosts a message names before it counts the rest.
+HOSTS_SHOWN = 3
+
+
+def _named(message, names):
+    """The module's message with its leading option spelt as the caller's variable."""
+    return LEADING_OPTION.sub(lambda match: names.get(match.group(1), match.group(1)), message, count=1)
+
+
+def mesh_workload_problems(workload, settings, names=None):
+    """What mesh_certificate would refuse in this workload with these CA settings: [] or [one message]."""
+    if not isinstance(workload, Mapping) or not isinstance(settings, Mapping):
+        raise AnsibleFilterError("mesh_workload_problems: expected a workload mapping and a settings mapping")
+    names = dict(names or {})
+    try:
+        make_workloads(make_request(dict(settings)), [dict(workload)])
+    except MeshCAError as error:
+        return [_named(str(error), names)]
+    return []
+
+
+def mesh_ca_batch_problems(batch, host):
+    """Where ``host``'s mesh-wide settings differ from the rest of its batch.
+
+    ``batch`` maps each host of the batch to its settings (variable name to
+    value). The mesh's value of a setting is the one most hosts have (the
+    earliest host's among equals), so a single odd host is the one that fails,
+    wherever it comes in the batch.
+    """
+    if not isinstance(batch, Mapping) or host not in batch:
+        raise AnsibleFilterError("mesh_ca_batch_problems: %r is not one of the batch's hosts" % (host,))
+    mine = batch[host]
+    problems = []
+    for name in mine:
+        counts = {}
+        holders = {}
+        for other, settings in batch.items():
+            value = json.dumps(settings.get(name), sort_keys=True, default=str)
+            counts[value] = counts.get(value, 0) + 1
+            holders.setdefault(value, []).append(other)
+        mesh_value = max(counts, key=lambda value: (counts[value], -list(counts).index(value)))
+        own = json.dumps(mine.get(name), sort_keys=True, default=str)
+        if own != mesh_value:
+            others = holders[mesh_value]
+            shown = ", ".join(others[:HOSTS_SHOWN]) + (
+                " and %d more" % (len(others) - HOSTS_SHOWN) if len(others) > HOSTS_SHOWN else ""
+            )
+            problems.append(
+                "%s is %s on %s but %s on %s: the CA settings are the mesh's and must be the same on every host"
+                % (name, own, host, mesh_value, shown)
+            )
+    return problems
+
+
+class FilterModule:
+    def filters(self):
+        return {"mesh_workload_problems": mesh_workload_problems, "mesh_ca_batch_problems": mesh_ca_batch_problems}

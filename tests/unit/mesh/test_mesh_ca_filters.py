@@ -1,0 +1,56 @@
+"""The mesh_ca role's per-host checks: the module's own rules, spelt with the role's variables."""
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.hostmesh.sidecar.plugins.filter.mesh_ca import mesh_ca_batch_problems, mesh_workload_problems
+
+SETTINGS = {"ca_cert_path": "/ca/cert.pem", "ca_key_path": "/ca/key.pem", "days": 30, "renew_days": 10}
+WORKLOAD = {"name": "vm0", "service_account": "vm0", "cert_path": "/ca/vm0/cert.pem", "key_path": "/ca/vm0/key.pem"}
+NAMES = {"namespace": "hostmesh_namespace", "renew_days": "hostmesh_cert_renew_days"}
+
+
+def test_a_good_workload_has_no_problem() -> None:
+    assert mesh_workload_problems(WORKLOAD, SETTINGS, NAMES) == []
+    assert mesh_workload_problems({**WORKLOAD, "namespace": "prod", "dns_names": ["vm0.example"]}, SETTINGS) == []
+
+
+def test_the_problem_names_the_variable_and_the_value() -> None:
+    assert mesh_workload_problems({**WORKLOAD, "namespace": "Prod"}, SETTINGS, NAMES) == [
+        "hostmesh_namespace: got 'Prod'; expected a lower-case DNS-style name (letters, digits, '-', '.')"
+    ]
+    # Without a name for it, the module's option stays as the module spells it.
+    assert mesh_workload_problems({**WORKLOAD, "dns_names": ["bad name"]}, SETTINGS, NAMES) == [
+        "dns_names: got 'bad name'; expected DNS host names"
+    ]
+    assert mesh_workload_problems(WORKLOAD, {**SETTINGS, "renew_days": 30}, NAMES) == [
+        "hostmesh_cert_renew_days: got 30; expected 0 or more and less than days (30)"
+    ]
+
+
+def test_the_mesh_value_is_the_most_common_and_the_earliest_among_equals() -> None:
+    batch = {"vm0": {"domain": "a"}, "vm1": {"domain": "b"}, "vm2": {"domain": "b"}}
+    assert mesh_ca_batch_problems(batch, "vm1") == []
+    assert mesh_ca_batch_problems(batch, "vm0") == [
+        'domain is "a" on vm0 but "b" on vm1, vm2: the CA settings are the mesh\'s and must be the same on every host'
+    ]
+    tie = {"vm0": {"domain": "a"}, "vm1": {"domain": "b"}}
+    assert mesh_ca_batch_problems(tie, "vm0") == []
+    assert mesh_ca_batch_problems(tie, "vm1")[0].startswith('domain is "b" on vm1 but "a" on vm0:')
+
+
+def test_lists_compare_whole_and_long_host_lists_are_counted() -> None:
+    batch = {"vm%d" % i: {"extra": ["/ca/corp.pem"]} for i in range(6)}
+    batch["odd"] = {"extra": []}
+    assert mesh_ca_batch_problems(batch, "vm5") == []
+    assert mesh_ca_batch_problems(batch, "odd") == [
+        'extra is [] on odd but ["/ca/corp.pem"] on vm0, vm1, vm2 and 3 more: the CA settings are the mesh\'s'
+        " and must be the same on every host"
+    ]
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(AnsibleFilterError, match="'vm9' is not one of the batch's hosts"):
+        mesh_ca_batch_problems({"vm0": {}}, "vm9")
+    with pytest.raises(AnsibleFilterError, match="expected a workload mapping"):
+        mesh_workload_problems("vm0", SETTINGS)
