@@ -14,8 +14,9 @@ import pytest
 import testinfra
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-PROBE_SRC = REPO_ROOT / "molecule/resources/files/capture_probe.py"
-PROBE_PATH = "/usr/local/lib/capture_probe.py"
+# The capture tests' probe, the same one the namespace tests run.
+PROBE_SRC = REPO_ROOT / "tests/tools/tcp_probe.py"
+PROBE_PATH = "/usr/local/lib/tcp_probe.py"
 PROBE = f"python3 {PROBE_PATH}"
 SANDBOX_NAME = f"molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'capture')}"
 
@@ -55,7 +56,9 @@ def probe(host1, host2):
         unit = f"capture-probe-{port}"
         host.run(f"systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null")
         host.run_expect(
-            [0], f"systemd-run --unit {unit} {PROBE} serve {label} {port}" + (" --transparent" if transparent else "")
+            [0],
+            f"systemd-run --unit {unit} {PROBE} serve {port} --label {label} --family 4"
+            + (" --transparent" if transparent else ""),
         )
         host.run_expect([0], f"for i in $(seq 50); do ss -ltn | grep -q ':{port} ' && exit 0; sleep 0.1; done; exit 1")
         started.append((host, unit))

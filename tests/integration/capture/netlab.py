@@ -17,7 +17,7 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 MODULE = os.path.join(ROOT, "plugins", "modules", "traffic_capture.py")
-PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tcp_probe.py")
+PROBE = os.path.join(ROOT, "tests", "tools", "tcp_probe.py")
 
 HOST_V4, PEER_V4 = "10.231.0.1", "10.231.0.2"
 HOST_V6, PEER_V6 = "fd00:231::1", "fd00:231::2"
@@ -111,6 +111,7 @@ class Lab:
         return result
 
     def serve(self, ns, port, *flags):
+        """A probe listening on ``port`` in ``ns`` (IPv4 and IPv6; flags as tcp_probe.py's serve)."""
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, PROBE, "serve", str(port), *flags],
             stdout=subprocess.PIPE,
@@ -122,13 +123,16 @@ class Lab:
         return proc
 
     def connect(self, ns, address, port, uid=None, gid=None):
-        """The probe's answer "<original destination> <peer>", or "error ..."."""
+        """The probe's answer as "<original destination> <peer> via=<listener port>", or "error ..."."""
         argv = [sys.executable, PROBE, "connect", address, str(port)]
         if uid is not None:
             argv += ["--uid", str(uid)]
         if gid is not None:
             argv += ["--gid", str(gid)]
-        return self.run(ns, argv, check=False).stdout.strip()
+        answer = json.loads(self.run(ns, argv, check=False).stdout)
+        if "error" in answer:
+            return "error %s" % answer["error"]
+        return "%s %s via=%d" % (answer["original_dst"] or answer["local"], answer["peer"], answer["port"])
 
     # -- reading state -------------------------------------------------------------
 

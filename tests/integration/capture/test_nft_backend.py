@@ -7,6 +7,7 @@ namespaces.
 """
 
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -26,90 +27,12 @@ NAMESERVERS = ("10.232.0.53", "10.232.0.54", "fd00:232::53")
 APP_UID = 1000
 PROXY_ID = 1337
 
-# A TCP/UDP endpoint that names itself and the destination the client asked for:
-#   serve TAG PORT [--transparent] [--loopback] [--udp] [--uid N --gid N]
-#       listen on v4 and v6 (as uid N); answer TCP with "TAG DEST",
-#       UDP datagrams with "TAG"
-#   connect HOST PORT [--uid N --gid N]   TCP: print the answer, or "error ..."
-#   ask HOST PORT [--uid N --gid N]       UDP: the same
-# DEST is SO_ORIGINAL_DST when conntrack has the connection (REDIRECT leaves
+# Probes name themselves (the label) and, for TCP, the destination the client
+# asked for: SO_ORIGINAL_DST when conntrack has the connection (REDIRECT keeps
 # the original there), else the socket's own address (direct, or TPROXY).
-PROBE = r"""
-import os, selectors, socket, struct, sys
-
-def become(flags):
-    "".encode("idna")  # load what getaddrinfo needs while files are still readable
-    if "--uid" in flags:
-        os.setgroups([])
-        os.setgid(int(flags[flags.index("--gid") + 1]))
-        os.setuid(int(flags[flags.index("--uid") + 1]))
-
-def dest(conn):
-    v6 = conn.family == socket.AF_INET6
-    try:
-        if v6:
-            raw = conn.getsockopt(socket.IPPROTO_IPV6, 80, 28)
-            return "[%s]:%d" % (socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack("!H", raw[2:4])[0])
-        raw = conn.getsockopt(socket.SOL_IP, 80, 16)
-        return "%s:%d" % (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
-    except OSError:
-        name = conn.getsockname()
-        return ("[%s]:%d" if v6 else "%s:%d") % (name[0], name[1])
-
-def serve(tag, port, flags):
-    become(flags)  # before the sockets exist: their owner is who created them
-    sel = selectors.DefaultSelector()
-    hosts = [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)] if "--loopback" in flags else [
-        ("0.0.0.0", socket.AF_INET), ("::", socket.AF_INET6)]
-    kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if "--udp" in flags else [])
-    for host, family in hosts:
-        for kind in kinds:
-            s = socket.socket(family, kind)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if "--transparent" in flags:
-                if family == socket.AF_INET6:
-                    s.setsockopt(socket.IPPROTO_IPV6, 75, 1)
-                else:
-                    s.setsockopt(socket.SOL_IP, 19, 1)
-            s.bind((host, port))
-            if kind == socket.SOCK_STREAM:
-                s.listen(64)
-            sel.register(s, selectors.EVENT_READ)
-    print("ready", flush=True)
-    while True:
-        for key, _ in sel.select():
-            if key.fileobj.type == socket.SOCK_DGRAM:
-                _, peer = key.fileobj.recvfrom(512)
-                key.fileobj.sendto(("%s\n" % tag).encode(), peer)
-                continue
-            conn, _ = key.fileobj.accept()
-            with conn:
-                conn.sendall(("%s %s\n" % (tag, dest(conn))).encode())
-
-def connect(host, port, flags):
-    become(flags)
-    try:
-        with socket.create_connection((host, port), timeout=1.5) as conn:
-            print(conn.makefile().readline().strip() or "error empty answer")
-    except Exception as error:
-        print("error %s" % error)
-
-def ask(host, port, flags):
-    become(flags)
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(1.5)
-            sock.connect((host, port))
-            sock.send(b"query")
-            print(sock.recv(512).decode().strip() or "error empty answer")
-    except Exception as error:
-        print("error %s" % error)
-
-{"serve": serve, "connect": connect, "ask": ask}[sys.argv[1]](sys.argv[2], int(sys.argv[3]), sys.argv[4:])
-"""
+PROBE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools", "tcp_probe.py"
+)
 
 
 def sh(argv, check=True, **kwargs):
@@ -126,13 +49,10 @@ class NftLab:
         self.host = "hm-nft-%s-h" % tag
         self.peer = "hm-nft-%s-p" % tag
         self.veth = ("hnft%sh" % tag, "hnft%sp" % tag)
-        self.probe = os.path.join(str(workdir), "probe.py")
         self._servers = []
         self._namespaces = []
 
     def up(self):
-        with open(self.probe, "w") as handle:
-            handle.write(PROBE)
         for ns in (self.host, self.peer):
             sh(["ip", "netns", "add", ns])
             self._namespaces.append(ns)
@@ -172,7 +92,7 @@ class NftLab:
     def serve(self, ns, tag, port, *flags, uid=None):
         if uid is not None:
             flags = (*flags, "--uid", str(uid), "--gid", str(uid))
-        argv = ["ip", "netns", "exec", ns, sys.executable, self.probe, "serve", tag, str(port), *flags]
+        argv = ["ip", "netns", "exec", ns, sys.executable, PROBE, "serve", str(port), "--label", tag, *flags]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._servers.append(proc)
         line = proc.stdout.readline().strip()
@@ -192,11 +112,18 @@ class NftLab:
         proc.stderr.close()
 
     def connect(self, ns, address, port, uid=None, gid=None, command="connect"):
-        """A TCP (``connect``) or UDP (``ask``) exchange; the answer or "error ..."."""
-        argv = [sys.executable, self.probe, command, address, str(port)]
+        """A TCP (``connect``) or UDP (``ask``) exchange: "TAG DEST" (TCP), "TAG" (UDP) or "error ..."."""
+        argv = [sys.executable, PROBE, "connect", address, str(port), "--timeout", "1.5"]
+        if command == "ask":
+            argv.append("--udp")
         if uid is not None:
             argv += ["--uid", str(uid), "--gid", str(gid if gid is not None else uid)]
-        return self.run(ns, argv, check=False, timeout=30).stdout.strip()
+        answer = json.loads(self.run(ns, argv, check=False, timeout=30).stdout)
+        if "error" in answer:
+            return "error %s" % answer["error"]
+        if command == "ask":
+            return answer["label"]
+        return "%s %s" % (answer["label"], answer["original_dst"] or answer["local"])
 
 
 @pytest.fixture

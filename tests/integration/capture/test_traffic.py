@@ -98,9 +98,9 @@ def test_tproxy_keeps_the_client_address(lab):
 
 
 def test_ipv6_is_captured_like_ipv4(lab):
-    lab.serve(lab.host, 15001, "--v6")
-    lab.serve(lab.host, 15006, "--v6")
-    lab.serve(lab.peer, 8080, "--v6")
+    lab.serve(lab.host, 15001)
+    lab.serve(lab.host, 15006)
+    lab.serve(lab.peer, 8080)
     lab.ok(ip_families=["ipv4", "ipv6"])
     assert answer(lab.connect(lab.host, PEER_V6, 8080)) == ("[%s]:8080" % PEER_V6, "[%s]" % HOST_V6, 15001)
     assert answer(lab.connect(lab.peer, HOST_V6, 8080)) == ("[%s]:8080" % HOST_V6, "[%s]" % PEER_V6, 15006)
