@@ -137,6 +137,11 @@ def ssh(ssh_config: Path, host: str, remote: Sequence[str], tty: bool = False) -
     return ["ssh", "-F", str(ssh_config), *(["-t"] if tty else ["-T"]), host, *remote]
 
 
+def ssh_stop_master(control_socket: Path) -> list[str]:
+    """Ask the SSH connection master listening on this socket to exit."""
+    return ["ssh", "-o", f"ControlPath={control_socket}", "-O", "exit", "sandbox-host"]
+
+
 def umount_lazy(path: str) -> list[str]:
     return ["umount", "-l", path]
 

@@ -13,8 +13,14 @@ from pathlib import Path
 GROUP = "sandbox"
 
 
-def render_inventory(hosts: Mapping[str, str], key_file: Path, ssh_config: Path) -> str:
-    """YAML inventory: one group `sandbox`, every host by name with its address."""
+def render_inventory(hosts: Mapping[str, str], key_file: Path, ssh_config: Path, control_dir: Path) -> str:
+    """YAML inventory: one group `sandbox`, every host by name with its address.
+
+    Ansible's SSH connection masters live in the sandbox's own control_dir:
+    in the shared default directory they are named by address, and a later
+    sandbox given the same addresses would be handed a master still bound to
+    a host that no longer exists.
+    """
     lines = [
         "# Written by tools/sandbox; recreated on every `create`.",
         "all:",
@@ -30,6 +36,7 @@ def render_inventory(hosts: Mapping[str, str], key_file: Path, ssh_config: Path)
         f"        ansible_ssh_private_key_file: {json.dumps(str(key_file))}",
         f"        ansible_ssh_common_args: {json.dumps(f'-F {ssh_config}')}",
         "        ansible_python_interpreter: /usr/bin/python3",
+        f"        ansible_control_path_dir: {json.dumps(str(control_dir))}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -17,11 +17,12 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tools.sandbox import rootfs
-from tools.sandbox.sandbox import DEFAULT_BASE, REPO_ROOT, Sandbox
+from tools.sandbox.sandbox import DEFAULT_BASE, REPO_ROOT, Sandbox, stop_ssh_masters
 
 MOLECULE_DIR = REPO_ROOT / "molecule"
 SCENARIO_TIMEOUT = 20 * 60
@@ -83,10 +84,14 @@ def why_failed(output: str) -> list[str]:
     return lines
 
 
-def _env() -> dict[str, str]:
+def _env(control_dir: Path) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return dict(
         os.environ,
+        # The scenario's own SSH connection masters: in the shared default
+        # directory they are named by address, and the next scenario's hosts
+        # get the same addresses.
+        ANSIBLE_SSH_CONTROL_PATH_DIR=str(control_dir),
         PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
         ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".build" / "collections"),
         ANSIBLE_NOCOLOR="1",
@@ -104,11 +109,12 @@ def run_scenario(name: str) -> tuple[bool, float, str, list[str]]:
     sb = Sandbox(f"molecule-{name}", base_dir=DEFAULT_BASE, log=lambda m: print(m, flush=True))
     reason = ""
     output: list[str] = []
+    control_dir = Path(tempfile.mkdtemp(prefix="hm-ssh-"))
     try:
         proc = subprocess.Popen(
             ["molecule", "test", "-s", name, "--destroy", "never"],
             cwd=REPO_ROOT,
-            env=_env(),
+            env=_env(control_dir),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -132,8 +138,9 @@ def run_scenario(name: str) -> tuple[bool, float, str, list[str]]:
             for host in sb.hosts():
                 print(sb.diagnose(host), flush=True)
     finally:
-        subprocess.run(["molecule", "destroy", "-s", name], cwd=REPO_ROOT, env=_env(), check=False)
+        subprocess.run(["molecule", "destroy", "-s", name], cwd=REPO_ROOT, env=_env(control_dir), check=False)
         sb.destroy(quiet=True)
+        stop_ssh_masters(control_dir)
         left = sb.leftovers()
         if left and not reason:
             reason = f"destroy left {left}"

@@ -8,12 +8,14 @@ missing or a previous run was killed half-way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -49,6 +51,9 @@ class Sandbox:
         self.known_hosts = self.dir / "known_hosts"
         self.ssh_config = self.dir / "ssh_config"
         self.inventory = self.dir / "inventory.yml"
+        # Ansible's SSH connection masters for these hosts (see inventory.render_inventory);
+        # short, since a socket's path must fit in 108 bytes.
+        self.control_dir = Path(tempfile.gettempdir()) / f"hm-ssh-{self.id}"
 
     # --- state -------------------------------------------------------------
 
@@ -154,7 +159,8 @@ class Sandbox:
         }
         self.known_hosts.write_text(inventory.render_known_hosts(keys))
         self.ssh_config.write_text(inventory.render_ssh_config(hosts, self.key_file, self.known_hosts))
-        self.inventory.write_text(inventory.render_inventory(hosts, self.key_file, self.ssh_config))
+        self.control_dir.mkdir(mode=0o700, exist_ok=True)
+        self.inventory.write_text(inventory.render_inventory(hosts, self.key_file, self.ssh_config, self.control_dir))
 
     def _run_parallel(self, func: Callable[[str], object], hosts: Sequence[str]) -> None:
         errors: list[BaseException] = []
@@ -304,6 +310,7 @@ class Sandbox:
             for pid in machines.pids_in_netns(inode) if inode else []:
                 machines.force_kill(pid)
                 removed.append(f"process {pid} in {ns}")
+        removed += stop_ssh_masters(self.control_dir)
         removed += network.teardown(self.id)
         for mount in self._mounts_under_dir():
             commands.run(commands.umount_lazy(mount), check=False)
@@ -324,6 +331,8 @@ class Sandbox:
         left += [f"mount {m}" for m in self._mounts_under_dir()]
         if self.dir.exists():
             left.append(f"dir {self.dir}")
+        if self.control_dir.exists():
+            left.append(f"dir {self.control_dir}")
         return left
 
     def _mounts_under_dir(self) -> list[str]:
@@ -334,6 +343,21 @@ class Sandbox:
         prefix = str(self.dir) + "/"
         mounts = [line.split()[4] for line in lines if len(line.split()) > 4]
         return sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True)
+
+
+def stop_ssh_masters(control_dir: Path) -> list[str]:
+    """Stop every SSH connection master with a socket in control_dir, then remove it; idempotent."""
+    if not control_dir.is_dir():
+        return []
+    removed = []
+    for socket_path in sorted(control_dir.iterdir()):
+        if socket_path.is_socket():
+            # A master that does not answer dies with its host's connection anyway.
+            with contextlib.suppress(commands.CommandError):
+                commands.run(commands.ssh_stop_master(socket_path), check=False, timeout=10)
+            removed.append(f"ssh master {socket_path.name}")
+    shutil.rmtree(control_dir, ignore_errors=True)
+    return [*removed, f"dir {control_dir}"]
 
 
 def all_sandboxes(base_dir: Path = DEFAULT_BASE) -> list[str]:

@@ -72,6 +72,11 @@ def test_ansible_reaches_hosts_and_sees_systemd(sandbox: Sandbox) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count('"ansible_service_mgr": "systemd"') == 2, proc.stdout
+    # Ansible's connection masters are the sandbox's own, never shared with a
+    # later sandbox that gets the same addresses.
+    # (Ansible names each master's socket after the address, port and user.)
+    masters = [path.name for path in sandbox.control_dir.iterdir() if path.is_socket()]
+    assert len(masters) == 2, masters
 
 
 def test_host_reaches_peer_by_address_and_name(sandbox: Sandbox) -> None:
@@ -152,6 +157,14 @@ def test_destroy_removes_everything_even_after_a_killed_run(make_sandbox) -> Non
     sb = make_sandbox("pytest-destroy")
     sb.create(["solo"])
     assert sb.status()["hosts"]["solo"]["running"]
+    # An Ansible run leaves an SSH connection master behind (ControlPersist).
+    subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/ansible"), "-i", str(sb.inventory), "solo", "-m", "ansible.builtin.ping"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert [path for path in sb.control_dir.iterdir() if path.is_socket()]
     # Simulate a run killed hard: the supervisor dies without tearing anything down.
     runtime = json.loads((sb.dir / "hosts/solo/runtime.json").read_text())
     os.kill(runtime["supervisor_pid"], signal.SIGKILL)
@@ -162,6 +175,9 @@ def test_destroy_removes_everything_even_after_a_killed_run(make_sandbox) -> Non
 
     assert sb.leftovers() == []
     assert not machines.alive(runtime["nspawn_pid"])
+    assert not sb.control_dir.exists()
+    masters = subprocess.run(["pgrep", "-f", f"ssh: {sb.control_dir}/"], capture_output=True, text=True, check=False)
+    assert masters.stdout == "", "the sandbox's SSH connection masters must be stopped"
     sb.destroy()  # idempotent
     assert sb.leftovers() == []
 

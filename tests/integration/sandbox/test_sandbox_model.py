@@ -71,8 +71,9 @@ def test_addresses_and_names_fit_the_layout() -> None:
 
 def test_inventory_and_ssh_config_name_every_host() -> None:
     hosts = {"host1": "10.213.7.11", "host2": "10.213.7.12"}
-    inv = inventory.render_inventory(hosts, Path("/k/id"), Path("/k/ssh_config"))
+    inv = inventory.render_inventory(hosts, Path("/k/id"), Path("/k/ssh_config"), Path("/tmp/hm-ssh-abcdef"))
     assert '        host2:\n          ansible_host: "10.213.7.12"' in inv
+    assert 'ansible_control_path_dir: "/tmp/hm-ssh-abcdef"' in inv
     assert 'ansible_ssh_common_args: "-F /k/ssh_config"' in inv
     cfg = inventory.render_ssh_config(hosts, Path("/k/id"), Path("/k/known_hosts"))
     assert "Host host1 10.213.7.11\n  HostName 10.213.7.11" in cfg
