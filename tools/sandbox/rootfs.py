@@ -38,7 +38,7 @@ PACKAGES: tuple[str, ...] = (
 )
 
 # Bump when the customisation below changes, so cached trees are rebuilt.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 # Units that only cost boot time or wait for hardware a container lacks.
 MASKED_UNITS: tuple[str, ...] = (
@@ -51,6 +51,15 @@ MASKED_UNITS: tuple[str, ...] = (
     "fstrim.timer",
     "systemd-networkd-wait-online.service",
 )
+
+# A container cannot kill a whole cgroup at once (EIO), and the user manager
+# an SSH login starts can leave a process systemd then waits for: without a
+# bound, every shutdown after a login waits out user@.service's 2-minute stop
+# timeout, where a VM's user manager stops at once.
+USER_MANAGER_DROPIN = """\
+[Service]
+TimeoutStopSec=5s
+"""
 
 SSHD_DROPIN = """\
 # Sandbox host: key login for root only.
@@ -135,6 +144,9 @@ def customise(tree: Path) -> None:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to("/dev/null")
+    user_dropin = unit_dir / "user@.service.d"
+    user_dropin.mkdir(parents=True, exist_ok=True)
+    (user_dropin / "sandbox.conf").write_text(USER_MANAGER_DROPIN)
     dropin = tree / "etc/ssh/sshd_config.d"
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "sandbox.conf").write_text(SSHD_DROPIN)

@@ -126,6 +126,8 @@ def test_reboot_keeps_files_and_starts_enabled_units(sandbox: Sandbox) -> None:
         "echo kept > /root/marker && iptables -t nat -N SBX_TEST",
     )
     before = boot_id(sandbox, "host1")
+    # An SSH login's user manager cannot hold a shutdown for minutes (see rootfs.USER_MANAGER_DROPIN).
+    assert sh(sandbox, "host1", "systemctl show -p TimeoutStopUSec --value user@0.service") == "5s"
 
     sandbox.reboot("host1")
 
