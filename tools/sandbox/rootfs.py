@@ -38,7 +38,7 @@ PACKAGES: tuple[str, ...] = (
 )
 
 # Bump when the customisation below changes, so cached trees are rebuilt.
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "4"
 
 # Units that only cost boot time or wait for hardware a container lacks.
 MASKED_UNITS: tuple[str, ...] = (
@@ -52,14 +52,13 @@ MASKED_UNITS: tuple[str, ...] = (
     "systemd-networkd-wait-online.service",
 )
 
-# A container cannot kill a whole cgroup at once (EIO), and the user manager
-# an SSH login starts can leave a process systemd then waits for: without a
-# bound, every shutdown after a login waits out user@.service's 2-minute stop
-# timeout, where a VM's user manager stops at once.
-USER_MANAGER_DROPIN = """\
-[Service]
-TimeoutStopSec=5s
-"""
+# A container cannot kill a whole cgroup at once (EIO), and what an SSH login
+# leaves (its session scope, its user manager) can keep a process systemd then
+# waits for: without a bound, a shutdown after a login waits out the scope's
+# 90 s and the user manager's 2 minutes, where a VM's stop at once. Units that
+# set their own stop timeout (the agent's) keep it.
+SYSTEM_CONF_DROPIN = "[Manager]\nDefaultTimeoutStopSec=10s\n"
+USER_MANAGER_DROPIN = "[Service]\nTimeoutStopSec=5s\n"
 
 SSHD_DROPIN = """\
 # Sandbox host: key login for root only.
@@ -144,9 +143,10 @@ def customise(tree: Path) -> None:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to("/dev/null")
-    user_dropin = unit_dir / "user@.service.d"
-    user_dropin.mkdir(parents=True, exist_ok=True)
-    (user_dropin / "sandbox.conf").write_text(USER_MANAGER_DROPIN)
+    (unit_dir / "user@.service.d").mkdir(parents=True, exist_ok=True)
+    (unit_dir / "user@.service.d/sandbox.conf").write_text(USER_MANAGER_DROPIN)
+    (tree / "etc/systemd/system.conf.d").mkdir(parents=True, exist_ok=True)
+    (tree / "etc/systemd/system.conf.d/sandbox.conf").write_text(SYSTEM_CONF_DROPIN)
     dropin = tree / "etc/ssh/sshd_config.d"
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "sandbox.conf").write_text(SSHD_DROPIN)
