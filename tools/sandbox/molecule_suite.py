@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,8 @@ MOLECULE_DIR = REPO_ROOT / "molecule"
 SCENARIO_TIMEOUT = 20 * 60
 # Printed by molecule only when the verifier really ran tests and they passed.
 VERIFIER_OK = "Verifier completed successfully"
+# Where molecule's Ansible and testinfra keep SSH connection masters.
+ANSIBLE_CONTROL_DIR = Path.home() / ".ansible" / "cp"
 # Lines of molecule's output that say why a scenario failed: the step, the
 # task that failed or could not reach its host, the tests that failed, and
 # the tasks an idempotence run changed. The recap repeats them, so the end of
@@ -84,14 +85,10 @@ def why_failed(output: str) -> list[str]:
     return lines
 
 
-def _env(control_dir: Path) -> dict[str, str]:
+def _env() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return dict(
         os.environ,
-        # The scenario's own SSH connection masters: in the shared default
-        # directory they are named by address, and the next scenario's hosts
-        # get the same addresses.
-        ANSIBLE_SSH_CONTROL_PATH_DIR=str(control_dir),
         PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
         ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".build" / "collections"),
         ANSIBLE_NOCOLOR="1",
@@ -109,12 +106,11 @@ def run_scenario(name: str) -> tuple[bool, float, str, list[str]]:
     sb = Sandbox(f"molecule-{name}", base_dir=DEFAULT_BASE, log=lambda m: print(m, flush=True))
     reason = ""
     output: list[str] = []
-    control_dir = Path(tempfile.mkdtemp(prefix="hm-ssh-"))
     try:
         proc = subprocess.Popen(
             ["molecule", "test", "-s", name, "--destroy", "never"],
             cwd=REPO_ROOT,
-            env=_env(control_dir),
+            env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -138,9 +134,13 @@ def run_scenario(name: str) -> tuple[bool, float, str, list[str]]:
             for host in sb.hosts():
                 print(sb.diagnose(host), flush=True)
     finally:
-        subprocess.run(["molecule", "destroy", "-s", name], cwd=REPO_ROOT, env=_env(control_dir), check=False)
+        addresses = list(sb.hosts().values())
+        subprocess.run(["molecule", "destroy", "-s", name], cwd=REPO_ROOT, env=_env(), check=False)
         sb.destroy(quiet=True)
-        stop_ssh_masters(control_dir)
+        # Molecule's Ansible and testinfra share one directory of connection
+        # masters named by address, and the next scenario's hosts get the same
+        # addresses: a master left behind would be bound to a host that is gone.
+        stop_ssh_masters(ANSIBLE_CONTROL_DIR, addresses)
         left = sb.leftovers()
         if left and not reason:
             reason = f"destroy left {left}"

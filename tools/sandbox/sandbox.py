@@ -345,17 +345,28 @@ class Sandbox:
         return sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True)
 
 
-def stop_ssh_masters(control_dir: Path) -> list[str]:
-    """Stop every SSH connection master with a socket in control_dir, then remove it; idempotent."""
+def stop_ssh_masters(control_dir: Path, addresses: Sequence[str] = ()) -> list[str]:
+    """Stop the SSH connection masters with a socket in control_dir; idempotent.
+
+    With no addresses, every master, and the directory is removed (a
+    sandbox's own). With addresses, only the masters whose socket is named
+    after one of them (``ADDRESS-PORT-USER``, as molecule names them in a
+    directory shared with others), and the directory stays.
+    """
     if not control_dir.is_dir():
         return []
     removed = []
     for socket_path in sorted(control_dir.iterdir()):
-        if socket_path.is_socket():
-            # A master that does not answer dies with its host's connection anyway.
-            with contextlib.suppress(commands.CommandError):
-                commands.run(commands.ssh_stop_master(socket_path), check=False, timeout=10)
-            removed.append(f"ssh master {socket_path.name}")
+        if not socket_path.is_socket():
+            continue
+        if addresses and not socket_path.name.startswith(tuple(f"{address}-" for address in addresses)):
+            continue
+        # A master that does not answer dies with its host's connection anyway.
+        with contextlib.suppress(commands.CommandError):
+            commands.run(commands.ssh_stop_master(socket_path), check=False, timeout=10)
+        removed.append(f"ssh master {socket_path.name}")
+    if addresses:
+        return removed
     shutil.rmtree(control_dir, ignore_errors=True)
     return [*removed, f"dir {control_dir}"]
 

@@ -141,3 +141,27 @@ def test_molecule_suite_recap_says_why_a_scenario_failed() -> None:
     many = molecule_suite.why_failed("\n".join(f"fatal: [host{i}]: FAILED!" for i in range(40)))
     assert len(many) == molecule_suite.WHY_FAILED_MAX_LINES + 1
     assert many[-1] == "... and 16 more such lines in the log above"
+
+
+def test_stop_ssh_masters_by_address_leaves_other_masters_and_the_directory(tmp_path) -> None:
+    import socket
+
+    from tools.sandbox.sandbox import stop_ssh_masters
+
+    listeners = []
+    for name in ("10.213.1.11-22-root", "10.213.1.12-22-root", "10.213.2.11-22-root"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(tmp_path / name))
+        listeners.append(sock)
+    (tmp_path / "10.213.1.11-notes").write_text("not a socket")
+    try:
+        stopped = stop_ssh_masters(tmp_path, ["10.213.1.11", "10.213.1.12"])
+        assert stopped == ["ssh master 10.213.1.11-22-root", "ssh master 10.213.1.12-22-root"]
+        assert tmp_path.is_dir()
+        everything = stop_ssh_masters(tmp_path)
+        assert everything[-1] == f"dir {tmp_path}" and "ssh master 10.213.2.11-22-root" in everything
+        assert not tmp_path.exists()
+        assert stop_ssh_masters(tmp_path) == []
+    finally:
+        for sock in listeners:
+            sock.close()
