@@ -65,7 +65,8 @@ sanity: venv
 	git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $$dest/; \
 	cd $$dest && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/ansible-test sanity --local --python 3.11 --requirements --color no
 
-unit: deps
+# Unit tests need only the virtualenv: no root, no Debian packages.
+unit: venv collection
 	$(BIN)/pytest -q tests/unit
 
 integration: deps
