@@ -153,7 +153,6 @@ capture_differences:
 import grp
 import os
 import pwd
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -166,7 +165,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_host imp
     plan_on_host,
 )
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_bytes, read_text
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_bytes, read_text, write_atomic
 
 RECORD_SPEC = dict(
     path=dict(type="path", required=True),
@@ -217,17 +216,8 @@ def current(module, record):
 
 
 def write_stamp(path, text):
-    directory = os.path.dirname(path) or "."
-    handle, part = tempfile.mkstemp(dir=directory, prefix=".host_state.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.chmod(part, 0o600)
-        os.rename(part, path)
-    except OSError:
-        if os.path.exists(part):
-            os.unlink(part)
-        raise
+    """Replace the stamp atomically, readable by its owner only (it fingerprints the role's files and accounts)."""
+    write_atomic(path, text, 0o600)
 
 
 def check(module, record):

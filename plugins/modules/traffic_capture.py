@@ -292,7 +292,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_apply im
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import CommandError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_host import plan_on_host
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_text
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_text, write_atomic
 
 ARGUMENT_SPEC = {
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
@@ -340,11 +340,8 @@ def _sync_rules_file(module, path, content):
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         module.fail_json(msg="rules_file: %r is in a directory that does not exist" % path)
-    temp = path + ".tmp"
-    with open(temp, "w") as handle:
-        handle.write(content)
-    os.chmod(temp, 0o644)
-    module.atomic_move(temp, path)
+    # The boot unit runs it with sh, so it needs reading, not executing.
+    write_atomic(path, content, 0o644)
     return True
 
 
