@@ -8,20 +8,18 @@ Documentation for each filter lives next to this file, in ``<filter>.yml``.
 
 import ipaddress
 import json
-import re
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
+
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_identity import NAME_EXPECTED, is_name, spiffe_id
 
 try:
     import jmespath
 except ImportError:
     jmespath = None
 
-# The agent accepts these for service names, namespaces, service accounts and
-# the trust domain (lower-case DNS-style labels, dots allowed).
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 PROTOCOLS = ("tcp", "http")
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
@@ -61,8 +59,8 @@ def _bad(host, key, value, expected):
 
 
 def _name(host, key, value):
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise _bad(host, key, value, "a lower-case DNS-style name (letters, digits, '-', '.')")
+    if not is_name(value):
+        raise _bad(host, key, value, NAME_EXPECTED)
     return value
 
 
@@ -72,11 +70,6 @@ def _port(host, key, value):
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise _bad(host, key, value, "a port from 1 to 65535")
     return value
-
-
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
-    """The SPIFFE ID a sidecar presents, as the agent and the mesh CA spell it."""
-    return "spiffe://%s/ns/%s/sa/%s" % (trust_domain, namespace, service_account)
 
 
 def _address(host, hv):
