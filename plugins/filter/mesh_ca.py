@@ -16,11 +16,8 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca import (
-    MeshCAError,
-    make_request,
-    make_workloads,
-)
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.errors import MeshCAError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.request import make_request, make_workloads
 
 # The module's messages start with the option they are about, for a batch as
 # workloads[<i>].<option>.

@@ -344,24 +344,24 @@ import datetime
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    HAS_CRYPTOGRAPHY,
-    MeshCAError,
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.backend import (
     apply_plan,
     apply_private_dir,
     apply_workloads,
-    ca_expires_within,
-    changed,
-    describe,
-    make_request,
-    make_workloads,
     plan_bundle,
     plan_certificate,
     plan_private_dir,
     plan_workloads,
     write_bundle,
 )
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.crypto import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
+)
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.errors import MeshCAError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.pem import ca_expires_within, describe
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.plan import changed
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.request import make_request, make_workloads
 
 WORKLOAD_SPEC = {
     "name": {"type": "str", "required": True},

@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from mesh_helpers import COLLECTIONS, MODULE, load_pem_chain, make_ca, run_module, verify_svid
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils import _mesh_ca as mesh_ca
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.backend import (
+    apply_plan,
+    load_ca,
+    plan_certificate,
+)
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.errors import MeshCAError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.request import make_request, make_workloads
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.signing import issue, new_key
 
 WEB1 = "spiffe://cluster.local/ns/default/sa/web1"
 
@@ -111,14 +118,14 @@ def test_renews_near_expiry_with_a_new_key(tmp_path, paths):
 
 def test_renews_when_the_clock_reaches_the_window(paths):
     """The backend with a clock moved forward: day 19 keeps the certificate, day 21 renews it."""
-    request = mesh_ca.make_request(web1(paths))
+    request = make_request(web1(paths))
     start = datetime.datetime.now(datetime.timezone.utc)
-    mesh_ca.apply_plan(mesh_ca.plan_certificate(request, start), start)
-    assert mesh_ca.plan_certificate(request, start + datetime.timedelta(days=19)).reasons == []
+    apply_plan(plan_certificate(request, start), start)
+    assert plan_certificate(request, start + datetime.timedelta(days=19)).reasons == []
     later = start + datetime.timedelta(days=21)
-    plan = mesh_ca.plan_certificate(request, later)
+    plan = plan_certificate(request, later)
     assert plan.reasons and plan.reasons[0].startswith("expires in")
-    cert = mesh_ca.apply_plan(plan, later)[1]
+    cert = apply_plan(plan, later)[1]
     assert cert.not_valid_after_utc == (later + datetime.timedelta(days=30)).replace(microsecond=0)
 
 
@@ -250,8 +257,8 @@ def test_name_constrained_ca_verifies(tmp_path, paths):
     assert outside["rc"] == 1 and "may only sign URIs in mesh.example" in outside["msg"], outside
     # ... and a certificate made anyway does not verify.
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca = mesh_ca.load_ca(paths["ca_cert_path"], paths["ca_key_path"], now)
-    stray = mesh_ca.issue(mesh_ca.make_request(web1(paths, trust_domain="other.example")), ca, mesh_ca.new_key(), now)
+    ca = load_ca(paths["ca_cert_path"], paths["ca_key_path"], now)
+    stray = issue(make_request(web1(paths, trust_domain="other.example")), ca, new_key(), now)
     stray_path = tmp_path / "stray.pem"
     stray_path.write_bytes(stray.public_bytes(serialization.Encoding.PEM))
     proc = subprocess.run(
@@ -556,11 +563,11 @@ def test_private_dir_that_is_a_file_is_refused(tmp_path):
 
 
 def test_make_workloads_checks_the_list_itself(paths):
-    base = mesh_ca.make_request({k: paths[k] for k in ("ca_cert_path", "ca_key_path")})
-    with pytest.raises(mesh_ca.MeshCAError, match=r"workloads\[0\]: got 'web1'; expected a mapping"):
-        mesh_ca.make_workloads(base, ["web1"])
-    with pytest.raises(mesh_ca.MeshCAError, match=r"workloads\[0\]: unknown keys \['sa'\]"):
-        mesh_ca.make_workloads(base, [dict(workload("/ca", "web1"), sa="x")])
-    with pytest.raises(mesh_ca.MeshCAError, match=r"workloads\[0\]\.force: got 'yes'"):
-        mesh_ca.make_workloads(base, [workload("/ca", "web1", force="yes")])
-    assert mesh_ca.make_workloads(base, []) == []
+    base = make_request({k: paths[k] for k in ("ca_cert_path", "ca_key_path")})
+    with pytest.raises(MeshCAError, match=r"workloads\[0\]: got 'web1'; expected a mapping"):
+        make_workloads(base, ["web1"])
+    with pytest.raises(MeshCAError, match=r"workloads\[0\]: unknown keys \['sa'\]"):
+        make_workloads(base, [dict(workload("/ca", "web1"), sa="x")])
+    with pytest.raises(MeshCAError, match=r"workloads\[0\]\.force: got 'yes'"):
+        make_workloads(base, [workload("/ca", "web1", force="yes")])
+    assert make_workloads(base, []) == []

@@ -21,7 +21,11 @@ from pathlib import Path
 import pytest
 from mesh_helpers import make_ca, run_module
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils import _mesh_ca as mesh_ca
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import write_atomic
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.backend import load_ca
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.pem import chain_pem, private_key_pem
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.request import make_request
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.signing import issue, new_key
 
 pytestmark = pytest.mark.envoy
 
@@ -213,8 +217,8 @@ def test_name_constrained_ca_is_accepted_and_enforced_by_envoy(tmp_path):
     # A client certificate outside the trust domain (which the module refuses to
     # issue, so made here directly) is refused even by a server that would accept its ID.
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca = mesh_ca.load_ca(bundle, str(tmp_path / "ca" / "ca-key.pem"), now)
-    request = mesh_ca.make_request(
+    ca = load_ca(bundle, str(tmp_path / "ca" / "ca-key.pem"), now)
+    request = make_request(
         {
             "ca_cert_path": bundle,
             "ca_key_path": str(tmp_path / "ca" / "ca-key.pem"),
@@ -224,9 +228,9 @@ def test_name_constrained_ca_is_accepted_and_enforced_by_envoy(tmp_path):
             "key_path": client[1],
         }
     )
-    key = mesh_ca.new_key()
-    mesh_ca.write_file(client[1], mesh_ca.private_key_pem(key), 0o600)
-    mesh_ca.write_file(client[0], mesh_ca.chain_pem(mesh_ca.issue(request, ca, key, now), ca), 0o644)
+    key = new_key()
+    write_atomic(client[1], private_key_pem(key), 0o600)
+    write_atomic(client[0], chain_pem(issue(request, ca, key, now), ca), 0o644)
     stray_id = "spiffe://elsewhere.example/ns/default/sa/client"
     assert request_through_envoy(tmp_path, client, server, bundle, expect_client=stray_id) != "mesh ok"
 
