@@ -104,7 +104,7 @@ class Agent:
         self._new_proxy = new_proxy
         self._load_config = load_config
         self._admin = admin
-        self.clock = clock
+        self._clock = clock
         self._signals = signals
         self._serve_status = status_server
         self.metrics = AgentMetrics(started_at=clock.now())
@@ -136,7 +136,7 @@ class Agent:
                 body += b"\n"
         except AdminError as exc:
             log.debug("envoy stats unavailable: %s", exc)
-        return body + self.metrics.render(self.clock.now()).encode()
+        return body + self.metrics.render(self._clock.now()).encode()
 
     # --- main loop ---------------------------------------------------------------------
 
@@ -170,7 +170,7 @@ class Agent:
                 code = self._step()
                 if code is not None:
                     return code
-                now = self.clock.now()
+                now = self._clock.now()
                 busy = bool(self.parents) or self.hot_restart_pending
                 watchdog = self.systemd.next_watchdog(self.state in SERVING)
                 self._signals.wait(self.timers.next_wakeup(now, self.state, watchdog, busy))
@@ -189,7 +189,7 @@ class Agent:
         if self.state is State.DRAINING:
             self._graceful_stop()
             return EXIT_OK
-        now = self.clock.now()
+        now = self._clock.now()
         self._reap_parents()
         if self.current is not None and self.current.exited() is not None:
             code = self._on_current_exit(now)
@@ -245,13 +245,13 @@ class Agent:
         except ProxyError as exc:
             log.error("%s", exc)
             self.metrics.errors += 1
-            self.timers.restart = self.clock.now() + self.backoff.crashed()
+            self.timers.restart = self._clock.now() + self.backoff.crashed()
             self._enter(State.BACKING_OFF)
             return
         self.metrics.envoy_starts += 1
         self.current = proc
         self._enter(State.STARTING)
-        self.timers.expect_ready(self.clock.now(), self.cfg.supervise.ready_timeout_s)
+        self.timers.expect_ready(self._clock.now(), self.cfg.supervise.ready_timeout_s)
         self.systemd.status(f"starting envoy epoch {proc.epoch}")
         self.proxy.cleanup([0])
 
@@ -279,7 +279,7 @@ class Agent:
         self.parents.append(self.current)
         self.current = child
         self._enter(State.HOT_RESTARTING)
-        self.timers.expect_ready(self.clock.now(), self.cfg.supervise.ready_timeout_s)
+        self.timers.expect_ready(self._clock.now(), self.cfg.supervise.ready_timeout_s)
         self.systemd.status(f"hot restart: epoch {epoch} taking over")
 
     def _on_current_exit(self, now: float) -> Optional[int]:
@@ -419,9 +419,9 @@ class Agent:
                 admin.drain_listeners()
             except AdminError as exc:
                 log.warning("could not start drain: %s", exc)
-            started = self.clock.now()
+            started = self._clock.now()
             deadline = started + s.drain_timeout_s
-            while self.clock.now() < deadline and proc.exited() is None:
+            while self._clock.now() < deadline and proc.exited() is None:
                 try:
                     active = admin.active_connections(DRAINED_STAT_PREFIXES)
                 except AdminError as exc:
@@ -429,15 +429,15 @@ class Agent:
                     break
                 log.debug("draining: %d inbound connections open", active)
                 if active == 0:
-                    log.info("drained in %.1fs", self.clock.now() - started)
+                    log.info("drained in %.1fs", self._clock.now() - started)
                     break
-                self.clock.sleep(_DRAIN_POLL_S)
+                self._clock.sleep(_DRAIN_POLL_S)
             else:
                 log.warning("drain bound reached; stopping envoy with connections open")
             # A hot restart's parent still finishing its connections gets the same bound.
-            while self.parents and self.clock.now() < deadline:
+            while self.parents and self._clock.now() < deadline:
                 self._reap_parents()
-                self.clock.sleep(_DRAIN_POLL_S)
+                self._clock.sleep(_DRAIN_POLL_S)
         self._stop_all_envoys()
         log.info("stopped")
 
@@ -445,9 +445,9 @@ class Agent:
         procs = self._alive()
         for p in procs:
             p.signal(signal.SIGTERM)
-        deadline = self.clock.now() + self.cfg.supervise.stop_timeout_s
+        deadline = self._clock.now() + self.cfg.supervise.stop_timeout_s
         for p in procs:
-            p.wait(max(0.0, deadline - self.clock.now()))
+            p.wait(max(0.0, deadline - self._clock.now()))
         self._kill(procs)
         self.current = None
         self.parents = []
