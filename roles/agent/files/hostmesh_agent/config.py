@@ -150,17 +150,12 @@ Checks = Dict[str, Check]
 #
 # Each section is a frozen dataclass whose fields are its keys: a field's default is the
 # key's default (none: the key is required) and its metadata holds the check its value
-# must pass, so a key is declared once.
+# must pass (``_meta``), so a key is declared once.
 
 
 def _meta(check: Check, items: Optional[type] = None) -> Dict[str, Any]:
     """A key's field metadata: the check its value must pass; for a list of objects, their class."""
     return {"check": check, "items": items}
-
-
-def _key(check: Check, default: Any = MISSING, items: Optional[type] = None) -> Any:
-    """A config key with an immutable default (none: the key is required)."""
-    return field(default=default, metadata=_meta(check, items))
 
 
 def _checks(section: type) -> Checks:
@@ -220,12 +215,12 @@ def _services(key: str, value: Any, service: type, match_on: Callable[[Any], Any
 class NodeConfig:
     """Who this sidecar is; becomes Envoy's node id, cluster and metadata."""
 
-    name: str = _key(_name, "")
-    namespace: str = _key(_name, "default")
-    domain: str = _key(_name, "")
-    cluster: str = _key(_name, "")
-    ip: str = _key(_ip_or_auto, "auto")
-    service_account: str = _key(_name, "default")
+    name: str = field(default="", metadata=_meta(_name))
+    namespace: str = field(default="default", metadata=_meta(_name))
+    domain: str = field(default="", metadata=_meta(_name))
+    cluster: str = field(default="", metadata=_meta(_name))
+    ip: str = field(default="auto", metadata=_meta(_ip_or_auto))
+    service_account: str = field(default="default", metadata=_meta(_name))
     labels: Dict[str, str] = field(default_factory=dict, metadata=_meta(_str_map))
 
 
@@ -233,61 +228,61 @@ class NodeConfig:
 class EnvoyConfig:
     """How to run Envoy: the binary and the command-line flags the seed shows."""
 
-    binary: str = _key(_nonempty_str, "envoy")
-    base_id: int = _key(_int_range(0, 4294967), 1337)
-    concurrency: int = _key(_int_range(0, 256), 2)
-    log_level: str = _key(_choice(*LOG_LEVELS), "warning")
-    component_log_level: str = _key(_component_levels, "misc:error")
-    log_format: str = _key(_nonempty_str, "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n\t%v")
-    drain_time_s: int = _key(_int_range(0, 3600), 45)
-    parent_shutdown_time_s: int = _key(_int_range(1, 3600), 60)
-    local_address_ip_version: str = _key(_choice(*IP_VERSIONS), "v4")
-    max_downstream_connections: int = _key(_int_range(1, 10_000_000), 100000)
-    extra_args: Tuple[str, ...] = _key(_list_of(_str), ())
+    binary: str = field(default="envoy", metadata=_meta(_nonempty_str))
+    base_id: int = field(default=1337, metadata=_meta(_int_range(0, 4294967)))
+    concurrency: int = field(default=2, metadata=_meta(_int_range(0, 256)))
+    log_level: str = field(default="warning", metadata=_meta(_choice(*LOG_LEVELS)))
+    component_log_level: str = field(default="misc:error", metadata=_meta(_component_levels))
+    log_format: str = field(default="%Y-%m-%dT%T.%fZ\t%l\tenvoy %n\t%v", metadata=_meta(_nonempty_str))
+    drain_time_s: int = field(default=45, metadata=_meta(_int_range(0, 3600)))
+    parent_shutdown_time_s: int = field(default=60, metadata=_meta(_int_range(1, 3600)))
+    local_address_ip_version: str = field(default="v4", metadata=_meta(_choice(*IP_VERSIONS)))
+    max_downstream_connections: int = field(default=100000, metadata=_meta(_int_range(1, 10_000_000)))
+    extra_args: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_str)))
 
 
 @dataclass(frozen=True)
 class PortsConfig:
-    admin: int = _key(PORT, 15000)
-    outbound: int = _key(PORT, 15001)
-    inbound: int = _key(PORT, 15006)
-    status: int = _key(PORT, 15020)
-    health: int = _key(PORT, 15021)
-    prometheus: int = _key(PORT, 15090)
+    admin: int = field(default=15000, metadata=_meta(PORT))
+    outbound: int = field(default=15001, metadata=_meta(PORT))
+    inbound: int = field(default=15006, metadata=_meta(PORT))
+    status: int = field(default=15020, metadata=_meta(PORT))
+    health: int = field(default=15021, metadata=_meta(PORT))
+    prometheus: int = field(default=15090, metadata=_meta(PORT))
 
 
 @dataclass(frozen=True)
 class ListenConfig:
     """Addresses to bind: the admin API stays on loopback; the rest is for peers."""
 
-    admin_address: str = _key(_loopback_ip, "127.0.0.1")
-    status_address: str = _key(_ip, "0.0.0.0")
-    inbound_address: str = _key(_ip, "0.0.0.0")
-    outbound_address: str = _key(_ip, "0.0.0.0")
+    admin_address: str = field(default="127.0.0.1", metadata=_meta(_loopback_ip))
+    status_address: str = field(default="0.0.0.0", metadata=_meta(_ip))
+    inbound_address: str = field(default="0.0.0.0", metadata=_meta(_ip))
+    outbound_address: str = field(default="0.0.0.0", metadata=_meta(_ip))
 
 
 @dataclass(frozen=True)
 class SuperviseConfig:
     """Restart backoff, crash-loop bound, drain bound and change-watch period."""
 
-    backoff_initial_s: float = _key(_float_range(0.01, 60), 0.2)
-    backoff_max_s: float = _key(_float_range(0.01, 3600), 30.0)
-    backoff_multiplier: float = _key(_float_range(1, 10), 2.0)
-    healthy_reset_s: float = _key(_float_range(0, 86400), 60.0)
-    max_consecutive_crashes: int = _key(_int_range(0, 10000), 10)
-    drain_timeout_s: float = _key(_float_range(0, 3600), 30.0)
-    stop_timeout_s: float = _key(_float_range(0.1, 600), 10.0)
-    ready_timeout_s: float = _key(_float_range(1, 3600), 60.0)
-    watch_interval_s: float = _key(_float_range(0.1, 3600), 5.0)
+    backoff_initial_s: float = field(default=0.2, metadata=_meta(_float_range(0.01, 60)))
+    backoff_max_s: float = field(default=30.0, metadata=_meta(_float_range(0.01, 3600)))
+    backoff_multiplier: float = field(default=2.0, metadata=_meta(_float_range(1, 10)))
+    healthy_reset_s: float = field(default=60.0, metadata=_meta(_float_range(0, 86400)))
+    max_consecutive_crashes: int = field(default=10, metadata=_meta(_int_range(0, 10000)))
+    drain_timeout_s: float = field(default=30.0, metadata=_meta(_float_range(0, 3600)))
+    stop_timeout_s: float = field(default=10.0, metadata=_meta(_float_range(0.1, 600)))
+    ready_timeout_s: float = field(default=60.0, metadata=_meta(_float_range(1, 3600)))
+    watch_interval_s: float = field(default=5.0, metadata=_meta(_float_range(0.1, 3600)))
 
 
 @dataclass(frozen=True)
 class TlsConfig:
     """Workload certificate for mesh mTLS (SPIFFE IDs issued by the mesh CA)."""
 
-    cert_file: str = _key(_str, "")
-    key_file: str = _key(_str, "")
-    ca_file: str = _key(_str, "")
+    cert_file: str = field(default="", metadata=_meta(_str))
+    key_file: str = field(default="", metadata=_meta(_str))
+    ca_file: str = field(default="", metadata=_meta(_str))
 
     @property
     def configured(self) -> bool:
@@ -296,12 +291,12 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class InboundService:
-    name: str = _key(_name)
-    port: int = _key(PORT)
-    target_port: int = _key(PORT, 0)
-    protocol: str = _key(_choice(*PROTOCOLS), "tcp")
-    tls: bool = _key(_bool, False)
-    allowed_spiffe_ids: Tuple[str, ...] = _key(_list_of(_nonempty_str), ())
+    name: str = field(metadata=_meta(_name))
+    port: int = field(metadata=_meta(PORT))
+    target_port: int = field(default=0, metadata=_meta(PORT))
+    protocol: str = field(default="tcp", metadata=_meta(_choice(*PROTOCOLS)))
+    tls: bool = field(default=False, metadata=_meta(_bool))
+    allowed_spiffe_ids: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_nonempty_str)))
 
     @property
     def app_port(self) -> int:
@@ -319,12 +314,12 @@ class InboundConfig:
     reaches the application at the address the client dialed, from the client's
     own address, marked ``tproxy_mark`` so that the reply is routed back to it."""
 
-    services: Tuple[InboundService, ...] = _key(_inbound_services, (), InboundService)
-    passthrough: bool = _key(_bool, True)
-    app_address: str = _key(_ip, "127.0.0.1")
-    source_address: str = _key(_ip, "127.0.0.6")
-    interception: str = _key(_choice(*INTERCEPTIONS), "redirect")
-    tproxy_mark: int = _key(_int_range(1, 0xFFFFFFFF), 1337)
+    services: Tuple[InboundService, ...] = field(default=(), metadata=_meta(_inbound_services, InboundService))
+    passthrough: bool = field(default=True, metadata=_meta(_bool))
+    app_address: str = field(default="127.0.0.1", metadata=_meta(_ip))
+    source_address: str = field(default="127.0.0.6", metadata=_meta(_ip))
+    interception: str = field(default="redirect", metadata=_meta(_choice(*INTERCEPTIONS)))
+    tproxy_mark: int = field(default=1337, metadata=_meta(_int_range(1, 0xFFFFFFFF)))
 
     @property
     def tproxy(self) -> bool:
@@ -333,13 +328,13 @@ class InboundConfig:
 
 @dataclass(frozen=True)
 class OutboundService:
-    name: str = _key(_name)
-    port: int = _key(PORT)
-    endpoints: Tuple[str, ...] = _key(_list_of(_host_port), ())
-    match_cidrs: Tuple[str, ...] = _key(_list_of(_cidr), ())
-    protocol: str = _key(_choice(*PROTOCOLS), "tcp")
-    tls: bool = _key(_bool, False)
-    spiffe_ids: Tuple[str, ...] = _key(_list_of(_nonempty_str), ())
+    name: str = field(metadata=_meta(_name))
+    port: int = field(metadata=_meta(PORT))
+    endpoints: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_host_port)))
+    match_cidrs: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_cidr)))
+    protocol: str = field(default="tcp", metadata=_meta(_choice(*PROTOCOLS)))
+    tls: bool = field(default=False, metadata=_meta(_bool))
+    spiffe_ids: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_nonempty_str)))
 
 
 def _outbound_services(key: str, value: Any) -> Tuple[OutboundService, ...]:
@@ -349,8 +344,8 @@ def _outbound_services(key: str, value: Any) -> Tuple[OutboundService, ...]:
 
 @dataclass(frozen=True)
 class OutboundConfig:
-    services: Tuple[OutboundService, ...] = _key(_outbound_services, (), OutboundService)
-    passthrough: bool = _key(_bool, True)
+    services: Tuple[OutboundService, ...] = field(default=(), metadata=_meta(_outbound_services, OutboundService))
+    passthrough: bool = field(default=True, metadata=_meta(_bool))
 
 
 def _outbound(key: str, value: Any) -> OutboundConfig:
@@ -367,25 +362,25 @@ def _outbound(key: str, value: Any) -> OutboundConfig:
 class XdsConfig:
     """An external control plane reached over ADS (gRPC) with TLS."""
 
-    address: str = _key(_host_port, "")
-    sni: str = _key(_str, "")
-    ca_file: str = _key(_str, "")
-    cert_file: str = _key(_str, "")
-    key_file: str = _key(_str, "")
-    token_file: str = _key(_str, "")
-    cluster_id: str = _key(_nonempty_str, "Kubernetes")
-    mesh_id: str = _key(_str, "")
-    network: str = _key(_str, "")
-    istio_version: str = _key(_str, "")
+    address: str = field(default="", metadata=_meta(_host_port))
+    sni: str = field(default="", metadata=_meta(_str))
+    ca_file: str = field(default="", metadata=_meta(_str))
+    cert_file: str = field(default="", metadata=_meta(_str))
+    key_file: str = field(default="", metadata=_meta(_str))
+    token_file: str = field(default="", metadata=_meta(_str))
+    cluster_id: str = field(default="Kubernetes", metadata=_meta(_nonempty_str))
+    mesh_id: str = field(default="", metadata=_meta(_str))
+    network: str = field(default="", metadata=_meta(_str))
+    istio_version: str = field(default="", metadata=_meta(_str))
     metadata: Dict[str, str] = field(default_factory=dict, metadata=_meta(_str_map))
-    initial_fetch_timeout_s: float = _key(_float_range(0, 600), 15.0)
+    initial_fetch_timeout_s: float = field(default=15.0, metadata=_meta(_float_range(0, 600)))
 
 
 @dataclass(frozen=True)
 class Config:
-    mode: str = _key(_choice(*MODES), "standalone")
-    run_dir: str = _key(_nonempty_str, "/run/hostmesh")
-    trust_domain: str = _key(_name, "cluster.local")
+    mode: str = field(default="standalone", metadata=_meta(_choice(*MODES)))
+    run_dir: str = field(default="/run/hostmesh", metadata=_meta(_nonempty_str))
+    trust_domain: str = field(default="cluster.local", metadata=_meta(_name))
     node: NodeConfig = field(default_factory=NodeConfig, metadata=_meta(_section(NodeConfig)))
     envoy: EnvoyConfig = field(default_factory=EnvoyConfig, metadata=_meta(_section(EnvoyConfig)))
     ports: PortsConfig = field(default_factory=PortsConfig, metadata=_meta(_section(PortsConfig)))
