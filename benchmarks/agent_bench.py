@@ -164,9 +164,7 @@ def main() -> int:
             try:
                 time.sleep(1)
                 for n in range(1, args.hot_restarts + 1):
-                    agent.signal(signal.SIGUSR1)
-                    wait_for(lambda n=n: agent.metric("hostmesh_agent_epoch") == n, 15, f"epoch {n}")
-                    wait_for(lambda: len(agent.envoy_pids()) == 1, 15, "previous epoch to exit")
+                    agent.hot_restart(n, timeout=15)
                 time.sleep(1)
             finally:
                 result = load.finish()

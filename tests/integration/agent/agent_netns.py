@@ -302,6 +302,16 @@ class AgentProcess:
     def envoy_pids(self) -> List[int]:
         return envoy_pids(self.config.get("envoy", {}).get("base_id", 1337), self.ns)
 
+    def wait_hand_over(self, epoch: int, timeout: float = 10.0) -> None:
+        """Wait until ``epoch`` serves and the epoch before it has exited."""
+        wait_for(lambda: self.metric("hostmesh_agent_epoch") == epoch, timeout, f"epoch {epoch}")
+        wait_for(lambda: len(self.envoy_pids()) == 1, timeout, f"epoch {epoch - 1} to exit")
+
+    def hot_restart(self, epoch: int, timeout: float = 10.0) -> None:
+        """Ask for a hot restart (SIGUSR1) to ``epoch`` and wait for the hand-over."""
+        self.signal(signal.SIGUSR1)
+        self.wait_hand_over(epoch, timeout)
+
     def wait_exit(self, timeout: float) -> int:
         return self.proc.wait(timeout)
 

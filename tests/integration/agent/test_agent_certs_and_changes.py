@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import pytest
 from agent_netns import (
@@ -53,15 +53,24 @@ def _mtls_get(ns: str, ca: str, cert: Optional[str], key: Optional[str]) -> Dict
     return in_netns(ns, call)
 
 
+def _mesh_pki(workdir: Path) -> Tuple[Dict[str, str], Tuple[str, str], Tuple[str, str]]:
+    """The mesh CA, and a certificate and key for the web and the peer workloads."""
+    ca = make_ca(workdir)
+    return ca, issue_cert(workdir, ca, "web", f"URI:{WEB_ID}"), issue_cert(workdir, ca, "peer", f"URI:{PEER_ID}")
+
+
+def _tls(cert_and_key: Tuple[str, str], ca: Dict[str, str]) -> Dict[str, str]:
+    """The agent's ``tls`` section for one workload."""
+    return {"cert_file": cert_and_key[0], "key_file": cert_and_key[1], "ca_file": ca["ca"]}
+
+
 def test_mtls_inbound_and_certificate_rotation_without_restart(envoy_binary, topo, workdir, start_agent):
     topo.start_app(8080)
-    ca = make_ca(workdir)
-    cert, key = issue_cert(workdir, ca, "web", f"URI:{WEB_ID}")
-    peer_cert, peer_key = issue_cert(workdir, ca, "peer", f"URI:{PEER_ID}")
+    ca, (cert, key), (peer_cert, peer_key) = _mesh_pki(workdir)
     config = agent_config(
         envoy_binary,
         workdir,
-        tls={"cert_file": cert, "key_file": key, "ca_file": ca["ca"]},
+        tls=_tls((cert, key), ca),
         inbound={"services": [{"name": "web", "port": 8080, "tls": True, "allowed_spiffe_ids": [PEER_ID]}]},
     )
     agent = start_agent(config)
@@ -147,13 +156,11 @@ def test_sidecar_to_sidecar_mtls_with_spiffe_ids(envoy_binary, topo_both_capture
     """Host app -> host sidecar (15001, mTLS origination) -> peer sidecar (15006, mTLS) -> peer app."""
     topo = topo_both_captured
     topo.start_app(9000, ns=topo.peer)
-    ca = make_ca(workdir)
-    web_cert, web_key = issue_cert(workdir, ca, "web", f"URI:{WEB_ID}")
-    peer_cert, peer_key = issue_cert(workdir, ca, "peer", f"URI:{PEER_ID}")
+    ca, web, peer = _mesh_pki(workdir)
     host_cfg = agent_config(
         envoy_binary,
         workdir,
-        tls={"cert_file": web_cert, "key_file": web_key, "ca_file": ca["ca"]},
+        tls=_tls(web, ca),
         outbound={
             "services": [
                 {
@@ -170,7 +177,7 @@ def test_sidecar_to_sidecar_mtls_with_spiffe_ids(envoy_binary, topo_both_capture
         envoy_binary,
         peer_workdir,
         node={"name": "peer-1", "namespace": "demo", "ip": PEER_IP, "service_account": "peer"},
-        tls={"cert_file": peer_cert, "key_file": peer_key, "ca_file": ca["ca"]},
+        tls=_tls(peer, ca),
         inbound={"services": [{"name": "peer-web", "port": 9000, "tls": True, "allowed_spiffe_ids": [WEB_ID]}]},
     )
     host_agent = start_agent(host_cfg)

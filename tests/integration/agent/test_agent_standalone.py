@@ -112,8 +112,7 @@ def test_hot_restarts_and_reloads_fail_no_request(envoy_binary, topo, workdir, s
                 agent.signal(signal.SIGHUP)
             else:
                 agent.signal(signal.SIGUSR1)
-            wait_for(lambda n=n: agent.metric("hostmesh_agent_epoch") == n, 10, f"epoch {n}")
-            wait_for(lambda: len(agent.envoy_pids()) == 1, 10, "old epoch to exit")
+            agent.wait_hand_over(n)
             wait_for(
                 lambda n=n: [p.name for p in run_dir.glob("envoy-rev*.json")] == [f"envoy-rev{n}.json"],
                 2,
@@ -275,9 +274,7 @@ def test_keepalive_http_clients_lose_nothing_across_hot_restarts(envoy_binary, t
     try:
         time.sleep(0.5)
         for n in (1, 2):
-            agent.signal(signal.SIGUSR1)
-            wait_for(lambda n=n: agent.metric("hostmesh_agent_epoch") == n, 10, f"epoch {n}")
-            wait_for(lambda: len(agent.envoy_pids()) == 1, 10, "old epoch to exit")
+            agent.hot_restart(n)
             time.sleep(0.3)
     finally:
         result = load.finish()

@@ -122,9 +122,8 @@ def _serving_through_tproxy(envoy_binary, topo, workdir, start_agent):
 def test_tproxy_survives_a_hot_restart(envoy_binary, topo, workdir, start_agent):
     """The transparent listening socket is handed to the next epoch with its option."""
     agent = _serving_through_tproxy(envoy_binary, topo, workdir, start_agent)
-    agent.signal(10)  # SIGUSR1: hot restart
-    wait_for(lambda: agent.metric("hostmesh_agent_epoch") == 1 and agent.ready(), 15, "epoch 1 ready")
-    wait_for(lambda: len(agent.envoy_pids()) == 1, 15, "old epoch gone")
+    agent.hot_restart(1, timeout=15)
+    assert agent.ready()
     for i in range(5):
         assert http_get(topo.peer, HOST_IP, 8080)[1].split() == ["8080", PEER_IP], i
     assert _stat(topo.host, "listener.inbound.downstream_cx_total") >= 5

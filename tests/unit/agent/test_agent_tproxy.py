@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from test_agent_lifecycle import FakeProxy, make_agent
 from test_agent_rendering import RUN, STANDALONE, check_golden
 
 from hostmesh_agent.bootstrap import render_bootstrap
 from hostmesh_agent.cli import CAP_NET_ADMIN, has_capability
 from hostmesh_agent.config import ConfigError, parse_config
+from hostmesh_agent.proxy import EnvoyProxy
 from hostmesh_agent.resources import (
     INBOUND_LISTENER,
     INBOUND_PASSTHROUGH,
@@ -123,13 +123,15 @@ def test_node_metadata_names_the_interception_mode(doc, mode):
 
 
 def test_interception_change_means_a_new_epoch_but_the_mark_does_not():
-    agent = make_agent()
     base = parse_config({})
     tproxy = parse_config({"inbound": {"interception": "tproxy"}})
-    fingerprint = agent._take_fingerprint
-    assert fingerprint(FakeProxy(tproxy)) != fingerprint(FakeProxy(base))  # node metadata changes
+
+    def fingerprint(cfg):
+        return EnvoyProxy(cfg, "10.0.0.7").fingerprint()
+
+    assert fingerprint(tproxy) != fingerprint(base)  # node metadata changes
     marked = replace(tproxy, inbound=replace(tproxy.inbound, tproxy_mark=7))
-    assert fingerprint(FakeProxy(marked)) == fingerprint(FakeProxy(tproxy))  # only the listener file changes
+    assert fingerprint(marked) == fingerprint(tproxy)  # only the listener file changes
 
 
 def test_capability_check_reads_the_effective_set(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Protocol, Tuple
 from urllib.parse import quote
 
 # server.state gauge values (envoy.admin.v3.ServerInfo.State)
@@ -82,8 +82,24 @@ def _dechunk(data: bytes, what: str) -> bytes:
         pos = end + 2 + size + 2
 
 
+class Admin(Protocol):
+    """The Envoy admin calls the Agent makes; each raises AdminError when Envoy does not answer."""
+
+    def readiness(self) -> EnvoyReadiness:
+        """The stats that say whether the epoch answering is ready."""
+
+    def active_connections(self, stat_prefixes: Tuple[str, ...]) -> int:
+        """Open downstream connections on the listeners with these stat prefixes."""
+
+    def drain_listeners(self) -> None:
+        """Start Envoy's graceful drain of its inbound listeners."""
+
+    def prometheus(self) -> bytes:
+        """Envoy's stats in Prometheus text format."""
+
+
 class EnvoyAdmin:
-    """Talks HTTP/1.1 to Envoy's admin listener (loopback only)."""
+    """Talks HTTP/1.1 to Envoy's admin listener (loopback only); the real ``Admin``."""
 
     def __init__(self, address: str, port: int, timeout: float = 2.0) -> None:
         self.address = address

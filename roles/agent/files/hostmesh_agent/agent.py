@@ -1,5 +1,10 @@
 """The Agent: owns Envoy's lifecycle — epochs, crash restarts, hot restarts, drain, exit.
 
+It is handed what it supervises through small interfaces: a ``Proxy`` that runs
+one Envoy (and a factory for the Proxy of a reloaded config), the Envoy admin
+client, the clock and the signal inbox; cli.py wires the real ones, the unit
+tests fakes. Its states and the moves between them are in lifecycle.py.
+
 One thread (the main one) makes every lifecycle decision in ``run()``; signal
 handlers only record the signal and wake the loop. The status server runs in
 its own thread and only reads.
@@ -7,25 +12,30 @@ its own thread and only reads.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import select
 import signal
-import socket
-import subprocess
-import time
-from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
-from hostmesh_agent.admin import AdminError, EnvoyAdmin, EnvoyReadiness
+from hostmesh_agent.admin import Admin, AdminError, EnvoyReadiness
 from hostmesh_agent.backoff import Backoff
-from hostmesh_agent.config import Config, ConfigError, restart_relevant
+from hostmesh_agent.clock import Clock
+from hostmesh_agent.config import Config, ConfigError
+from hostmesh_agent.lifecycle import (
+    CHECKS_TO_UNREADY,
+    HEALTHY_POLL_S,
+    READY_POLL_S,
+    SERVING,
+    State,
+    Timers,
+    check_transition,
+    readiness,
+)
 from hostmesh_agent.metrics import AgentMetrics
-from hostmesh_agent.proxy import EnvoyProcess, Proxy, ProxyError
+from hostmesh_agent.proxy import EpochProcess, Fingerprint, Proxy, ProxyError
 from hostmesh_agent.resources import DRAINED_STAT_PREFIXES, expected_listener_count
-from hostmesh_agent.sdnotify import Notifier
+from hostmesh_agent.sdnotify import Notifier, SystemdStatus
+from hostmesh_agent.signal_inbox import Inbox
 from hostmesh_agent.status_server import StatusServer
 
 log = logging.getLogger(__name__)
@@ -34,10 +44,7 @@ EXIT_OK = 0
 EXIT_CRASH_LOOP = 1
 EXIT_START_FAILED = 2
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
-_READY_POLL_S = 0.02
-_HEALTHY_POLL_S = 1.0
-_CHECKS_TO_UNREADY = 2
+_DRAIN_POLL_S = 0.1
 
 
 def is_ready(cfg: Config, r: EnvoyReadiness, epoch: int) -> bool:
@@ -67,90 +74,82 @@ def check_reloadable(running: Config, new: Config) -> None:
             )
 
 
-@dataclass(frozen=True)
-class Fingerprint:
-    """What, when it changes, needs a new Envoy process rather than a file update."""
+@dataclass
+class Applied:
+    """What the running Envoy was last given, to tell which kind of change a new one is."""
 
-    config: Tuple
-    binary: Tuple
-    xds_files: str
+    fingerprint: Optional[Fingerprint] = None  # a change needs a hot restart
+    tls: str = ""  # the certificates' digest: a change is applied in place
 
 
 class Agent:
     def __init__(
         self,
         cfg: Config,
-        ip: str,
+        proxy: Proxy,
+        *,
+        new_proxy: Callable[[Config], Proxy],
         load_config: Callable[[], Config],
-        environ: Optional[dict] = None,
+        admin: Callable[[Config], Admin],
+        notifier: Notifier,
+        clock: Clock,
+        signals: Inbox,
+        status_server: Callable[..., StatusServer],
     ) -> None:
+        """``new_proxy`` makes the Proxy for a reloaded config, ``load_config`` re-reads the
+        config on SIGHUP, ``admin`` gives the admin client for a config's address, and
+        ``status_server`` is StatusServer or a factory with its signature."""
         self.cfg = cfg
-        self.proxy = Proxy(cfg, ip)
+        self.proxy = proxy
+        self._new_proxy = new_proxy
         self._load_config = load_config
-        self._ip = ip
-        self.notifier = Notifier(environ if environ is not None else dict(os.environ))
-        self.metrics = AgentMetrics(started_at=time.monotonic())
+        self._admin = admin
+        self._clock = clock
+        self._signals = signals
+        self._serve_status = status_server
+        self.metrics = AgentMetrics(started_at=clock.now())
+        self.systemd = SystemdStatus(notifier)
         s = cfg.supervise
         self.backoff = Backoff(
-            s.backoff_initial_s,
-            s.backoff_max_s,
-            s.backoff_multiplier,
-            s.healthy_reset_s,
-            s.max_consecutive_crashes,
+            s.backoff_initial_s, s.backoff_max_s, s.backoff_multiplier, s.healthy_reset_s, s.max_consecutive_crashes
         )
-        self.current: Optional[EnvoyProcess] = None
-        self.draining: List[EnvoyProcess] = []
-        self.ready = False
-        self.stopping = False
-        self._signals: Deque[int] = deque()
-        self._restart_at: Optional[float] = None
-        self._hot_restart_wanted = False
-        self._hot_restart_in_flight = False
-        self._fingerprint: Optional[Fingerprint] = None
-        self._tls_fingerprint = ""
-        self._next_watch = 0.0
-        self._next_health = 0.0
-        self._next_watchdog = 0.0
-        self._ready_deadline = 0.0
-        self._notified_ready = False
-        self._failed_checks = 0
-        self._last_status = ""
-        self._wake_r, self._wake_w = socket.socketpair()
+        self.state = State.STOPPED
+        self.current: Optional[EpochProcess] = None
+        self.parents: List[EpochProcess] = []  # epochs that handed over and are still draining
+        self.timers = Timers()
+        self.failed_checks = 0  # readiness polls failed in a row
+        self.applied = Applied()
+        self.hot_restart_pending = False
         self.status_server: Optional[StatusServer] = None
 
     # --- what the status server reads ------------------------------------------------
 
     def readiness(self) -> Tuple[bool, str]:
-        if self.stopping:
-            return False, "stopping: draining connections"
-        if self.ready:
-            return True, f"ready: envoy epoch {self.metrics.epoch} live"
-        if self.current is None:
-            return False, "not ready: envoy is not running"
-        return False, f"not ready: envoy epoch {self.current.epoch} is starting"
+        current = self.current
+        return readiness(self.state, current.epoch if current else None, self.metrics.epoch)
 
     def merged_metrics(self) -> bytes:
         body = b""
         try:
-            body = self._admin().prometheus()
+            body = self._admin(self.cfg).prometheus()
             if body and not body.endswith(b"\n"):
                 body += b"\n"
         except AdminError as exc:
             log.debug("envoy stats unavailable: %s", exc)
-        return body + self.metrics.render(time.monotonic()).encode()
+        return body + self.metrics.render(self._clock.now()).encode()
 
     # --- main loop ---------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until told to stop (exit 0) or a crash loop outlasts its bound (exit 1)."""
+        """Run until told to stop (exit 0), a crash loop outlasts its bound (exit 1), or
+        Envoy cannot be started at all (exit 2)."""
         try:
-            self.proxy.prepare_run_dir()
-            self.proxy.binary()
+            self.proxy.prepare()
         except ProxyError as exc:
             log.error("%s", exc)
             return EXIT_START_FAILED
         try:
-            self.status_server = StatusServer(
+            self.status_server = self._serve_status(
                 self.cfg.listen.status_address, self.cfg.ports.status, self.readiness, self.merged_metrics
             )
         except OSError as exc:
@@ -161,130 +160,113 @@ class Agent:
                 exc.strerror,
             )
             return EXIT_START_FAILED
-        self._install_signals()
+        self._signals.open()
         self.status_server.start()
         try:
             self.proxy.write_dynamic()
-            self._tls_fingerprint = self.proxy.tls_fingerprint()
-            self._fingerprint = self._take_fingerprint(self.proxy)
+            self.applied = Applied(self.proxy.fingerprint(), self.proxy.tls_fingerprint())
             self._start_fresh()
-            return self._loop()
+            while True:
+                code = self._step()
+                if code is not None:
+                    return code
+                now = self._clock.now()
+                busy = bool(self.parents) or self.hot_restart_pending
+                watchdog = self.systemd.next_watchdog(self.state in SERVING)
+                self._signals.wait(self.timers.next_wakeup(now, self.state, watchdog, busy))
         finally:
             self._stop_all_envoys()
             self.status_server.stop()
+            self._signals.close()
             self.proxy.cleanup(())
+            if self.state is not State.STOPPED:
+                self._enter(State.STOPPED)
 
-    def _loop(self) -> int:
-        while True:
-            self._handle_signals()
-            if self.stopping:
-                self._graceful_stop()
-                return EXIT_OK
-            now = time.monotonic()
-            self._reap_draining()
-            if self.current is not None and self.current.exited() is not None:
-                code = self._on_current_exit(now)
-                if code is not None:
-                    return code
-            if self.current is None and self._restart_at is not None and now >= self._restart_at:
-                self._start_fresh()
-                if self.current is None and self.backoff.exhausted:
-                    log.error("envoy could not be started %d times in a row, giving up", self.backoff.consecutive)
-                    return EXIT_CRASH_LOOP
-            if now >= self._next_watch:
-                self._next_watch = now + self.cfg.supervise.watch_interval_s
-                self._watch_for_changes()
-            if self._hot_restart_wanted and self._can_hot_restart():
-                self._hot_restart()
-            if self.current is not None and now >= self._next_health:
-                self._check_health(now)
-            self._watchdog(now)
-            self._sleep(self._next_wakeup(now))
+    def _step(self) -> Optional[int]:
+        """One pass over everything due; an exit status when the agent is done."""
+        for sig in self._signals.take():
+            self._on_signal(sig)
+        if self.state is State.DRAINING:
+            self._graceful_stop()
+            return EXIT_OK
+        now = self._clock.now()
+        self._reap_parents()
+        if self.current is not None and self.current.exited() is not None:
+            code = self._on_current_exit(now)
+            if code is not None:
+                return code
+        if self.state is State.BACKING_OFF and now >= self.timers.restart:
+            self._start_fresh()
+            if self.state is State.BACKING_OFF and self.backoff.exhausted:
+                log.error("envoy could not be started %d times in a row, giving up", self.backoff.consecutive)
+                self._enter(State.STOPPED)
+                return EXIT_CRASH_LOOP
+        if now >= self.timers.watch:
+            self.timers.watch = now + self.cfg.supervise.watch_interval_s
+            self._apply_changes(reason="watched files changed")
+        if self.hot_restart_pending and self._can_hot_restart():
+            self._hot_restart()
+        if self.current is not None and now >= self.timers.health:
+            self._check_health(now)
+        self.systemd.watchdog(now, self.state in SERVING)
+        return None
 
-    def _next_wakeup(self, now: float) -> float:
-        deadlines = [self._next_watch, self._next_health if self.current else now + 1.0]
-        if self._restart_at is not None:
-            deadlines.append(self._restart_at)
-        if self.notifier.watchdog_interval_s:
-            deadlines.append(self._next_watchdog)
-        if self.draining or self._hot_restart_wanted:
-            deadlines.append(now + 0.2)
-        return max(0.0, min(deadlines) - now)
-
-    def _sleep(self, timeout: float) -> None:
-        readable = select.select([self._wake_r], [], [], timeout)[0]
-        if readable:
-            with contextlib.suppress(BlockingIOError):
-                self._wake_r.recv(4096)
+    def _enter(self, new: State) -> None:
+        """Every change of state goes through here."""
+        check_transition(self.state, new)
+        log.debug("agent state: %s -> %s", self.state.value, new.value)
+        self.state = new
+        self.metrics.ready = new in SERVING
+        if new is State.READY:
+            self.failed_checks = 0
 
     # --- signals -----------------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in _SIGNALS:
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        self._signals.append(signum)
-
-    def _handle_signals(self) -> None:
-        while self._signals:
-            sig = self._signals.popleft()
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                log.info("received %s: stopping gracefully", signal.Signals(sig).name)
-                self.stopping = True
-            elif sig == signal.SIGUSR1:
-                log.info("received SIGUSR1: hot restart requested")
-                self._hot_restart_wanted = True
-            elif sig == signal.SIGHUP:
-                log.info("received SIGHUP: re-reading config")
-                self.reload()
+    def _on_signal(self, sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            log.info("received %s: stopping gracefully", signal.Signals(sig).name)
+            if self.state is not State.DRAINING:
+                self._enter(State.DRAINING)
+        elif sig == signal.SIGUSR1:
+            log.info("received SIGUSR1: hot restart requested")
+            self.hot_restart_pending = True
+        elif sig == signal.SIGHUP:
+            log.info("received SIGHUP: re-reading config")
+            self.reload()
 
     # --- starting and restarting -------------------------------------------------------
 
-    def _take_fingerprint(self, proxy: Proxy) -> Fingerprint:
-        try:
-            binary = proxy.binary_identity()
-        except (ProxyError, OSError):
-            binary = ()
-        return Fingerprint(tuple(repr(x) for x in restart_relevant(proxy.cfg)), binary, proxy.xds_fingerprint())
-
     def _start_fresh(self) -> None:
         """Start epoch 0: at boot, or after a crash when no older Envoy is left."""
-        self._restart_at = None
-        self._kill(self.draining)
-        self.draining = []
+        self._kill(self.parents)
+        self.parents = []
         try:
-            self.current = self.proxy.start(0)
+            proc = self.proxy.start(0)
         except ProxyError as exc:
             log.error("%s", exc)
             self.metrics.errors += 1
-            self._restart_at = time.monotonic() + self.backoff.crashed()
+            self.timers.restart = self._clock.now() + self.backoff.crashed()
+            self._enter(State.BACKING_OFF)
             return
         self.metrics.envoy_starts += 1
-        self._began_waiting_for_ready()
+        self.current = proc
+        self._enter(State.STARTING)
+        self.timers.expect_ready(self._clock.now(), self.cfg.supervise.ready_timeout_s)
+        self.systemd.status(f"starting envoy epoch {proc.epoch}")
         self.proxy.cleanup([0])
-
-    def _began_waiting_for_ready(self) -> None:
-        self._next_health = time.monotonic()
-        self._ready_deadline = time.monotonic() + self.cfg.supervise.ready_timeout_s
-        self._status(f"starting envoy epoch {self.current.epoch if self.current else '?'}")
 
     def _can_hot_restart(self) -> bool:
         # One hand-over at a time: Envoy's hot restart pairs one parent with one child.
         return (
-            self.current is not None
+            self.state is State.READY
+            and self.current is not None
             and self.current.exited() is None
-            and not self.draining
-            and not self._hot_restart_in_flight
-            and self.ready
+            and not self.parents
         )
 
     def _hot_restart(self) -> None:
         assert self.current is not None
-        self._hot_restart_wanted = False
+        self.hot_restart_pending = False
         epoch = self.current.epoch + 1
         try:
             child = self.proxy.start(epoch)
@@ -294,43 +276,42 @@ class Agent:
             return
         self.metrics.envoy_starts += 1
         self.metrics.hot_restarts += 1
-        self.draining.append(self.current)
+        self.parents.append(self.current)
         self.current = child
-        self._hot_restart_in_flight = True
-        self._next_health = time.monotonic()
-        self._ready_deadline = time.monotonic() + self.cfg.supervise.ready_timeout_s
-        self._status(f"hot restart: epoch {epoch} taking over")
+        self._enter(State.HOT_RESTARTING)
+        self.timers.expect_ready(self._clock.now(), self.cfg.supervise.ready_timeout_s)
+        self.systemd.status(f"hot restart: epoch {epoch} taking over")
 
     def _on_current_exit(self, now: float) -> Optional[int]:
         assert self.current is not None
         proc, code = self.current, self.current.exited()
         self.current = None
-        if self._hot_restart_in_flight and self.draining:
+        if self.state is State.HOT_RESTARTING and self.parents:
             # The new epoch died before taking over; the parent is still serving.
             log.error(
                 "envoy epoch %d exited with %s during hot restart; keeping epoch %d",
                 proc.epoch,
                 code,
-                self.draining[-1].epoch,
+                self.parents[-1].epoch,
             )
             self.metrics.errors += 1
-            self.current = self.draining.pop()
-            self._hot_restart_in_flight = False
+            self.current = self.parents.pop()
+            self._enter(State.READY)
             self.proxy.cleanup([p.epoch for p in self._alive()])
             return None
-        self._hot_restart_in_flight = False
-        self.ready = False
-        self.metrics.ready = False
         self.metrics.restarts += 1
         delay = self.backoff.crashed()
         if self.backoff.exhausted:
+            self._enter(State.STOPPED)
             log.error(
                 "envoy exited with %s; %d crashes in a row, giving up",
                 code,
                 self.backoff.consecutive,
             )
-            self._status(f"giving up: envoy crashed {self.backoff.consecutive} times in a row")
+            self.systemd.status(f"giving up: envoy crashed {self.backoff.consecutive} times in a row")
             return EXIT_CRASH_LOOP
+        self.timers.restart = now + delay
+        self._enter(State.BACKING_OFF)
         log.warning(
             "envoy epoch %d (pid %d) exited with %s; restarting in %.2fs",
             proc.epoch,
@@ -338,75 +319,57 @@ class Agent:
             code,
             delay,
         )
-        self._status(f"envoy exited ({code}); restarting in {delay:.1f}s")
-        self._restart_at = now + delay
+        self.systemd.status(f"envoy exited ({code}); restarting in {delay:.1f}s")
         return None
 
-    def _reap_draining(self) -> None:
-        still = [p for p in self.draining if p.exited() is None]
-        if len(still) != len(self.draining):
-            self.draining = still
+    def _reap_parents(self) -> None:
+        still = [p for p in self.parents if p.exited() is None]
+        if len(still) != len(self.parents):
+            self.parents = still
             self.proxy.cleanup([p.epoch for p in self._alive()])
 
-    def _alive(self) -> List[EnvoyProcess]:
-        return [p for p in [*self.draining, self.current] if p is not None and p.exited() is None]
+    def _alive(self) -> List[EpochProcess]:
+        return [p for p in [*self.parents, self.current] if p is not None and p.exited() is None]
 
     # --- health ------------------------------------------------------------------------
 
-    def _admin(self) -> EnvoyAdmin:
-        return EnvoyAdmin(self.cfg.listen.admin_address, self.cfg.ports.admin)
-
     def _check_health(self, now: float) -> None:
+        proc = self.current
+        assert proc is not None
         try:
-            healthy = is_ready(self.cfg, self._admin().readiness(), self.current.epoch)
+            healthy = is_ready(self.cfg, self._admin(self.cfg).readiness(), proc.epoch)
         except AdminError:
             healthy = False
-        self._failed_checks = 0 if healthy else self._failed_checks + 1
         if healthy:
+            self.failed_checks = 0
             self.backoff.healthy(now)
-            if self._hot_restart_in_flight:
-                self._hot_restart_in_flight = False
-                log.info("hot restart done: epoch %d ready", self.current.epoch)
-            if not self.ready:
-                log.info("envoy epoch %d ready", self.current.epoch)
-            self.ready = True
-            self.metrics.epoch = self.current.epoch
-            if not self._notified_ready:
-                self._notified_ready = True
-                self.notifier.send("READY=1", f"STATUS=ready: envoy epoch {self.current.epoch}")
-            else:
-                self._status(f"ready: envoy epoch {self.current.epoch}")
-            self._next_health = now + _HEALTHY_POLL_S
-        else:
-            # One missed poll (a slow admin answer under load) is not yet a verdict.
-            if not self._hot_restart_in_flight and self.ready and self._failed_checks >= _CHECKS_TO_UNREADY:
-                log.warning("envoy epoch %d is no longer ready", self.current.epoch)
-                self.ready = False
-                self.backoff.unhealthy()
-                self._ready_deadline = now + self.cfg.supervise.ready_timeout_s
-            if now > self._ready_deadline and (not self.ready or self._hot_restart_in_flight):
-                log.error(
-                    "envoy epoch %d not ready after %.0fs; restarting it",
-                    self.current.epoch,
-                    self.cfg.supervise.ready_timeout_s,
-                )
-                self.metrics.errors += 1
-                self._kill([self.current])
-                self._ready_deadline = now + self.cfg.supervise.ready_timeout_s
-            fast = not self.ready or self._hot_restart_in_flight
-            self._next_health = now + (_READY_POLL_S if fast else _HEALTHY_POLL_S)
-        self.metrics.ready = self.ready
-
-    def _watchdog(self, now: float) -> None:
-        interval = self.notifier.watchdog_interval_s
-        if interval and now >= self._next_watchdog and self.ready:
-            self.notifier.send("WATCHDOG=1")
-            self._next_watchdog = now + interval
-
-    def _status(self, text: str) -> None:
-        if self._last_status != text:
-            self._last_status = text
-            self.notifier.status(text)
+            if self.state is State.HOT_RESTARTING:
+                log.info("hot restart done: epoch %d ready", proc.epoch)
+            elif self.state is not State.READY:
+                log.info("envoy epoch %d ready", proc.epoch)
+            if self.state is not State.READY:
+                self._enter(State.READY)
+            self.metrics.epoch = proc.epoch
+            self.systemd.ready(proc.epoch)
+            self.timers.health = now + HEALTHY_POLL_S
+            return
+        self.failed_checks += 1
+        if self.state is State.READY and self.failed_checks >= CHECKS_TO_UNREADY:
+            log.warning("envoy epoch %d is no longer ready", proc.epoch)
+            self._enter(State.NOT_READY)
+            self.backoff.unhealthy()
+            self.timers.ready_by = now + self.cfg.supervise.ready_timeout_s
+        waiting = self.state is not State.READY  # for a new epoch, or one that stopped being ready
+        if waiting and now > self.timers.ready_by:
+            log.error(
+                "envoy epoch %d not ready after %.0fs; restarting it",
+                proc.epoch,
+                self.cfg.supervise.ready_timeout_s,
+            )
+            self.metrics.errors += 1
+            self._kill([proc])
+            self.timers.ready_by = now + self.cfg.supervise.ready_timeout_s
+        self.timers.health = now + (READY_POLL_S if waiting else HEALTHY_POLL_S)
 
     # --- changes -----------------------------------------------------------------------
 
@@ -420,16 +383,13 @@ class Agent:
             self.metrics.errors += 1
             return
         self.cfg = cfg
-        self.proxy = Proxy(cfg, self._ip if cfg.node.ip == "auto" else cfg.node.ip)
+        self.proxy = self._new_proxy(cfg)
         self._apply_changes(reason="config reload")
 
-    def _watch_for_changes(self) -> None:
-        """Poll for what can change under us: certificates and the Envoy binary."""
-        self._apply_changes(reason="watched files changed")
-
     def _apply_changes(self, reason: str) -> None:
+        """Write what changed into the watched files; a change they cannot carry (bootstrap,
+        binary, control-plane credentials) asks for a hot restart."""
         try:
-            self.proxy.prepare_run_dir()
             changed = self.proxy.write_dynamic()
         except (OSError, ProxyError) as exc:
             log.error("cannot write dynamic config: %s", exc)
@@ -438,31 +398,30 @@ class Agent:
         tls = self.proxy.tls_fingerprint()
         if changed:
             self.metrics.config_reloads += 1
-            what = "certificates" if tls != self._tls_fingerprint else "listeners/clusters"
+            what = "certificates" if tls != self.applied.tls else "listeners/clusters"
             log.info("%s: updated %s in place, no restart", reason, what)
-        self._tls_fingerprint = tls
-        fp = self._take_fingerprint(self.proxy)
-        if fp != self._fingerprint:
+        self.applied.tls = tls
+        fp = self.proxy.fingerprint()
+        if fp != self.applied.fingerprint:
             log.info("%s: bootstrap, binary or control-plane credentials changed; hot restart", reason)
-            self._fingerprint = fp
-            self._hot_restart_wanted = True
+            self.applied.fingerprint = fp
+            self.hot_restart_pending = True
 
     # --- stopping ----------------------------------------------------------------------
 
     def _graceful_stop(self) -> None:
-        self.ready = False
-        self.metrics.ready = False
-        self.notifier.send("STOPPING=1", "STATUS=stopping: draining connections")
+        self.systemd.stopping()
         s = self.cfg.supervise
-        if self.current is not None and self.current.exited() is None:
-            admin = self._admin()
+        proc = self.current
+        if proc is not None and proc.exited() is None:
+            admin = self._admin(self.cfg)
             try:
                 admin.drain_listeners()
             except AdminError as exc:
                 log.warning("could not start drain: %s", exc)
-            started = time.monotonic()
+            started = self._clock.now()
             deadline = started + s.drain_timeout_s
-            while time.monotonic() < deadline and self.current.exited() is None:
+            while self._clock.now() < deadline and proc.exited() is None:
                 try:
                     active = admin.active_connections(DRAINED_STAT_PREFIXES)
                 except AdminError as exc:
@@ -470,39 +429,33 @@ class Agent:
                     break
                 log.debug("draining: %d inbound connections open", active)
                 if active == 0:
-                    log.info("drained in %.1fs", time.monotonic() - started)
+                    log.info("drained in %.1fs", self._clock.now() - started)
                     break
-                time.sleep(0.1)
+                self._clock.sleep(_DRAIN_POLL_S)
             else:
                 log.warning("drain bound reached; stopping envoy with connections open")
             # A hot restart's parent still finishing its connections gets the same bound.
-            while self.draining and time.monotonic() < deadline:
-                self._reap_draining()
-                time.sleep(0.1)
+            while self.parents and self._clock.now() < deadline:
+                self._reap_parents()
+                self._clock.sleep(_DRAIN_POLL_S)
         self._stop_all_envoys()
         log.info("stopped")
 
     def _stop_all_envoys(self) -> None:
         procs = self._alive()
         for p in procs:
-            _signal(p, signal.SIGTERM)
-        deadline = time.monotonic() + self.cfg.supervise.stop_timeout_s
+            p.signal(signal.SIGTERM)
+        deadline = self._clock.now() + self.cfg.supervise.stop_timeout_s
         for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(max(0.0, deadline - time.monotonic()))
+            p.wait(max(0.0, deadline - self._clock.now()))
         self._kill(procs)
         self.current = None
-        self.draining = []
+        self.parents = []
         if procs:
             self.proxy.remove_shared_memory()
 
-    def _kill(self, procs: List[EnvoyProcess]) -> None:
+    def _kill(self, procs: List[EpochProcess]) -> None:
         for p in procs:
             if p.exited() is None:
-                _signal(p, signal.SIGKILL)
-                p.popen.wait()
-
-
-def _signal(proc: EnvoyProcess, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.popen.send_signal(sig)
+                p.signal(signal.SIGKILL)
+                p.wait()

@@ -13,16 +13,21 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import replace
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hostmesh_agent import __version__
+from hostmesh_agent.admin import EnvoyAdmin
 from hostmesh_agent.agent import Agent
 from hostmesh_agent.atomic_files import dump_json, write_atomic
+from hostmesh_agent.clock import SystemClock
 from hostmesh_agent.config import Config, ConfigError, load_config, with_node_defaults
 from hostmesh_agent.logs import setup_logging
-from hostmesh_agent.proxy import Proxy, ProxyError
+from hostmesh_agent.proxy import EnvoyProxy, ProxyError
 from hostmesh_agent.resources import render_dynamic
 from hostmesh_agent.rundir import RunDir
+from hostmesh_agent.sdnotify import Notifier
+from hostmesh_agent.signal_inbox import SignalInbox
+from hostmesh_agent.status_server import StatusServer
 
 log = logging.getLogger("hostmesh_agent")
 
@@ -44,6 +49,15 @@ def detect_ip() -> str:
 
 def node_ip(cfg: Config) -> str:
     return detect_ip() if cfg.node.ip == "auto" else cfg.node.ip
+
+
+def proxy_factory(detected_ip: str) -> Callable[[Config], EnvoyProxy]:
+    """The Proxy of a reloaded config: ``node.ip`` "auto" keeps the address found at start."""
+    return lambda cfg: EnvoyProxy(cfg, detected_ip if cfg.node.ip == "auto" else cfg.node.ip)
+
+
+def admin_for(cfg: Config) -> EnvoyAdmin:
+    return EnvoyAdmin(cfg.listen.admin_address, cfg.ports.admin)
 
 
 CAP_NET_ADMIN = 12
@@ -99,7 +113,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    agent = Agent(cfg, node_ip(cfg), lambda: _load(args))
+    new_proxy = proxy_factory(node_ip(cfg))
+    agent = Agent(
+        cfg,
+        new_proxy(cfg),
+        new_proxy=new_proxy,
+        load_config=lambda: _load(args),
+        admin=admin_for,
+        notifier=Notifier(os.environ),
+        clock=SystemClock(),
+        signals=SignalInbox(),
+        status_server=StatusServer,
+    )
     log.info(
         "hostmesh-agent %s starting: mode %s, %s interception, run dir %s",
         __version__,
@@ -113,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    proxy = Proxy(cfg, node_ip(cfg))
+    proxy = EnvoyProxy(cfg, node_ip(cfg))
     json.dump(proxy.bootstrap(), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
@@ -127,7 +152,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"envoy binary {cfg.envoy.binary!r} not found; bootstrap not checked by Envoy")
         return 0
     with tempfile.TemporaryDirectory(prefix="hostmesh-validate-") as tmp:
-        proxy = Proxy(replace(cfg, run_dir=tmp), node_ip(cfg))
+        proxy = EnvoyProxy(replace(cfg, run_dir=tmp), node_ip(cfg))
         proxy.prepare_run_dir()
         proxy.write_dynamic()
         docs = [("bootstrap", proxy.bootstrap())]

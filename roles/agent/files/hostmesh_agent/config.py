@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 MODES = ("standalone", "xds")
@@ -142,248 +142,28 @@ def _str_map(key: str, value: Any) -> Dict[str, str]:
 
 PORT = _int_range(1, 65535)
 
-
-# --- sections -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """Who this sidecar is; becomes Envoy's node id, cluster and metadata."""
-
-    name: str = ""
-    namespace: str = "default"
-    domain: str = ""
-    cluster: str = ""
-    ip: str = "auto"
-    service_account: str = "default"
-    labels: Dict[str, str] = field(default_factory=dict)
+Check = Callable[[str, Any], Any]
+Checks = Dict[str, Check]
 
 
-@dataclass(frozen=True)
-class EnvoyConfig:
-    """How to run Envoy: the binary and the command-line flags the seed shows."""
-
-    binary: str = "envoy"
-    base_id: int = 1337
-    concurrency: int = 2
-    log_level: str = "warning"
-    component_log_level: str = "misc:error"
-    log_format: str = "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n\t%v"
-    drain_time_s: int = 45
-    parent_shutdown_time_s: int = 60
-    local_address_ip_version: str = "v4"
-    max_downstream_connections: int = 100000
-    extra_args: Tuple[str, ...] = ()
+# --- the schema ---------------------------------------------------------------------
+#
+# Each section is a frozen dataclass whose fields are its keys: a field's default is the
+# key's default (none: the key is required) and its metadata holds the check its value
+# must pass (``_meta``), so a key is declared once.
 
 
-@dataclass(frozen=True)
-class PortsConfig:
-    admin: int = 15000
-    outbound: int = 15001
-    inbound: int = 15006
-    status: int = 15020
-    health: int = 15021
-    prometheus: int = 15090
+def _meta(check: Check, items: Optional[type] = None) -> Dict[str, Any]:
+    """A key's field metadata: the check its value must pass; for a list of objects, their class."""
+    return {"check": check, "items": items}
 
 
-@dataclass(frozen=True)
-class ListenConfig:
-    """Addresses to bind: the admin API stays on loopback; the rest is for peers."""
-
-    admin_address: str = "127.0.0.1"
-    status_address: str = "0.0.0.0"
-    inbound_address: str = "0.0.0.0"
-    outbound_address: str = "0.0.0.0"
+def _checks(section: type) -> Checks:
+    return {f.name: f.metadata["check"] for f in fields(section)}
 
 
-@dataclass(frozen=True)
-class SuperviseConfig:
-    """Restart backoff, crash-loop bound, drain bound and change-watch period."""
-
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 30.0
-    backoff_multiplier: float = 2.0
-    healthy_reset_s: float = 60.0
-    max_consecutive_crashes: int = 10
-    drain_timeout_s: float = 30.0
-    stop_timeout_s: float = 10.0
-    ready_timeout_s: float = 60.0
-    watch_interval_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """Workload certificate for mesh mTLS (SPIFFE IDs issued by the mesh CA)."""
-
-    cert_file: str = ""
-    key_file: str = ""
-    ca_file: str = ""
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.cert_file and self.key_file and self.ca_file)
-
-
-@dataclass(frozen=True)
-class InboundService:
-    name: str
-    port: int
-    target_port: int = 0
-    protocol: str = "tcp"
-    tls: bool = False
-    allowed_spiffe_ids: Tuple[str, ...] = ()
-
-    @property
-    def app_port(self) -> int:
-        return self.target_port or self.port
-
-
-@dataclass(frozen=True)
-class InboundConfig:
-    """Inbound traffic. With ``interception`` "tproxy" the capture rules divert
-    connections with TPROXY: Envoy's inbound listener must be transparent, and it
-    reaches the application at the address the client dialed, from the client's
-    own address, marked ``tproxy_mark`` so that the reply is routed back to it."""
-
-    services: Tuple[InboundService, ...] = ()
-    passthrough: bool = True
-    app_address: str = "127.0.0.1"
-    source_address: str = "127.0.0.6"
-    interception: str = "redirect"
-    tproxy_mark: int = 1337
-
-    @property
-    def tproxy(self) -> bool:
-        return self.interception == "tproxy"
-
-
-@dataclass(frozen=True)
-class OutboundService:
-    name: str
-    port: int
-    endpoints: Tuple[str, ...] = ()
-    match_cidrs: Tuple[str, ...] = ()
-    protocol: str = "tcp"
-    tls: bool = False
-    spiffe_ids: Tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class OutboundConfig:
-    services: Tuple[OutboundService, ...] = ()
-    passthrough: bool = True
-
-
-@dataclass(frozen=True)
-class XdsConfig:
-    """An external control plane reached over ADS (gRPC) with TLS."""
-
-    address: str = ""
-    sni: str = ""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    token_file: str = ""
-    cluster_id: str = "Kubernetes"
-    mesh_id: str = ""
-    network: str = ""
-    istio_version: str = ""
-    metadata: Dict[str, str] = field(default_factory=dict)
-    initial_fetch_timeout_s: float = 15.0
-
-
-@dataclass(frozen=True)
-class Config:
-    mode: str = "standalone"
-    run_dir: str = "/run/hostmesh"
-    trust_domain: str = "cluster.local"
-    node: NodeConfig = field(default_factory=NodeConfig)
-    envoy: EnvoyConfig = field(default_factory=EnvoyConfig)
-    ports: PortsConfig = field(default_factory=PortsConfig)
-    listen: ListenConfig = field(default_factory=ListenConfig)
-    supervise: SuperviseConfig = field(default_factory=SuperviseConfig)
-    tls: TlsConfig = field(default_factory=TlsConfig)
-    inbound: InboundConfig = field(default_factory=InboundConfig)
-    outbound: OutboundConfig = field(default_factory=OutboundConfig)
-    xds: XdsConfig = field(default_factory=XdsConfig)
-
-
-# --- schema: key -> validator, per section ------------------------------------------
-
-Checks = Dict[str, Callable[[str, Any], Any]]
-
-_NODE: Checks = {
-    "name": _name,
-    "namespace": _name,
-    "domain": _name,
-    "cluster": _name,
-    "ip": _ip_or_auto,
-    "service_account": _name,
-    "labels": _str_map,
-}
-_ENVOY: Checks = {
-    "binary": _nonempty_str,
-    "base_id": _int_range(0, 4294967),
-    "concurrency": _int_range(0, 256),
-    "log_level": _choice(*LOG_LEVELS),
-    "component_log_level": _component_levels,
-    "log_format": _nonempty_str,
-    "drain_time_s": _int_range(0, 3600),
-    "parent_shutdown_time_s": _int_range(1, 3600),
-    "local_address_ip_version": _choice(*IP_VERSIONS),
-    "max_downstream_connections": _int_range(1, 10_000_000),
-    "extra_args": _list_of(_str),
-}
-_PORTS: Checks = {name: PORT for name in (f.name for f in fields(PortsConfig))}
-_LISTEN: Checks = {
-    "admin_address": _loopback_ip,
-    "status_address": _ip,
-    "inbound_address": _ip,
-    "outbound_address": _ip,
-}
-_SUPERVISE: Checks = {
-    "backoff_initial_s": _float_range(0.01, 60),
-    "backoff_max_s": _float_range(0.01, 3600),
-    "backoff_multiplier": _float_range(1, 10),
-    "healthy_reset_s": _float_range(0, 86400),
-    "max_consecutive_crashes": _int_range(0, 10000),
-    "drain_timeout_s": _float_range(0, 3600),
-    "stop_timeout_s": _float_range(0.1, 600),
-    "ready_timeout_s": _float_range(1, 3600),
-    "watch_interval_s": _float_range(0.1, 3600),
-}
-_TLS: Checks = {"cert_file": _str, "key_file": _str, "ca_file": _str}
-_INBOUND_SERVICE: Checks = {
-    "name": _name,
-    "port": PORT,
-    "target_port": PORT,
-    "protocol": _choice(*PROTOCOLS),
-    "tls": _bool,
-    "allowed_spiffe_ids": _list_of(_nonempty_str),
-}
-_OUTBOUND_SERVICE: Checks = {
-    "name": _name,
-    "port": PORT,
-    "endpoints": _list_of(_host_port),
-    "match_cidrs": _list_of(_cidr),
-    "protocol": _choice(*PROTOCOLS),
-    "tls": _bool,
-    "spiffe_ids": _list_of(_nonempty_str),
-}
-_XDS: Checks = {
-    "address": _host_port,
-    "sni": _str,
-    "ca_file": _str,
-    "cert_file": _str,
-    "key_file": _str,
-    "token_file": _str,
-    "cluster_id": _nonempty_str,
-    "mesh_id": _str,
-    "network": _str,
-    "istio_version": _str,
-    "metadata": _str_map,
-    "initial_fetch_timeout_s": _float_range(0, 600),
-}
+def _required(section: type) -> Tuple[str, ...]:
+    return tuple(f.name for f in fields(section) if f.default is MISSING and f.default_factory is MISSING)
 
 
 def _object(key: str, value: Any, checks: Checks, required: Tuple[str, ...] = ()) -> Dict[str, Any]:
@@ -405,13 +185,16 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _services(
-    key: str, value: Any, checks: Checks, build: Callable[..., Any], match_on: Callable[[Any], Any]
-) -> Tuple[Any, ...]:
+def _section(section: type) -> Check:
+    """The check of a whole section: an object of the section's own keys."""
+    return lambda key, value: section(**_object(key, value, _checks(section), _required(section)))
+
+
+def _services(key: str, value: Any, service: type, match_on: Callable[[Any], Any]) -> Tuple[Any, ...]:
     """A list of services with unique names and unique traffic matches (``match_on``)."""
     if not isinstance(value, list):
         raise _fail(key, value, "a list of objects")
-    out = [build(**_object(f"{key}[{i}]", v, checks, ("name", "port"))) for i, v in enumerate(value)]
+    out = [_section(service)(f"{key}[{i}]", v) for i, v in enumerate(value)]
     seen: Dict[Any, int] = {}
     for i, svc in enumerate(out):
         for field_name, ident in (("name", svc.name), ("port", match_on(svc))):
@@ -425,23 +208,148 @@ def _services(
     return tuple(out)
 
 
-def _inbound(key: str, value: Any) -> InboundConfig:
-    checks: Checks = {
-        **_SECTIONS["inbound"],
-        "services": lambda k, v: _services(k, v, _INBOUND_SERVICE, InboundService, lambda svc: svc.port),
-    }
-    return InboundConfig(**_object(key, value, checks))
+# --- sections -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Who this sidecar is; becomes Envoy's node id, cluster and metadata."""
+
+    name: str = field(default="", metadata=_meta(_name))
+    namespace: str = field(default="default", metadata=_meta(_name))
+    domain: str = field(default="", metadata=_meta(_name))
+    cluster: str = field(default="", metadata=_meta(_name))
+    ip: str = field(default="auto", metadata=_meta(_ip_or_auto))
+    service_account: str = field(default="default", metadata=_meta(_name))
+    labels: Dict[str, str] = field(default_factory=dict, metadata=_meta(_str_map))
+
+
+@dataclass(frozen=True)
+class EnvoyConfig:
+    """How to run Envoy: the binary and the command-line flags the seed shows."""
+
+    binary: str = field(default="envoy", metadata=_meta(_nonempty_str))
+    base_id: int = field(default=1337, metadata=_meta(_int_range(0, 4294967)))
+    concurrency: int = field(default=2, metadata=_meta(_int_range(0, 256)))
+    log_level: str = field(default="warning", metadata=_meta(_choice(*LOG_LEVELS)))
+    component_log_level: str = field(default="misc:error", metadata=_meta(_component_levels))
+    log_format: str = field(default="%Y-%m-%dT%T.%fZ\t%l\tenvoy %n\t%v", metadata=_meta(_nonempty_str))
+    drain_time_s: int = field(default=45, metadata=_meta(_int_range(0, 3600)))
+    parent_shutdown_time_s: int = field(default=60, metadata=_meta(_int_range(1, 3600)))
+    local_address_ip_version: str = field(default="v4", metadata=_meta(_choice(*IP_VERSIONS)))
+    max_downstream_connections: int = field(default=100000, metadata=_meta(_int_range(1, 10_000_000)))
+    extra_args: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_str)))
+
+
+@dataclass(frozen=True)
+class PortsConfig:
+    admin: int = field(default=15000, metadata=_meta(PORT))
+    outbound: int = field(default=15001, metadata=_meta(PORT))
+    inbound: int = field(default=15006, metadata=_meta(PORT))
+    status: int = field(default=15020, metadata=_meta(PORT))
+    health: int = field(default=15021, metadata=_meta(PORT))
+    prometheus: int = field(default=15090, metadata=_meta(PORT))
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Addresses to bind: the admin API stays on loopback; the rest is for peers."""
+
+    admin_address: str = field(default="127.0.0.1", metadata=_meta(_loopback_ip))
+    status_address: str = field(default="0.0.0.0", metadata=_meta(_ip))
+    inbound_address: str = field(default="0.0.0.0", metadata=_meta(_ip))
+    outbound_address: str = field(default="0.0.0.0", metadata=_meta(_ip))
+
+
+@dataclass(frozen=True)
+class SuperviseConfig:
+    """Restart backoff, crash-loop bound, drain bound and change-watch period."""
+
+    backoff_initial_s: float = field(default=0.2, metadata=_meta(_float_range(0.01, 60)))
+    backoff_max_s: float = field(default=30.0, metadata=_meta(_float_range(0.01, 3600)))
+    backoff_multiplier: float = field(default=2.0, metadata=_meta(_float_range(1, 10)))
+    healthy_reset_s: float = field(default=60.0, metadata=_meta(_float_range(0, 86400)))
+    max_consecutive_crashes: int = field(default=10, metadata=_meta(_int_range(0, 10000)))
+    drain_timeout_s: float = field(default=30.0, metadata=_meta(_float_range(0, 3600)))
+    stop_timeout_s: float = field(default=10.0, metadata=_meta(_float_range(0.1, 600)))
+    ready_timeout_s: float = field(default=60.0, metadata=_meta(_float_range(1, 3600)))
+    watch_interval_s: float = field(default=5.0, metadata=_meta(_float_range(0.1, 3600)))
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Workload certificate for mesh mTLS (SPIFFE IDs issued by the mesh CA)."""
+
+    cert_file: str = field(default="", metadata=_meta(_str))
+    key_file: str = field(default="", metadata=_meta(_str))
+    ca_file: str = field(default="", metadata=_meta(_str))
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.cert_file and self.key_file and self.ca_file)
+
+
+@dataclass(frozen=True)
+class InboundService:
+    name: str = field(metadata=_meta(_name))
+    port: int = field(metadata=_meta(PORT))
+    target_port: int = field(default=0, metadata=_meta(PORT))
+    protocol: str = field(default="tcp", metadata=_meta(_choice(*PROTOCOLS)))
+    tls: bool = field(default=False, metadata=_meta(_bool))
+    allowed_spiffe_ids: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_nonempty_str)))
+
+    @property
+    def app_port(self) -> int:
+        return self.target_port or self.port
+
+
+def _inbound_services(key: str, value: Any) -> Tuple[InboundService, ...]:
+    return _services(key, value, InboundService, lambda svc: svc.port)
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    """Inbound traffic. With ``interception`` "tproxy" the capture rules divert
+    connections with TPROXY: Envoy's inbound listener must be transparent, and it
+    reaches the application at the address the client dialed, from the client's
+    own address, marked ``tproxy_mark`` so that the reply is routed back to it."""
+
+    services: Tuple[InboundService, ...] = field(default=(), metadata=_meta(_inbound_services, InboundService))
+    passthrough: bool = field(default=True, metadata=_meta(_bool))
+    app_address: str = field(default="127.0.0.1", metadata=_meta(_ip))
+    source_address: str = field(default="127.0.0.6", metadata=_meta(_ip))
+    interception: str = field(default="redirect", metadata=_meta(_choice(*INTERCEPTIONS)))
+    tproxy_mark: int = field(default=1337, metadata=_meta(_int_range(1, 0xFFFFFFFF)))
+
+    @property
+    def tproxy(self) -> bool:
+        return self.interception == "tproxy"
+
+
+@dataclass(frozen=True)
+class OutboundService:
+    name: str = field(metadata=_meta(_name))
+    port: int = field(metadata=_meta(PORT))
+    endpoints: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_host_port)))
+    match_cidrs: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_cidr)))
+    protocol: str = field(default="tcp", metadata=_meta(_choice(*PROTOCOLS)))
+    tls: bool = field(default=False, metadata=_meta(_bool))
+    spiffe_ids: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_nonempty_str)))
+
+
+def _outbound_services(key: str, value: Any) -> Tuple[OutboundService, ...]:
+    # Two upstreams may share a port when their destination networks tell them apart.
+    return _services(key, value, OutboundService, lambda svc: (svc.port, svc.match_cidrs))
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    services: Tuple[OutboundService, ...] = field(default=(), metadata=_meta(_outbound_services, OutboundService))
+    passthrough: bool = field(default=True, metadata=_meta(_bool))
 
 
 def _outbound(key: str, value: Any) -> OutboundConfig:
-    checks: Checks = {
-        **_SECTIONS["outbound"],
-        # Two upstreams may share a port when their destination networks tell them apart.
-        "services": lambda k, v: _services(
-            k, v, _OUTBOUND_SERVICE, OutboundService, lambda svc: (svc.port, svc.match_cidrs)
-        ),
-    }
-    parsed = OutboundConfig(**_object(key, value, checks))
+    parsed = _section(OutboundConfig)(key, value)
     for i, svc in enumerate(parsed.services):
         if not svc.endpoints:
             raise ConfigError(
@@ -450,62 +358,59 @@ def _outbound(key: str, value: Any) -> OutboundConfig:
     return parsed
 
 
-_TOP: Checks = {
-    "mode": _choice(*MODES),
-    "run_dir": _nonempty_str,
-    "trust_domain": _name,
-    "node": lambda k, v: NodeConfig(**_object(k, v, _NODE)),
-    "envoy": lambda k, v: EnvoyConfig(**_object(k, v, _ENVOY)),
-    "ports": lambda k, v: PortsConfig(**_object(k, v, _PORTS)),
-    "listen": lambda k, v: ListenConfig(**_object(k, v, _LISTEN)),
-    "supervise": lambda k, v: SuperviseConfig(**_object(k, v, _SUPERVISE)),
-    "tls": lambda k, v: TlsConfig(**_object(k, v, _TLS)),
-    "inbound": _inbound,
-    "outbound": _outbound,
-    "xds": lambda k, v: XdsConfig(**_object(k, v, _XDS)),
-}
+@dataclass(frozen=True)
+class XdsConfig:
+    """An external control plane reached over ADS (gRPC) with TLS."""
+
+    address: str = field(default="", metadata=_meta(_host_port))
+    sni: str = field(default="", metadata=_meta(_str))
+    ca_file: str = field(default="", metadata=_meta(_str))
+    cert_file: str = field(default="", metadata=_meta(_str))
+    key_file: str = field(default="", metadata=_meta(_str))
+    token_file: str = field(default="", metadata=_meta(_str))
+    cluster_id: str = field(default="Kubernetes", metadata=_meta(_nonempty_str))
+    mesh_id: str = field(default="", metadata=_meta(_str))
+    network: str = field(default="", metadata=_meta(_str))
+    istio_version: str = field(default="", metadata=_meta(_str))
+    metadata: Dict[str, str] = field(default_factory=dict, metadata=_meta(_str_map))
+    initial_fetch_timeout_s: float = field(default=15.0, metadata=_meta(_float_range(0, 600)))
 
 
-# Every section's keys, for all_keys(); a list of services maps to its item's keys.
-_SECTIONS: Dict[str, Dict[str, Any]] = {
-    "node": _NODE,
-    "envoy": _ENVOY,
-    "ports": _PORTS,
-    "listen": _LISTEN,
-    "supervise": _SUPERVISE,
-    "tls": _TLS,
-    "inbound": {
-        "services": _INBOUND_SERVICE,
-        "passthrough": _bool,
-        "app_address": _ip,
-        "source_address": _ip,
-        "interception": _choice(*INTERCEPTIONS),
-        "tproxy_mark": _int_range(1, 0xFFFFFFFF),
-    },
-    "outbound": {"services": _OUTBOUND_SERVICE, "passthrough": _bool},
-    "xds": _XDS,
-}
+@dataclass(frozen=True)
+class Config:
+    mode: str = field(default="standalone", metadata=_meta(_choice(*MODES)))
+    run_dir: str = field(default="/run/hostmesh", metadata=_meta(_nonempty_str))
+    trust_domain: str = field(default="cluster.local", metadata=_meta(_name))
+    node: NodeConfig = field(default_factory=NodeConfig, metadata=_meta(_section(NodeConfig)))
+    envoy: EnvoyConfig = field(default_factory=EnvoyConfig, metadata=_meta(_section(EnvoyConfig)))
+    ports: PortsConfig = field(default_factory=PortsConfig, metadata=_meta(_section(PortsConfig)))
+    listen: ListenConfig = field(default_factory=ListenConfig, metadata=_meta(_section(ListenConfig)))
+    supervise: SuperviseConfig = field(default_factory=SuperviseConfig, metadata=_meta(_section(SuperviseConfig)))
+    tls: TlsConfig = field(default_factory=TlsConfig, metadata=_meta(_section(TlsConfig)))
+    inbound: InboundConfig = field(default_factory=InboundConfig, metadata=_meta(_section(InboundConfig)))
+    outbound: OutboundConfig = field(default_factory=OutboundConfig, metadata=_meta(_outbound))
+    xds: XdsConfig = field(default_factory=XdsConfig, metadata=_meta(_section(XdsConfig)))
 
 
 def all_keys() -> List[str]:
     """Every accepted key, dotted (``inbound.services[].port``); docs must list each one."""
     keys = []
-    for top in _TOP:
-        section = _SECTIONS.get(top)
-        if section is None:
-            keys.append(top)
+    for top in fields(Config):
+        if not is_dataclass(top.default_factory):
+            keys.append(top.name)
             continue
-        for key, check in section.items():
-            if isinstance(check, dict):
-                keys += [f"{top}.{key}[].{sub}" for sub in check]
+        for f in fields(top.default_factory):
+            items = f.metadata["items"]
+            if items:
+                keys += [f"{top.name}.{f.name}[].{sub.name}" for sub in fields(items)]
             else:
-                keys.append(f"{top}.{key}")
+                keys.append(f"{top.name}.{f.name}")
     return keys
 
 
 def parse_config(data: Any, run_dir: Optional[str] = None) -> Config:
     """Turn decoded JSON into a Config, checking every key and the whole."""
-    cfg = Config(**_object("", data, _TOP))
+    cfg = Config(**_object("", data, _checks(Config)))
     if run_dir is not None:
         cfg = replace(cfg, run_dir=run_dir)
     _check_whole(cfg)

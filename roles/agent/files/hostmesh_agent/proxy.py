@@ -1,7 +1,9 @@
 """The Proxy: knows how to run one Envoy process for one restart epoch.
 
-It writes ``envoy-rev<N>.json``, builds the command line, starts the process
-and cleans up epoch files. It knows nothing of when or why; that is the Agent.
+``Proxy`` is what the Agent asks of it (a Protocol, so that tests can hand the
+Agent a fake); ``EnvoyProxy`` is the real one. It writes ``envoy-rev<N>.json``,
+builds the command line, starts the process and cleans up epoch files. It
+knows nothing of when or why; that is the Agent.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import subprocess
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Protocol, Tuple
 
 from hostmesh_agent.atomic_files import dump_json, write_atomic
 from hostmesh_agent.bootstrap import envoy_args, render_bootstrap
-from hostmesh_agent.config import Config
+from hostmesh_agent.config import Config, restart_relevant
 from hostmesh_agent.resources import render_dynamic
 from hostmesh_agent.rundir import RunDir, bootstrap_epoch
 
@@ -34,8 +36,62 @@ class ProxyError(RuntimeError):
     """Envoy cannot be started: binary missing, run dir unwritable."""
 
 
+@dataclass(frozen=True)
+class Fingerprint:
+    """What, when it changes, needs a new Envoy process rather than a file update."""
+
+    config: Tuple
+    binary: Tuple
+    xds_files: str
+
+
+class EpochProcess(Protocol):
+    """One started Envoy, as the Agent handles it."""
+
+    epoch: int
+
+    @property
+    def pid(self) -> int: ...
+
+    def exited(self) -> Optional[int]:
+        """The exit status once the process has ended (negative: killed by that signal), else None."""
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig``; a process already gone is not an error."""
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Wait until it ends or ``timeout`` passes; its exit status, or None if still running."""
+
+
+class Proxy(Protocol):
+    """What runs Envoy for one config generation: all the Agent needs to supervise it."""
+
+    def prepare(self) -> None:
+        """Check the run directory can be made and the binary found; ProxyError if not."""
+
+    def write_dynamic(self) -> bool:
+        """Write the watched listener/cluster/secret files; True if any changed."""
+
+    def fingerprint(self) -> Fingerprint:
+        """The inputs of the bootstrap and command line: a change needs a hot restart."""
+
+    def tls_fingerprint(self) -> str:
+        """A digest of the workload certificate files (changes apply without a restart)."""
+
+    def start(self, epoch: int) -> EpochProcess:
+        """Write that epoch's bootstrap and start Envoy with it; ProxyError if it cannot start."""
+
+    def cleanup(self, live_epochs: Iterable[int]) -> None:
+        """Remove the bootstrap files of every epoch not listed."""
+
+    def remove_shared_memory(self) -> None:
+        """Drop Envoy's hot-restart region once none of our Envoys runs."""
+
+
 @dataclass
 class EnvoyProcess:
+    """A real Envoy child process (an ``EpochProcess``)."""
+
     epoch: int
     popen: subprocess.Popen
     started_at: float
@@ -46,6 +102,16 @@ class EnvoyProcess:
 
     def exited(self) -> Optional[int]:
         return self.popen.poll()
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
 
 def _prepare_child(parent_pid: int) -> None:
@@ -87,8 +153,8 @@ def read_token(path: str) -> Optional[str]:
         raise ProxyError(f"cannot read {path} (config key 'xds.token_file'): {exc.strerror}") from None
 
 
-class Proxy:
-    """Runs Envoy for a given config; one instance per config generation."""
+class EnvoyProxy:
+    """Runs the real Envoy for a given config (a ``Proxy``); one instance per config generation."""
 
     def __init__(self, cfg: Config, ip: str) -> None:
         self.cfg = cfg
@@ -100,6 +166,10 @@ class Proxy:
         if not found:
             raise ProxyError(f"envoy binary {self.cfg.envoy.binary!r} not found (config key 'envoy.binary')")
         return os.path.realpath(found)
+
+    def prepare(self) -> None:
+        self.prepare_run_dir()
+        self.binary()
 
     def binary_identity(self) -> Tuple[str, int, int, int]:
         """Changes when the binary is replaced, which calls for a hot restart."""
@@ -118,6 +188,13 @@ class Proxy:
             return ""
         return file_digest([p for p in (x.ca_file, x.cert_file, x.key_file, x.token_file) if p])
 
+    def fingerprint(self) -> Fingerprint:
+        try:
+            binary: Tuple = self.binary_identity()
+        except (ProxyError, OSError):
+            binary = ()  # a binary gone missing is reported when an epoch is started
+        return Fingerprint(tuple(repr(x) for x in restart_relevant(self.cfg)), binary, self.xds_fingerprint())
+
     def bootstrap(self) -> Dict:
         token = read_token(self.cfg.xds.token_file) if self.cfg.mode == "xds" else None
         return render_bootstrap(self.cfg, self.run_dir, self.ip, token)
@@ -130,6 +207,7 @@ class Proxy:
 
     def write_dynamic(self) -> bool:
         """Write the watched LDS/CDS/SDS files; True if any changed (Envoy reloads them)."""
+        self.prepare_run_dir()
         if self.cfg.mode != "standalone":
             return False
         changed = False

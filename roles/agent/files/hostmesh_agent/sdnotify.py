@@ -40,3 +40,42 @@ class Notifier:
 
     def status(self, text: str) -> bool:
         return self.send(f"STATUS={text}")
+
+
+class SystemdStatus:
+    """What the agent tells systemd: READY=1 once, a STATUS= line per change, WATCHDOG=1
+    pings while Envoy serves."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self._ready_sent = False
+        self._last_status = ""
+        self._next_watchdog = 0.0
+
+    def status(self, text: str) -> None:
+        if self._last_status != text:
+            self._last_status = text
+            self.notifier.status(text)
+
+    def ready(self, epoch: int) -> None:
+        """After every passed readiness poll; the first one is what ``Type=notify`` waits for."""
+        if not self._ready_sent:
+            self._ready_sent = True
+            self.notifier.send("READY=1", f"STATUS=ready: envoy epoch {epoch}")
+        else:
+            self.status(f"ready: envoy epoch {epoch}")
+
+    def stopping(self) -> None:
+        self.notifier.send("STOPPING=1", "STATUS=stopping: draining connections")
+
+    def next_watchdog(self, serving: bool) -> Optional[float]:
+        """When the next ping is due; None when there is none to send (no watchdog asked
+        for, or Envoy not serving: a past deadline would make the main loop spin)."""
+        return self._next_watchdog if self.notifier.watchdog_interval_s and serving else None
+
+    def watchdog(self, now: float, serving: bool) -> None:
+        """Ping only while Envoy serves: a wedged Envoy then makes systemd restart the service."""
+        interval = self.notifier.watchdog_interval_s
+        if interval and now >= self._next_watchdog and serving:
+            self.notifier.send("WATCHDOG=1")
+            self._next_watchdog = now + interval

@@ -62,9 +62,12 @@ class StatusServer:
         port: int,
         readiness: Callable[[], Tuple[bool, str]],
         metrics: Callable[[], bytes],
+        poll_s: float = 0.5,
     ) -> None:
+        """``poll_s``: how often the serving thread looks for ``stop()`` (and how long that takes)."""
         self._readiness = readiness
         self._metrics = metrics
+        self._poll_s = poll_s
         server_class = _Server6 if ":" in address else _Server
         self._server = server_class((address, port), self._handler_class())
         self._thread: Optional[threading.Thread] = None
@@ -75,7 +78,7 @@ class StatusServer:
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.5,), name="status-server", daemon=True
+            target=self._server.serve_forever, args=(self._poll_s,), name="status-server", daemon=True
         )
         self._thread.start()
 
