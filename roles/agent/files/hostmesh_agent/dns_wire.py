@@ -158,14 +158,14 @@ def parse_header(data: bytes) -> Header:
 def read_name(data: bytes, offset: int) -> Tuple[Name, int]:
     """The name at ``offset`` and the offset just past it, following compression pointers.
 
-    A pointer must point strictly before the place it is read from (RFC 1035 4.1.4:
-    "a prior occurrence"), which makes loops impossible; the hop count is bounded too.
+    Each pointer must point strictly before the previous one's target (the first: before
+    the name's start), so every hop goes backwards and a loop cannot be followed.
     """
     labels: List[bytes] = []
     wire_length = 1
     end: Optional[int] = None
     position = offset
-    hops = 0
+    floor = offset
     while True:
         if position >= len(data):
             raise DnsFormatError(f"name at offset {offset} runs past the end of the message")
@@ -174,16 +174,13 @@ def read_name(data: bytes, offset: int) -> Tuple[Name, int]:
             if position + 1 >= len(data):
                 raise DnsFormatError(f"compression pointer at offset {position} is cut off")
             target = ((length & 0x3F) << 8) | data[position + 1]
-            if target >= position:
+            if target >= floor:
                 raise DnsFormatError(
-                    f"compression pointer at offset {position} points forward or to itself (to {target})"
+                    f"compression pointer at offset {position} points forward, to itself or round a loop (to {target})"
                 )
-            hops += 1
-            if hops > MAX_NAME // 2:
-                raise DnsFormatError(f"name at offset {offset} follows too many compression pointers")
             if end is None:
                 end = position + 2
-            position = target
+            position = floor = target
             continue
         if length & _POINTER:
             raise DnsFormatError(f"label type 0x{length & _POINTER:02x} at offset {position} is not supported")
