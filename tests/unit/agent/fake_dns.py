@@ -119,7 +119,8 @@ Handler = Callable[[bytes, str], Union[bytes, Tuple[bytes, float], None]]
 
 
 class FakeUpstream:
-    """A resolver on 127.0.0.1 (UDP and TCP, same port) that answers with ``handler``.
+    """A resolver on 127.0.0.1 (UDP and TCP, same port; a free one unless given) that answers
+    with ``handler``.
 
     ``handler(query, "udp"|"tcp")`` returns the reply bytes, or (reply, delay in seconds),
     or None to stay silent. The fake records every query it received and every reply it
@@ -127,14 +128,14 @@ class FakeUpstream:
     a delayed reply does not hold back the others.
     """
 
-    def __init__(self, handler: Handler, delay: float = 0.0, address: str = "127.0.0.1") -> None:
+    def __init__(self, handler: Handler, delay: float = 0.0, address: str = "127.0.0.1", port: int = 0) -> None:
         self.handler = handler
         self.delay = delay
         self.received: List[Tuple[str, bytes]] = []
         self.sent: List[Tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((address, 0))
+        self.udp.bind((address, port))
         self.port = self.udp.getsockname()[1]
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
