@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import heapq
 import ipaddress
-import itertools
 import logging
 import os
 import selectors
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from hostmesh_agent import dns_wire as wire
 from hostmesh_agent.dns_upstreams import Upstream, is_own_listener
@@ -243,8 +242,9 @@ class DnsServer:
         self._in_flight: Dict[int, _Forward] = {}  # id(forward) -> forward
         self._own_sockets: Dict[Tuple[str, int], _Forward] = {}  # local address of each upstream socket
         self._tcp_clients: Dict[int, _TcpClient] = {}
-        self._timers: List[Tuple[float, int, Any]] = []
-        self._seq = itertools.count()
+        self._attempt_timers: Deque[Tuple[float, _Forward]] = deque()
+        self._next_idle_check = 0.0
+        self._recv_buffer = bytearray(wire.MAX_MESSAGE + 2)
         self._address = address
         self._udp, self._tcp = self._bind(family, address, port)
         self._selector = selectors.DefaultSelector()
@@ -315,8 +315,8 @@ class DnsServer:
         while not self._stopping:
             self._expire(time.monotonic())
             timeout = 1.0
-            if self._timers:
-                timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
+            if self._attempt_timers:
+                timeout = min(timeout, max(0.0, self._attempt_timers[0][0] - time.monotonic()))
             for key, mask in self._selector.select(timeout):
                 if self._stopping:
                     return
@@ -329,30 +329,47 @@ class DnsServer:
         with contextlib.suppress(OSError):
             self._wake_r.recv(64)
 
-    def _add_timer(self, deadline: float, target: Any) -> None:
-        heapq.heappush(self._timers, (deadline, next(self._seq), target))
-
     def _expire(self, now: float) -> None:
-        while self._timers and self._timers[0][0] <= now:
-            deadline, _seq, target = heapq.heappop(self._timers)
+        """Time out upstream attempts, and close idle TCP clients (checked once a second).
+
+        Every attempt has the same timeout, so deadlines join the queue in order and the
+        ones already answered are dropped from its head at once: the queue holds only
+        what is in flight, not every query of the last few seconds.
+        """
+        timers = self._attempt_timers
+        while timers:
+            deadline, fwd = timers[0]
+            if fwd.done or fwd.deadline != deadline:
+                timers.popleft()
+                continue
+            if deadline > now:
+                break
+            timers.popleft()
             try:
-                if isinstance(target, _Forward):
-                    if not target.done and target.deadline == deadline:
-                        self._attempt_failed(target, "timed out after %.1f s" % self._timeout)
-                elif not target.closed:
-                    if target.deadline > deadline or target.pending:
-                        self._add_timer(max(target.deadline, now + self._tcp_idle), target)
-                    else:
-                        self._close_tcp(target)
+                self._attempt_failed(fwd, "timed out after %.1f s" % self._timeout)
             except Exception:
-                log.exception("dns server: unexpected error on a deadline")
+                log.exception("dns server: unexpected error on a timeout")
+        if now >= self._next_idle_check:
+            self._next_idle_check = now + 1.0
+            for client in list(self._tcp_clients.values()):
+                if not client.pending and client.deadline <= now:
+                    self._close_tcp(client)
+
+    def _receive(self, sock: socket.socket) -> bytes:
+        """recv into one reused buffer: a fresh 64 KiB buffer per packet costs RSS."""
+        n = sock.recv_into(self._recv_buffer)
+        return bytes(self._recv_buffer[:n])
+
+    def _receive_from(self, sock: socket.socket) -> Tuple[bytes, Any]:
+        n, peer = sock.recvfrom_into(self._recv_buffer)
+        return bytes(self._recv_buffer[:n]), peer
 
     # Queries ---------------------------------------------------------------------------
 
     def _on_udp(self, _mask: int) -> None:
         for _ in range(_UDP_BATCH):
             try:
-                data, peer = self._udp.recvfrom(wire.MAX_MESSAGE)
+                data, peer = self._receive_from(self._udp)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -530,7 +547,7 @@ class DnsServer:
             fwd.deadline = time.monotonic() + self._timeout
             self._own_sockets[fwd.local] = fwd
             self._selector.register(sock, events, lambda mask, f=fwd: self._on_upstream(f, mask))
-            self._add_timer(fwd.deadline, fwd)
+            self._attempt_timers.append((fwd.deadline, fwd))
             return
         self._give_up(fwd)
 
@@ -571,7 +588,7 @@ class DnsServer:
         sock = fwd.sock
         if not fwd.client.tcp:
             try:
-                reply = sock.recv(wire.MAX_MESSAGE)
+                reply = self._receive(sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP port unreachable arrives here on a connected socket
@@ -594,7 +611,7 @@ class DnsServer:
                 if not fwd.outbuf:
                     self._selector.modify(sock, selectors.EVENT_READ, self._selector.get_key(sock).data)
                 return
-            chunk = sock.recv(wire.MAX_MESSAGE + 2)
+            chunk = self._receive(sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -674,7 +691,6 @@ class DnsServer:
         client = _TcpClient(self, sock, _peer(peer), time.monotonic() + self._tcp_idle)
         self._tcp_clients[id(client)] = client
         self._selector.register(sock, selectors.EVENT_READ, lambda mask, c=client: self._on_tcp_client(c, mask))
-        self._add_timer(client.deadline, client)
 
     def _on_tcp_client(self, client: _TcpClient, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -682,7 +698,7 @@ class DnsServer:
         if client.closed or not mask & selectors.EVENT_READ or client.eof:
             return
         try:
-            chunk = client.sock.recv(wire.MAX_MESSAGE + 2)
+            chunk = self._receive(client.sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
