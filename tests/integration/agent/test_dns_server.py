@@ -222,8 +222,8 @@ def test_applications_resolve_mesh_and_outside_names_through_capture(captured_ho
     assert counters["forwarded"] >= 3
     assert counters["failed"] == 0
     # the server's own queries reached the real resolver on port 53, not itself
-    assert {proto for proto, _ in fake.received} == {"udp", "tcp"}
-    assert all(b"mesh\x08internal" not in q for _, q in fake.received)
+    assert {proto for proto, _q in fake.received} == {"udp", "tcp"}
+    assert all(b"mesh\x08internal" not in q for _p, q in fake.received)
     assert "dns upstreams (from /etc/resolv.conf): 10.253.0.53" in server.log
 
 

@@ -97,7 +97,7 @@ def answer_addresses(reply: bytes) -> List[str]:
     ancount = struct.unpack_from("!H", reply, 6)[0]
     pos = question_end(reply)
     out = []
-    for _ in range(ancount):
+    for _i in range(ancount):
         if reply[pos] & 0xC0 == 0xC0:
             pos += 2
         else:
@@ -258,7 +258,7 @@ def ask_tcp(port: int, queries: List[bytes], timeout: float = 5.0, address: str 
     with socket.create_connection((address, port), timeout=timeout) as sock:
         sock.sendall(b"".join(struct.pack("!H", len(q)) + q for q in queries))
         replies = []
-        for _ in queries:
+        for _i in queries:
             (length,) = struct.unpack("!H", recv_exactly(sock, 2))
             replies.append(recv_exactly(sock, length))
         return replies

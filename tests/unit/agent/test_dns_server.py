@@ -51,7 +51,8 @@ def upstreams():
 def dns():
     started = []
 
-    def start(upstream_list, zone=ZONE, **kw):
+    def start(upstream_list, zone=None, **kw):
+        zone = ZONE if zone is None else zone
         zone_box = zone if callable(zone) else (lambda: zone)
         ups = upstream_list if callable(upstream_list) else (lambda: upstream_list)
         server = DnsServer("127.0.0.1", 0, zone_box, ups, **kw)
@@ -95,7 +96,7 @@ def test_forwarding_relays_the_upstreams_bytes_with_only_the_id_restored(dns, up
     query = make_query("WwW.Example.COM", qid=0x1111, edns=4096, do=True)
     reply = ask_udp(server.port, query)
     [(proto, received)] = fake.received
-    [(_, sent)] = fake.sent
+    [(_proto, sent)] = fake.sent
     assert proto == "udp"
     assert received[2:] == query[2:]  # the query went out unchanged (EDNS, DO bit, case)
     assert reply == query[:2] + sent[2:]  # and its reply came back unchanged
@@ -109,7 +110,7 @@ def test_tcp_queries_are_forwarded_over_tcp(dns, upstreams):
     server = dns([fake.upstream])
     query = make_query("example.org", qid=7)
     [reply] = ask_tcp(server.port, [query])
-    assert [p for p, _ in fake.received] == ["tcp"]
+    assert [p for p, _q in fake.received] == ["tcp"]
     assert reply == query[:2] + fake.sent[0][1][2:]
 
 
@@ -229,7 +230,7 @@ def test_a_slow_upstream_does_not_hold_back_other_queries(dns, upstreams):
         sock.sendto(make_query("slow.example.com", qid=1), ("127.0.0.1", server.port))
         sock.sendto(make_query("fast.example.com", qid=2), ("127.0.0.1", server.port))
         sock.sendto(make_query("api.mesh.internal", qid=3), ("127.0.0.1", server.port))
-        order = [struct.unpack("!H", sock.recv(65535)[:2])[0] for _ in range(3)]
+        order = [struct.unpack("!H", sock.recv(65535)[:2])[0] for _i in range(3)]
     assert order[-1] == 1  # the slow one last; the others did not wait for it
     assert sorted(order) == [1, 2, 3]
 
@@ -242,7 +243,7 @@ def test_malformed_packets_get_formerr_one_log_line_and_no_crash(dns, upstreams,
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for junk in (b"", b"\x01", b"\xff" * 11, bytes(range(200)), b"\x80" * 40):
                 sock.sendto(junk, ("127.0.0.1", server.port))
-        for _ in range(20):
+        for _i in range(20):
             ask_udp(server.port, bad)
         [tcp_reply] = ask_tcp(server.port, [bad])
         good = ask_udp(server.port, make_query("api.mesh.internal"))
@@ -326,7 +327,7 @@ def test_too_many_queries_in_flight_get_servfail_not_a_hang(dns, upstreams):
         for i in range(4):
             sock.sendto(make_query(f"n{i}.example.com", qid=i), ("127.0.0.1", server.port))
         rcodes = {}
-        for _ in range(4):
+        for _i in range(4):
             reply = sock.recv(65535)
             rcodes[wire.parse_header(reply).id] = rcode_of(reply)
     assert sorted(rcodes.values()) == [0, 0, wire.RCODE_SERVFAIL, wire.RCODE_SERVFAIL]

@@ -97,10 +97,10 @@ def test_every_prefix_and_random_bytes_give_only_format_errors():
     rng = random.Random(1035)
     full = reply_to(make_query("www.example.com", edns=4096, do=True), ipv4=("192.0.2.1", "192.0.2.2"))
     samples = [full[:n] for n in range(len(full))]
-    samples += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 80))) for _ in range(3000)]
+    samples += [bytes(rng.getrandbits(8) for _i in range(rng.randrange(0, 80))) for _i in range(3000)]
     for n in range(2000):  # flip bytes of a valid message
         mutated = bytearray(full)
-        for _ in range(1 + n % 4):
+        for _i in range(1 + n % 4):
             mutated[rng.randrange(len(mutated))] = rng.getrandbits(8)
         samples.append(bytes(mutated))
     errors = 0

@@ -31,9 +31,9 @@ def test_a_and_aaaa(zone):
     raw, _msg = ask(zone, "api.mesh.internal")
     assert (rcode_of(raw), answer_addresses(raw)) == (0, ["240.240.0.1"])
     assert flags_of(raw) & wire.FLAG_AA
-    raw, _ = ask(zone, "api.mesh.internal", wire.TYPE_AAAA)
+    raw, _msg = ask(zone, "api.mesh.internal", wire.TYPE_AAAA)
     assert answer_addresses(raw) == ["fd00:240::1"]
-    raw, _ = ask(zone, "cache.prod.mesh.internal", wire.TYPE_ANY)
+    raw, _msg = ask(zone, "cache.prod.mesh.internal", wire.TYPE_ANY)
     assert answer_addresses(raw) == ["240.240.0.3", "240.240.0.4", "fd00:240::3"]  # duplicates dropped
 
 
@@ -58,7 +58,7 @@ def test_an_unknown_name_under_the_domain_is_nxdomain_with_soa(zone):
     assert rcode_of(raw) == wire.RCODE_NXDOMAIN
     assert flags_of(raw) & wire.FLAG_AA
     assert [r.rtype for r in msg.authority] == [wire.TYPE_SOA]
-    raw, _ = ask(zone, "x.api.mesh.internal")  # below a service: nothing there
+    raw, _msg = ask(zone, "x.api.mesh.internal")  # below a service: nothing there
     assert rcode_of(raw) == wire.RCODE_NXDOMAIN
 
 
@@ -71,9 +71,9 @@ def test_namespace_and_apex_exist_without_addresses(zone):
 
 
 def test_ttl_is_configurable_and_is_the_negative_ttl_too(zone):
-    _, msg = ask(zone, "api.mesh.internal", ttl=5)
+    _raw, msg = ask(zone, "api.mesh.internal", ttl=5)
     assert msg.answers[0].ttl == 5
-    _, msg = ask(zone, "nope.mesh.internal", ttl=5)
+    _raw, msg = ask(zone, "nope.mesh.internal", ttl=5)
     assert msg.authority[0].ttl == 5
     assert int.from_bytes(msg.authority[0].rdata[-4:], "big") == 5  # SOA MINIMUM
 
@@ -91,18 +91,18 @@ def test_only_names_under_the_domain_are_owned(zone):
 
 
 def test_odd_queries(zone):
-    raw, _ = ask(zone, "api.mesh.internal", opcode=2)  # STATUS
+    raw, _msg = ask(zone, "api.mesh.internal", opcode=2)  # STATUS
     assert rcode_of(raw) == wire.RCODE_NOTIMP
-    raw, _ = ask(zone, "api.mesh.internal", qclass=3)  # CHAOS
+    raw, _msg = ask(zone, "api.mesh.internal", qclass=3)  # CHAOS
     assert rcode_of(raw) == wire.RCODE_REFUSED
-    raw, _ = ask(zone, "mesh.internal", wire.TYPE_AXFR)
+    raw, _msg = ask(zone, "mesh.internal", wire.TYPE_AXFR)
     assert rcode_of(raw) == wire.RCODE_REFUSED
     raw, _msg = ask(zone, "api.mesh.internal", qclass=wire.CLASS_ANY)
     assert answer_addresses(raw) == ["240.240.0.1"]
 
 
 def test_edns_is_answered_with_edns_and_bad_versions_with_badvers(zone):
-    _, msg = ask(zone, "api.mesh.internal", edns=4096, do=True)
+    _raw, msg = ask(zone, "api.mesh.internal", edns=4096, do=True)
     assert msg.edns is not None
     assert msg.edns.do
     query = bytearray(make_query("api.mesh.internal", edns=4096))
@@ -126,7 +126,7 @@ def test_many_vips_are_truncated_over_udp_only():
 
 def test_a_custom_domain():
     zone = MeshZone("svc.corp", {"api.team.svc.corp": (["10.9.0.1"], [])})
-    raw, _ = ask(zone, "api.team.svc.corp")
+    raw, _msg = ask(zone, "api.team.svc.corp")
     assert answer_addresses(raw) == ["10.9.0.1"]
     assert not zone.owns((b"api", b"mesh", b"internal"))
 

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import math
 import os
 import selectors
 import socket
@@ -222,7 +223,7 @@ class DnsServer:
             raise ValueError(f"dns port {port!r} must be an integer from 0 to 65535")
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= 2**31 - 1:
             raise ValueError(f"dns ttl {ttl!r} must be a whole number of seconds, 0 or more")
-        if not upstream_timeout > 0:
+        if not (isinstance(upstream_timeout, (int, float)) and 0 < upstream_timeout < math.inf):
             raise ValueError(f"dns upstream timeout {upstream_timeout!r} must be more than 0 seconds")
         self._zone_obj = MeshZone(domain)  # raises ZoneError (a ValueError) naming a bad domain
         self._domain = domain
@@ -257,7 +258,7 @@ class DnsServer:
     @staticmethod
     def _bind(family: socket.AddressFamily, address: str, port: int) -> Tuple[socket.socket, socket.socket]:
         """UDP and TCP sockets on the same port (with port 0: the same free port for both)."""
-        for _ in range(20):
+        for _i in range(20):
             udp = socket.socket(family, socket.SOCK_DGRAM)
             tcp = socket.socket(family, socket.SOCK_STREAM)
             try:
@@ -367,7 +368,7 @@ class DnsServer:
     # Queries ---------------------------------------------------------------------------
 
     def _on_udp(self, _mask: int) -> None:
-        for _ in range(_UDP_BATCH):
+        for _i in range(_UDP_BATCH):
             try:
                 data, peer = self._receive_from(self._udp)
             except (BlockingIOError, InterruptedError):
@@ -475,7 +476,7 @@ class DnsServer:
             try:
                 if is_own_listener(upstream, self._address, self.port):
                     continue
-                (family, _type, _proto, _name, sockaddr), *_ = socket.getaddrinfo(
+                (family, _type, _proto, _name, sockaddr), *_rest = socket.getaddrinfo(
                     upstream.address, upstream.port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST
                 )
             except (OSError, ValueError) as exc:
@@ -735,6 +736,7 @@ class DnsServer:
             self._close_tcp(client)
             return
         self._update_tcp_events(client)
+        self._maybe_close_tcp(client)  # a client that half-closed: done once its last reply is out
 
     def _update_tcp_events(self, client: _TcpClient) -> None:
         events = 0 if client.eof else selectors.EVENT_READ

@@ -222,13 +222,13 @@ def parse_message(data: bytes) -> Message:
     header = parse_header(data)
     offset = HEADER_SIZE
     questions = []
-    for _ in range(header.qdcount):
+    for _i in range(header.qdcount):
         question, offset = _read_question(data, offset)
         questions.append(question)
     question_wire = bytes(data[HEADER_SIZE:offset])
     sections: List[List[Record]] = [[], [], []]
     for section, count in zip(sections, (header.ancount, header.nscount, header.arcount)):
-        for _ in range(count):
+        for _i in range(count):
             record, offset = _read_record(data, offset)
             section.append(record)
     edns = None
