@@ -3,7 +3,7 @@
 One thread runs one selector loop over every socket: the UDP and TCP listeners, the TCP
 clients, and one socket per forwarded query, each with a deadline. Nothing in the loop
 blocks, so a slow upstream delays only the queries waiting on it. Built on ``selectors``
-rather than ``asyncio``, which would add several MiB of RSS to serve a few sockets.
+rather than ``asyncio``, whose import alone adds about 6 MiB of RSS to the agent.
 
 Forwarding changes nothing but the message ID: the upstream's reply bytes go back to the
 client as they came (rcode, EDNS, DNSSEC bits, TC), over the transport the client used.
