@@ -198,6 +198,7 @@ def getent(ns: str, *args: str) -> List[str]:
     return res.stdout.split()
 
 
+@pytest.mark.netns
 def test_applications_resolve_mesh_and_outside_names_through_capture(captured_host):
     ns, fake = captured_host["ns"], captured_host["fake"]
     server = ServerProcess(ns)
@@ -245,6 +246,7 @@ def looping_host():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
+@pytest.mark.netns
 def test_a_query_that_loops_back_to_the_server_is_detected(looping_host, caplog):
     ns = looping_host
     fake = in_netns(ns, lambda: FakeUpstream(outside, address=RESOLVER, port=53))
