@@ -10,7 +10,7 @@ BUILD := .build
 # The collection as Ansible expects to find it: ansible_collections/hostmesh/sidecar
 COLLECTIONS := $(BUILD)/collections
 COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/hostmesh/sidecar
-APT_PACKAGES := iptables nftables iproute2 debootstrap systemd-container \
+APT_PACKAGES := iptables nftables iproute2 debootstrap systemd-container dnsutils \
 	openssh-client rsync curl ca-certificates python3-venv
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export ANSIBLE_NOCOLOR := 1
