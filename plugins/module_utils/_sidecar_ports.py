@@ -73,17 +73,18 @@ def complete_ports(given, variable="hostmesh_ports"):
         if key not in DEFAULT_PORTS:
             raise PortContractError("%s.%s" % (variable, key), given[key], "a key among %s" % ", ".join(DEFAULT_PORTS))
     ports = {}
-    owner = {}
     for key, default in DEFAULT_PORTS.items():
-        port = port_number("%s.%s" % (variable, key), given.get(key, default))
-        if port in owner:
+        ports[key] = port_number("%s.%s" % (variable, key), given.get(key, default))
+    # A clash is named at a key the user set, since that is the one to change.
+    for key in sorted(DEFAULT_PORTS, key=lambda name: name not in given):
+        others = [other for other in DEFAULT_PORTS if other != key and ports[other] == ports[key]]
+        if others:
             raise PortContractError(
                 "%s.%s" % (variable, key),
-                port,
-                "a port of its own: %s.%s is %d too" % (variable, owner[port], port),
+                ports[key],
+                "a port of its own: %s.%s is %d too%s"
+                % (variable, others[0], ports[key], "" if others[0] in given else " (its default)"),
             )
-        owner[port] = key
-        ports[key] = port
     return ports
 
 
