@@ -125,11 +125,20 @@ def render_role(role: str, entry_points: Dict[str, Any]) -> List[str]:
             "| variable | type | default | choices | description |",
             "|---|---|---|---|---|",
         ]
-        for name, option in spec.get("options", {}).items():
+        for name, option in _options(spec.get("options", {})):
             cells = [_code(name), _type(option), _default(option), _choices(option), _description(option)]
             lines.append("| " + " | ".join(_escape_cell(cell) for cell in cells) + " |")
         lines.append("")
     return lines
+
+
+def _options(options: Dict[str, Any], prefix: str = "") -> List[Any]:
+    """(dotted name, spec) of each option, each followed by its sub-options (a dict's keys)."""
+    rows = []
+    for name, option in options.items():
+        rows.append((prefix + name, option))
+        rows += _options(option.get("options") or {}, prefix + name + ".")
+    return rows
 
 
 def render(root: Path = ROOT) -> str:

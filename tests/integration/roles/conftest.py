@@ -1,8 +1,9 @@
-"""One sandbox host for the envoy and agent role tests, and how to drive it.
+"""Sandbox hosts for the role tests, and how to drive them.
 
-The host is booted once per module and destroyed by a finalizer and an atexit
-hook, so it never outlives the run. Playbooks run with the real
-ansible-playbook over SSH, as users run them.
+One host for the envoy, agent and capture role tests, two for the mesh with
+its ports moved. Hosts are booted once per module and destroyed by a
+finalizer and an atexit hook, so they never outlive the run. Playbooks run
+with the real ansible-playbook over SSH, as users run them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 COLLECTIONS = REPO_ROOT / ".build" / "collections"
 HOST = "ra"
+PAIR = ("pa", "pb")
 
 
 @dataclass
@@ -46,6 +48,31 @@ class PlayResult:
         return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, match.groups())))
 
 
+def run_playbook(
+    inventories: list[Path], playbook: str, extra: Dict[str, Any] | None, flags: tuple[str, ...], timeout: float
+) -> PlayResult:
+    """ansible-playbook with the checkout's collection, one -i per inventory, -e extra as JSON."""
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_PIPELINING="1",
+        # No ssh compression: the hosts are local and the Envoy binary is large.
+        ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=120s",
+        ANSIBLE_HOST_KEY_CHECKING="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+    )
+    argv = [str(BIN / "ansible-playbook")]
+    for inventory in inventories:
+        argv += ["-i", str(inventory)]
+    argv += [str(HERE / playbook), *flags]
+    if extra:
+        argv += ["-e", json.dumps(extra)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return PlayResult(proc.returncode, proc.stdout + proc.stderr)
+
+
 class RolesHost:
     """The sandbox host plus helpers to run playbooks and commands against it."""
 
@@ -54,22 +81,7 @@ class RolesHost:
         self.workdir = workdir
 
     def play(self, playbook: str, extra: Dict[str, Any] | None = None, *flags: str, timeout: float = 300) -> PlayResult:
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_FORCE_COLOR="0",
-            ANSIBLE_PIPELINING="1",
-            # No ssh compression: the hosts are local and the Envoy binary is large.
-            ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=120s",
-            ANSIBLE_HOST_KEY_CHECKING="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-        )
-        argv = [str(BIN / "ansible-playbook"), "-i", str(self.sandbox.inventory), str(HERE / playbook), *flags]
-        if extra:
-            argv += ["-e", json.dumps(extra)]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        return PlayResult(proc.returncode, proc.stdout + proc.stderr)
+        return run_playbook([self.sandbox.inventory], playbook, extra, flags, timeout)
 
     def sh(self, script: str, check: bool = True, timeout: float = 60) -> str:
         proc = self.sandbox.ssh(HOST, [script], timeout=timeout)
@@ -94,6 +106,34 @@ class RolesHost:
         )
 
 
+class MeshPair:
+    """Two sandbox hosts in the group ``mesh``, with the group's variables in an inventory of their own."""
+
+    def __init__(self, sandbox: Sandbox, workdir: Path, mesh_inventory: Path) -> None:
+        self.sandbox = sandbox
+        self.workdir = workdir
+        self.mesh_inventory = mesh_inventory
+
+    def play(self, playbook: str, extra: Dict[str, Any] | None = None, *flags: str, timeout: float = 600) -> PlayResult:
+        return run_playbook([self.sandbox.inventory, self.mesh_inventory], playbook, extra, flags, timeout)
+
+    def sh(self, host: str, script: str, check: bool = True, timeout: float = 60) -> str:
+        proc = self.sandbox.ssh(host, [script], timeout=timeout)
+        if check:
+            assert proc.returncode == 0, f"{host}: {script!r} exited {proc.returncode}: {proc.stdout}"
+        return proc.stdout
+
+    def address(self, host: str) -> str:
+        return self.sandbox.hosts()[host]
+
+    def set_mesh(self, group_vars: Dict[str, Any], host_vars: Dict[str, Dict[str, Any]]) -> None:
+        """Both hosts in group ``mesh``, with these variables."""
+        hosts = {host: host_vars.get(host, {}) for host in PAIR}
+        self.mesh_inventory.write_text(
+            json.dumps({"all": {"children": {"mesh": {"hosts": hosts, "vars": group_vars}}}})
+        )
+
+
 def _require_machine() -> None:
     if os.geteuid() != 0:
         pytest.fail("these tests need root (they boot systemd-nspawn hosts)")
@@ -112,3 +152,15 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     request.addfinalizer(lambda: sb.destroy(quiet=True))
     sb.create([HOST])
     return RolesHost(sb, tmp_path_factory.mktemp("roles"))
+
+
+def boot_pair(request: pytest.FixtureRequest, workdir: Path, name: str) -> MeshPair:
+    """Boot PAIR as sandbox ``name``, destroyed when the requesting module ends."""
+    _require_machine()
+    link = COLLECTIONS / "ansible_collections" / "hostmesh" / "sidecar"
+    assert link.exists(), "run `make collection` first"
+    sb = Sandbox(name, log=lambda m: print(m, file=sys.stderr))
+    atexit.register(sb.destroy, quiet=True)
+    request.addfinalizer(lambda: sb.destroy(quiet=True))
+    sb.create(list(PAIR))
+    return MeshPair(sb, workdir, workdir / "mesh.yml")

@@ -2,7 +2,8 @@
 
 One sandbox host for the module; the tests run in order and build on each
 other: check mode, first converge, idempotence, hardening, reload on config and
-certificate changes, bad input, Envoy sources and versions, TPROXY, removal.
+certificate changes, bad input (the port contract's too), Envoy sources and
+versions, TPROXY, removal.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import PlayResult, RolesHost
+from conftest import HOST, PlayResult, RolesHost
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.envoy]
 
@@ -278,6 +279,34 @@ def test_bad_input_fails_clearly_and_changes_nothing(host: RolesHost) -> None:
         assert_failed(host.play(ROLES, extra), *phrases)
     assert host.state() == before
     assert host.sh("test -e /opt/hm || echo absent").strip() == "absent"
+
+
+def test_port_contract_errors_fail_before_anything_changes(host: RolesHost) -> None:
+    """The agent role and the capture role each refuse a port setting the other would not follow."""
+    before = host.state()
+    rules = host.sh("iptables -w -t nat -S; iptables -w -t mangle -S")
+    cases = [
+        (
+            ROLES,
+            {"hostmesh_ports": {"inbound": 15001}},
+            ["hostmesh_ports.inbound: got 15001", "hostmesh_ports.outbound"],
+        ),
+        (ROLES, {"hostmesh_ports": {"status": 70000}}, ["hostmesh_ports.status: got 70000; expected an integer port"]),
+        (ROLES, {"hostmesh_ports": {"outbond": 16001}}, ["hostmesh_ports", "outbond"]),
+        (ROLES, {"hostmesh_agent_config_extra": {"ports": {"outbound": 16001}}}, ["set them in hostmesh_ports"]),
+        (
+            CAPTURE_ROLE,
+            {"hostmesh_capture_options": {"proxy_port": 16001}},
+            [
+                "hostmesh_capture_options.proxy_port: got 16001; expected 15001, the contract's hostmesh_ports.outbound,"
+                " or the option left out: set it in hostmesh_ports, which capture and the agent both read"
+            ],
+        ),
+    ]
+    for playbook, extra, phrases in cases:
+        assert_failed(host.play(playbook, extra), f"[{HOST}]", *phrases)
+    assert host.state() == before
+    assert host.sh("iptables -w -t nat -S; iptables -w -t mangle -S") == rules
 
 
 def test_wheel_with_wrong_sha256_is_refused(host: RolesHost) -> None:

@@ -40,6 +40,15 @@ SPEC = textwrap.dedent(
             description: A required value.
             type: str
             required: true
+          demo_listen:
+            description: Where it listens.
+            type: dict
+            default: {}
+            options:
+              port:
+                description: Its port.
+                type: int
+                default: 8080
     """
 )
 
@@ -57,7 +66,11 @@ def test_every_role_and_variable_is_listed():
     for spec in sorted((ROOT / "roles").glob("*/meta/argument_specs.yml")):
         assert f"## {spec.parent.parent.name}\n" in page
     assert "| `hostmesh_capture_fail_mode` | str | `closed` | `closed`, `open` |" in page
-    assert "| `hostmesh_capture_inbound_ports_exclude` | list of int | `[22, 15090, 15021, 15020]` |" in page
+    assert "| `hostmesh_capture_inbound_ports_exclude` | list of int | `[22]` |" in page
+    # The module's list follows from it and the port contract, whose keys are listed one by one.
+    assert "so the default gives Istio's `[22, 15090, 15021, 15020]`" in page
+    for key, port in (("outbound", 15001), ("inbound", 15006), ("status", 15020), ("prometheus", 15090)):
+        assert f"| `hostmesh_ports.{key}` | int | `{port}` |" in page
 
 
 @pytest.mark.parametrize(
@@ -93,6 +106,8 @@ def test_small_spec_renders_as_a_table(tmp_path):
         '| `demo_path` | path | `""` |  | Where it goes, for example `/opt/a\\|b`. Used with `demo_state=present`. |',
         "| `demo_ports` | list of int | `[22, 15020]` |  | `Extra` ports. |",
         "| `demo_token` | str | required |  | A required value. |",
+        "| `demo_listen` | dict | `{}` |  | Where it listens. |",
+        "| `demo_listen.port` | int | `8080` |  | Its port. |",
     ]
 
 
