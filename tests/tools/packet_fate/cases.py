@@ -47,17 +47,37 @@ class Difference:
 
     kind: str  # "deliberate" or "pending"
     why: str
-    cases: Tuple[str, ...]
+    cases: Mapping[str, int]  # case -> how many differing packets this entry explains there
     packets: Tuple[str, ...]  # patterns over packet texts; "*" stands for any text
     istio: Optional[str]  # pattern over Istio's fate, when given
     ours: Optional[str]  # pattern over our fate, when given
     option: Optional[str]  # pending: the planned option that will settle it
 
-    def covers(self, case: str, packet: str) -> bool:
-        return case in self.cases and any(pattern_matches(p, packet) for p in self.packets)
+    def covers(self, case: str, packet: str, istio: str, ours: str) -> bool:
+        return (
+            case in self.cases
+            and any(pattern_matches(p, packet) for p in self.packets)
+            and (self.istio is None or pattern_matches(self.istio, istio))
+            and (self.ours is None or pattern_matches(self.ours, ours))
+        )
 
     def label(self) -> str:
-        return "%s: %s" % (self.kind, self.why.split(".")[0])
+        return "%s: %s" % (self.kind, self.why.split(":")[0].split(".")[0])
+
+
+@dataclass(frozen=True)
+class Unreached:
+    """Rules of ours no grid packet matches because earlier rules take every packet they could."""
+
+    why: str
+    rules: Tuple[str, ...]  # patterns over "FAMILY TABLE CHAIN: RULE TEXT"
+    cases: Mapping[str, int]  # case -> how many of its rules this entry explains
+
+    def covers(self, case: str, rule: str) -> bool:
+        return case in self.cases and any(pattern_matches(p, rule) for p in self.rules)
+
+    def label(self) -> str:
+        return "unreached: %s" % self.why.split(":")[0].split(".")[0]
 
 
 def pattern_matches(pattern: str, text: str) -> bool:
@@ -93,13 +113,23 @@ def load_differences(data: str = DATA) -> Tuple[Difference, ...]:
                 Difference(
                     kind,
                     " ".join(entry["why"].split()),
-                    tuple(entry["cases"]),
+                    dict(entry["cases"]),
                     tuple(entry["packets"]),
                     entry.get("istio"),
                     entry.get("ours"),
                     entry.get("option"),
                 )
             )
+    return tuple(out)
+
+
+def load_unreached(data: str = DATA) -> Tuple[Unreached, ...]:
+    spec = _read(os.path.join(data, "differences.yaml"))
+    out = []
+    for entry in spec.get("unreached") or ():
+        if set(entry) != {"why", "rules", "cases"}:
+            raise ValueError("differences.yaml unreached entry %r: needs exactly why, rules, cases" % entry)
+        out.append(Unreached(" ".join(entry["why"].split()), tuple(entry["rules"]), dict(entry["cases"])))
     return tuple(out)
 
 
