@@ -170,6 +170,8 @@ def _delivered(journey):
 
 
 def _fate(journey, action, port=None, iface=None):
+    if action == "drop":
+        return Fate("drop")
     to = None
     if journey.dnat and action in ("out", "forward"):
         to = ("[%s]:%d" if journey.family == "ipv6" else "%s:%d") % (journey.dst, journey.dport)

@@ -225,9 +225,12 @@ def _check_jumps(ruleset):
                 if target is None or target.name in STANDARD_TARGETS + EXTENSION_TARGETS:
                     continue
                 if target.name not in chains:
-                    raise RuleError("%s %s: jump to a chain that does not exist: %s" % (table, rule.chain, target.name))
+                    raise RuleError(
+                        "%s %s, in rule %r: jump to a chain that does not exist: %s"
+                        % (table, rule.chain, rule.text, target.name)
+                    )
                 if target.name in BUILTIN_CHAINS[table]:
-                    raise RuleError("%s %s: jump to a built-in chain: %s" % (table, rule.chain, target.name))
+                    raise RuleError("%s %s, in rule %r: jump to a built-in chain" % (table, rule.chain, rule.text))
 
 
 # -- one rule ------------------------------------------------------------------
