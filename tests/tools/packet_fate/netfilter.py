@@ -9,7 +9,8 @@ What the kernel does, as far as the capture rules can tell:
   PREROUTING and INPUT run again, mangle and filter consulted anew, nat not (the
   connection's translation was settled in OUTPUT), and raw's CT targets do nothing
   (the packet keeps the conntrack entry it left with). It is delivered by the route
-  it left with.
+  it left with. Elsewhere too only the first CT target counts: it attaches the
+  conntrack template, and later ones see it there.
 - A packet arriving on an interface: PREROUTING (raw, mangle, nat), routing
   (destination and mark), then INPUT (mangle, filter, nat) for local delivery, or
   FORWARD (mangle, filter) and POSTROUTING (mangle, nat).
@@ -72,6 +73,7 @@ class _Journey:
     in_iface: Optional[str] = None
     out_iface: Optional[str] = None
     zone: int = 0
+    ct_template: bool = False  # a CT target already chose the conntrack zone (or no tracking)
     dnat: bool = False
     looped: bool = False  # back in on lo, with the conntrack entry it left with
     tproxy_port: Optional[int] = None
@@ -252,7 +254,10 @@ def _apply(rule, hook, journey):
         return None
     if name in ("CT", "NOTRACK"):
         _where(rule, ("raw",), None)
-        if not journey.looped:
+        # The first CT target attaches a template; later ones, and all of them on a
+        # packet back in on lo (it keeps its conntrack entry), do nothing.
+        if not journey.looped and not journey.ct_template:
+            journey.ct_template = True
             if name == "NOTRACK" or target.param("notrack"):
                 journey.ctstate = "UNTRACKED"
             else:
