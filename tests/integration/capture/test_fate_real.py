@@ -24,11 +24,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 from packet_fate import Fate, Host, PolicyRoute, Process, decide, parse_packet, parse_rules
 from packet_fate.cases import load_cases
 
+pytestmark = pytest.mark.netns
+
 CASES = {case.name: case for case in load_cases()}
 EXCLUDED = "not-istio-nic"  # the interface Istio's cases exclude, made for real here
 EXCLUDED_HOST_V4, EXCLUDED_PEER_V4 = "10.232.0.1", "10.232.0.2"
 EXCLUDED_HOST_V6, EXCLUDED_PEER_V6 = "fd00:232::1", "fd00:232::2"
-CAPTURED_RANGE_V4 = "9.9.1.1"  # on the peer, inside the tproxy case's outbound range 9.9.0.0/16
+CAPTURED_RANGE_V4 = "9.9.1.1"
+CONTAINERS_V4 = "172.17.0.0/24"  # behind the host, as for a container bridge (the host itself does not forward)  # on the peer, inside the tproxy case's outbound range 9.9.0.0/16
 PROCESSES = {
     "app": Process(1000, 1000),
     "proxy": Process(1337, 1337),
@@ -60,6 +63,7 @@ CHECKS = [
         [
             "in ens3 tcp 198.51.100.7 > 192.0.2.10:8080",
             "in ens3 tcp 198.51.100.7 > 192.0.2.10:15008",
+            "in ens3 tcp 198.51.100.7 > 172.17.0.2:8080",
             "in ens3 tcp [2606:4700::1111] > [fd00:5::10]:8080",
             "app tcp 192.0.2.10:80",
             "app tcp 127.0.0.2:80",
@@ -107,6 +111,7 @@ CHECKS = [
             "in ens3 tcp 198.51.100.7 > 192.0.2.10:8080",
             "in ens3 tcp [2606:4700::1111] > [fd00:5::10]:8080",
             "in not-istio-nic tcp 198.18.0.9 > 198.18.0.5:8080",
+            "in ens3 tcp 198.51.100.7 > 172.17.0.2:8080",
             "app tcp 9.9.1.1:80",
             "app tcp 192.0.2.10:80",
             "app tcp [fd00:5::10]:80",
@@ -154,6 +159,7 @@ def build_lab(lab):
         lab.run(ns, ["ip", "link", "set", dev, "up"])
     lab.run(lab.peer, ["ip", "addr", "add", CAPTURED_RANGE_V4 + "/16", "dev", "hmp" + lab.host[7:13]])
     lab.run(lab.host, ["ip", "route", "add", "9.9.0.0/16", "dev", lab.host_iface])
+    lab.run(lab.peer, ["ip", "route", "add", CONTAINERS_V4, "via", HOST_V4])  # what the host would forward
     for port in HOST_PORTS:
         lab.serve(lab.host, port, "--label", "host", "--transparent")
     # The DNS proxy runs as the proxy user: the conntrack zones of the DNS rules expect its answers to be.
@@ -197,6 +203,10 @@ def send(lab, host, packet):
             argv += ["--mark", str(packet.mark)]
         namespace = lab.host
     else:
+        # The peer must reach the destination through the link the packet names.
+        link = {lab.host_iface: "hmp", EXCLUDED: "hmx"}[packet.in_iface] + lab.host[7:13]
+        route = lab.run(lab.peer, ["ip", "route", "get", str(packet.dst)]).stdout
+        assert " dev %s " % link in route, "the peer cannot send %s through %s: %s" % (packet.text, link, route)
         argv = [sys.executable, PROBE, "connect", str(packet.dst), str(packet.dport), "--timeout", "2"]
         namespace = lab.peer
     if packet.proto == "udp":
