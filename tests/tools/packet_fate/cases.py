@@ -46,6 +46,7 @@ class Difference:
     """Packets of some cases where our fate differs from Istio's, and why."""
 
     kind: str  # "deliberate" or "pending"
+    name: str
     why: str
     cases: Mapping[str, int]  # case -> how many differing packets this entry explains there
     packets: Tuple[str, ...]  # patterns over packet texts; "*" stands for any text
@@ -62,13 +63,14 @@ class Difference:
         )
 
     def label(self) -> str:
-        return "%s: %s" % (self.kind, self.why.split(":")[0].split(".")[0])
+        return "%s %r" % (self.kind, self.name)
 
 
 @dataclass(frozen=True)
 class Unreached:
     """Rules of ours no grid packet matches because earlier rules take every packet they could."""
 
+    name: str
     why: str
     rules: Tuple[str, ...]  # patterns over "FAMILY TABLE CHAIN: RULE TEXT"
     cases: Mapping[str, int]  # case -> how many of its rules this entry explains
@@ -77,7 +79,7 @@ class Unreached:
         return case in self.cases and any(pattern_matches(p, rule) for p in self.rules)
 
     def label(self) -> str:
-        return "unreached: %s" % self.why.split(":")[0].split(".")[0]
+        return "unreached %r" % self.name
 
 
 def pattern_matches(pattern: str, text: str) -> bool:
@@ -104,14 +106,16 @@ def load_differences(data: str = DATA) -> Tuple[Difference, ...]:
     out = []
     for kind in ("deliberate", "pending"):
         for entry in spec.get(kind) or ():
-            unknown = set(entry) - {"why", "cases", "packets", "istio", "ours", "option"}
-            if unknown or not entry.get("why") or not entry.get("cases") or not entry.get("packets"):
+            unknown = set(entry) - {"name", "why", "cases", "packets", "istio", "ours", "option"}
+            if unknown or not all(entry.get(key) for key in ("name", "why", "cases", "packets")):
                 raise ValueError(
-                    "differences.yaml %s entry %r: needs why, cases, packets (unknown: %s)" % (kind, entry, unknown)
+                    "differences.yaml %s entry %r: needs name, why, cases, packets (unknown: %s)"
+                    % (kind, entry, unknown)
                 )
             out.append(
                 Difference(
                     kind,
+                    entry["name"],
                     " ".join(entry["why"].split()),
                     dict(entry["cases"]),
                     tuple(entry["packets"]),
@@ -127,9 +131,11 @@ def load_unreached(data: str = DATA) -> Tuple[Unreached, ...]:
     spec = _read(os.path.join(data, "differences.yaml"))
     out = []
     for entry in spec.get("unreached") or ():
-        if set(entry) != {"why", "rules", "cases"}:
-            raise ValueError("differences.yaml unreached entry %r: needs exactly why, rules, cases" % entry)
-        out.append(Unreached(" ".join(entry["why"].split()), tuple(entry["rules"]), dict(entry["cases"])))
+        if set(entry) != {"name", "why", "rules", "cases"}:
+            raise ValueError("differences.yaml unreached entry %r: needs exactly name, why, rules, cases" % entry)
+        out.append(
+            Unreached(entry["name"], " ".join(entry["why"].split()), tuple(entry["rules"]), dict(entry["cases"]))
+        )
     return tuple(out)
 
 
