@@ -30,8 +30,9 @@ CASES = {case.name: case for case in load_cases()}
 EXCLUDED = "not-istio-nic"  # the interface Istio's cases exclude, made for real here
 EXCLUDED_HOST_V4, EXCLUDED_PEER_V4 = "10.232.0.1", "10.232.0.2"
 EXCLUDED_HOST_V6, EXCLUDED_PEER_V6 = "fd00:232::1", "fd00:232::2"
-CAPTURED_RANGE_V4 = "9.9.1.1"
-CONTAINERS_V4 = "172.17.0.0/24"  # behind the host, as for a container bridge (the host itself does not forward)  # on the peer, inside the tproxy case's outbound range 9.9.0.0/16
+CAPTURED_RANGE_V4 = "9.9.1.1"  # on the peer, inside the tproxy case's outbound range 9.9.0.0/16
+# Behind the host, as for a container bridge (the lab's host itself does not forward).
+CONTAINERS_V4 = "172.17.0.0/24"
 PROCESSES = {
     "app": Process(1000, 1000),
     "proxy": Process(1337, 1337),
