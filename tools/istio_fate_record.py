@@ -141,7 +141,7 @@ def record(source, check=False, out=sys.stdout):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("istio", help="path of an istio/istio checkout or bare repository")
     parser.add_argument("--rev", help="the commit to read (default: the work tree, or HEAD when bare)")
     parser.add_argument("--check", action="store_true", help="compare with what is recorded; write nothing")

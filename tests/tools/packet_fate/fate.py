@@ -59,7 +59,7 @@ def parse_fate(text: str) -> Fate:
         if word.startswith(":"):
             fields["port"] = int(word[1:])
         elif "=" in word:
-            key, _, value = word.partition("=")
+            key, _sep, value = word.partition("=")
             if key not in ("mark", "connmark", "zone", "to"):
                 raise ValueError("fate %r: unknown %r" % (text, key))
             fields[key] = value if key == "to" else int(value, 0)

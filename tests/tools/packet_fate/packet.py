@@ -135,10 +135,10 @@ def _options(words, allowed):
 def _endpoint(text, need_port):
     """``1.2.3.4:80``, ``[fd00::1]:80``, or without the port (``1.2.3.4``, ``[fd00::1]``, ``fd00::1``)."""
     if text.startswith("["):
-        address, _, rest = text[1:].partition("]")
+        address, _sep, rest = text[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else None
     elif text.count(":") == 1:
-        address, _, port = text.partition(":")
+        address, _sep, port = text.partition(":")
     else:
         address, port = text, None
     if need_port and not port:

@@ -455,7 +455,7 @@ def _flag_bits(text):
 
 def _id_range(text):
     """A numeric id or range (returned as (low, high)), or a name (returned as str, resolved by the host)."""
-    low, _, high = text.partition("-")
+    low, _sep, high = text.partition("-")
     if low.isdigit() and (not high or high.isdigit()):
         return (int(low), int(high or low))
     return text
@@ -463,7 +463,7 @@ def _id_range(text):
 
 def parse_mark(text):
     """``value[/mask]`` in decimal or hex, as (value, mask); no mask means all 32 bits."""
-    value, _, mask = text.partition("/")
+    value, _sep, mask = text.partition("/")
     try:
         result = (int(value, 0), int(mask, 0) if mask else FULL_MASK)
     except ValueError:
@@ -498,7 +498,7 @@ def _target_params(name, params):
     if name == "REDIRECT":
         if "to_ports" not in params:
             return {}
-        low, _, _high = params["to_ports"].partition("-")
+        low = params["to_ports"].split("-", 1)[0]
         return {"to_port": _port_range(low)[0]}
     if name == "DNAT":
         return {"to": _endpoint(params["to"])}
@@ -544,10 +544,10 @@ def _xmark(params):
 def _endpoint(text):
     """DNAT's ``addr[:port]`` / ``[v6]:port`` as (address, port or None)."""
     if text.startswith("["):
-        address, _, rest = text[1:].partition("]")
+        address, _sep, rest = text[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
     elif text.count(":") == 1:
-        address, _, port = text.partition(":")
+        address, _sep, port = text.partition(":")
     else:
         address, port = text, ""
     try:
