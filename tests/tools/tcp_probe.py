@@ -12,10 +12,12 @@ serve PORT [--label L] [--family 4|6|both] [--loopback] [--transparent] [--udp]
     original_dst is SO_ORIGINAL_DST when conntrack has the connection
     (REDIRECT keeps the original there), else null (direct, or TPROXY, where
     "local" is the original destination). Stop after N TCP connections.
-connect HOST PORT [--uid N] [--gid N] [--udp] [--timeout S]
+connect HOST PORT [--uid N] [--gid N] [--udp] [--timeout S] [--bind ADDR [--transparent]] [--mark N]
     connect (as that user and group, when given), send a datagram with --udp,
     print the answer line and exit 0; print {"error": "..."} and exit 1 on
-    failure.
+    failure. --bind sets the source address; with --transparent any address
+    (as Envoy's original-source connections do). --mark sets the socket's
+    SO_MARK. --transparent and --mark need root, so not with --uid/--gid.
 """
 
 import argparse
@@ -30,6 +32,7 @@ SO_ORIGINAL_DST = 80
 IP6T_SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
+SO_MARK = 36
 
 
 def address_text(address):
@@ -122,6 +125,15 @@ def connect(args):
         become(args)
         with socket.socket(family, kind, proto) as sock:
             sock.settimeout(args.timeout)
+            if args.mark is not None:
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, args.mark)
+            if args.transparent:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+                else:
+                    sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            if args.bind:
+                sock.bind((args.bind, 0))
             sock.connect(address)
             if args.udp:
                 sock.send(b"query")
@@ -154,10 +166,16 @@ def main(argv=None):
     c.add_argument("port", type=int)
     c.add_argument("--udp", action="store_true")
     c.add_argument("--timeout", type=float, default=3.0)
+    c.add_argument("--bind")
+    c.add_argument("--transparent", action="store_true")
+    c.add_argument("--mark", type=lambda text: int(text, 0))
     for each in (s, c):
         each.add_argument("--uid", type=int)
         each.add_argument("--gid", type=int)
     args = parser.parse_args(argv)
+    privileged = args.command == "connect" and (args.transparent or args.mark is not None)
+    if privileged and (args.uid, args.gid) != (None, None):
+        parser.error("--transparent and --mark need root: not with --uid/--gid")
     return serve(args) if args.command == "serve" else connect(args)
 
 
