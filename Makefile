@@ -105,7 +105,7 @@ COMPAT_LINES := $(basename $(COMPAT_CORES))
 COMPAT_FULL_SANITY := 2.16
 COMPAT_SANITY_TESTS := compile import validate-modules ansible-doc yamllint
 COMPAT_TARGETS := $(addprefix compat-,$(COMPAT_LINES))
-.PHONY: $(COMPAT_TARGETS)
+.PHONY: $(COMPAT_TARGETS) $(addprefix compat-unit-,$(COMPAT_LINES)) $(addprefix compat-sanity-,$(COMPAT_LINES))
 
 compat: $(COMPAT_TARGETS)
 
@@ -114,10 +114,13 @@ $(BUILD)/venv-core-%/.installed: requirements.txt tests/unit/requirements.txt
 	$(@D)/bin/$(PIP) -r requirements.txt -r tests/unit/requirements.txt "ansible-core==$(filter $*.%,$(COMPAT_CORES))"
 	touch $@
 
-$(COMPAT_TARGETS): compat-%: $(BUILD)/venv-core-%/.installed collection
-	@echo "== ansible-core $(filter $*.%,$(COMPAT_CORES)): unit tests"
+# compat-2.16 runs both; `make -k compat` goes on past a failure to show them all.
+$(COMPAT_TARGETS): compat-%: compat-unit-% compat-sanity-%
+
+$(addprefix compat-unit-,$(COMPAT_LINES)): compat-unit-%: $(BUILD)/venv-core-%/.installed collection
 	$(BUILD)/venv-core-$*/bin/pytest -q -p no:cacheprovider tests/unit
-	@echo "== ansible-core $(filter $*.%,$(COMPAT_CORES)): sanity"
+
+$(addprefix compat-sanity-,$(COMPAT_LINES)): compat-sanity-%: $(BUILD)/venv-core-%/.installed
 	$(call ansible_test_sanity,$(BUILD)/venv-core-$*/bin,$(if $(filter $*,$(COMPAT_FULL_SANITY)),,$(addprefix --test ,$(COMPAT_SANITY_TESTS))))
 
 # --- What a published collection is checked with ---------------------------
@@ -168,7 +171,8 @@ dist: venv
 EE_PYTHON := jmespath  \# from collection hostmesh.sidecar
 ee-check: dist
 	rm -rf $(BUILD)/ee && mkdir -p $(BUILD)/ee
-	$(BIN)/ansible-galaxy collection install --offline --no-deps -p $(BUILD)/ee/collections $(TARBALL) >/dev/null
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(BUILD)/ee/collections \
+	  $(BIN)/ansible-galaxy collection install --offline --no-deps -p $(BUILD)/ee/collections $(TARBALL)
 	$(BIN)/ansible-builder introspect --sanitize $(BUILD)/ee/collections \
 	  --write-pip $(BUILD)/ee/python.txt --write-bindep $(BUILD)/ee/system.txt
 	diff -u <(echo "$(EE_PYTHON)") $(BUILD)/ee/python.txt
