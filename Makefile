@@ -1,6 +1,6 @@
 # hostmesh.sidecar — one entry point for set-up, lint, tests and the demo.
 #   make demo   the main job: show the collection working end to end
-#   make test   everything CI runs: deps, lint, unit, integration, molecule
+#   make test   everything CI runs: deps, lint, unit, compat, integration, molecule
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -10,17 +10,23 @@ BUILD := .build
 # The collection as Ansible expects to find it: ansible_collections/hostmesh/sidecar
 COLLECTIONS := $(BUILD)/collections
 COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/hostmesh/sidecar
+VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
+TARBALL := $(BUILD)/dist/hostmesh-sidecar-$(VERSION).tar.gz
 APT_PACKAGES := iptables nftables iproute2 debootstrap systemd-container dnsutils \
 	openssh-client rsync curl ca-certificates python3-venv
+PIP := pip install -q --disable-pip-version-check
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export ANSIBLE_NOCOLOR := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help deps apt venv collection lint ruff ansible-lint sanity unit integration molecule test demo demo-capture clean
+.PHONY: help deps apt venv collection lint ruff ansible-lint sanity unit compat \
+	publish changelog changelog-lint docs-lint dist ee-check galaxy-import \
+	integration molecule test demo demo-capture clean
 
 help:
-	@echo "make demo   - run the demo (the main job)"
-	@echo "make test   - install what is missing, lint, run every test"
+	@echo "make demo       - run the demo (the main job)"
+	@echo "make test       - install what is missing, lint, run every test"
+	@echo "make changelog  - render CHANGELOG.md from changelogs/ (after adding a fragment)"
 
 deps: apt venv collection
 
@@ -34,17 +40,19 @@ apt:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The collection's own needs (requirements.txt) and the pinned lint and test
+# tooling (requirements-test.txt, which includes tests/unit/requirements.txt).
 venv: $(BIN)/.installed
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt requirements-test.txt tests/unit/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/$(PIP) -r requirements.txt -r requirements-test.txt
 	touch $@
 
 collection:
 	mkdir -p $(dir $(COLLECTION_LINK))
 	ln -sfn $(CURDIR) $(COLLECTION_LINK)
 
-lint: ruff ansible-lint sanity
+lint: ruff ansible-lint sanity publish
 
 ruff: venv
 	$(BIN)/ruff check .
@@ -53,22 +61,139 @@ ruff: venv
 ansible-lint: venv collection
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --profile production --offline
 
-# ansible-test must run from inside an ansible_collections/<ns>/<name> tree
-# (outside any hidden directory). Its sanity venvs bootstrap pip with a script
-# it downloads from its own site; ours does the same from ensurepip and PyPI.
-ANSIBLE_TEST_PIP := $(HOME)/.ansible/test/cache/get_pip_24_2.py
+# A copy of the checkout's files (tracked, and new ones not ignored) as
+# $(1)/ansible_collections/hostmesh/sidecar, for tools that need that layout
+# outside any hidden directory, or a scratch tree to write in.
+define copy_tree
+mkdir -p $(1)/ansible_collections/hostmesh/sidecar; \
+git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $(1)/ansible_collections/hostmesh/sidecar/
+endef
+
+# ansible-test sanity with the ansible-test of the venv whose bin is $(1);
+# $(2): more arguments (--test NAME ...). ansible-test must run from inside an
+# ansible_collections/<ns>/<name> tree. Its sanity venvs bootstrap pip with a
+# script it downloads from its own site, named by the pip version that
+# ansible-core pins; ours (tests/sanity/pip_bootstrap.py) does the same from
+# ensurepip and PyPI, put in that script's place.
+define ansible_test_sanity
+pip=$$($(1)/python -c "import types; from ansible_test._internal.python_requirements import get_venv_packages; \
+  print(get_venv_packages(types.SimpleNamespace(version='3.11'))['pip'])"); \
+bootstrap=$(HOME)/.ansible/test/cache/get_pip_$${pip//./_}.py; \
+mkdir -p $$(dirname $$bootstrap); cmp -s tests/sanity/pip_bootstrap.py $$bootstrap || cp tests/sanity/pip_bootstrap.py $$bootstrap; \
+tree=$$(mktemp -d); trap 'rm -rf "$$tree"' EXIT; \
+$(call copy_tree,$$tree); \
+cd $$tree/ansible_collections/hostmesh/sidecar && \
+  PATH=$(CURDIR)/$(1):$$PATH $(CURDIR)/$(1)/ansible-test sanity --local --python 3.11 --requirements --color no $(2)
+endef
+
 sanity: venv
-	mkdir -p $(dir $(ANSIBLE_TEST_PIP))
-	cmp -s tests/sanity/pip_bootstrap.py $(ANSIBLE_TEST_PIP) || cp tests/sanity/pip_bootstrap.py $(ANSIBLE_TEST_PIP)
-	tree=$$(mktemp -d); trap 'rm -rf "$$tree"' EXIT; \
-	dest=$$tree/ansible_collections/hostmesh/sidecar; mkdir -p $$dest; \
-	git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $$dest/; \
-	cd $$dest && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/ansible-test sanity --local --python 3.11 --requirements --color no
+	$(call ansible_test_sanity,$(BIN),)
 
 # Unit tests need only the virtualenv: no root, no Debian packages.
 unit: venv collection
 	$(BIN)/pytest -q tests/unit
 
+# --- Older ansible-core releases -------------------------------------------
+# meta/runtime.yml claims ansible-core 2.16 and later; `make sanity` and
+# `make unit` run on the newest (requirements-test.txt), and `make compat` on
+# each older line, in a cached venv each with the collection's requirements,
+# the unit tests' and that ansible-core. Sanity on 2.16 (the oldest line,
+# whose APIs and ansible-test rules differ most) runs every test; on 2.17 and
+# 2.18 the tests that load the collection's code and docs with that core.
+COMPAT_CORES := 2.16.19 2.17.14 2.18.19
+COMPAT_LINES := $(basename $(COMPAT_CORES))
+COMPAT_FULL_SANITY := 2.16
+COMPAT_SANITY_TESTS := compile import validate-modules ansible-doc yamllint
+COMPAT_TARGETS := $(addprefix compat-,$(COMPAT_LINES))
+.PHONY: $(COMPAT_TARGETS) $(addprefix compat-unit-,$(COMPAT_LINES)) $(addprefix compat-sanity-,$(COMPAT_LINES))
+
+compat: $(COMPAT_TARGETS)
+
+$(BUILD)/venv-core-%/.installed: requirements.txt tests/unit/requirements.txt
+	test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
+	$(@D)/bin/$(PIP) -r requirements.txt -r tests/unit/requirements.txt "ansible-core==$(filter $*.%,$(COMPAT_CORES))"
+	touch $@
+
+# compat-2.16 runs both; `make -k compat` goes on past a failure to show them all.
+$(COMPAT_TARGETS): compat-%: compat-unit-% compat-sanity-%
+
+$(addprefix compat-unit-,$(COMPAT_LINES)): compat-unit-%: $(BUILD)/venv-core-%/.installed collection
+	$(BUILD)/venv-core-$*/bin/pytest -q -p no:cacheprovider tests/unit
+
+$(addprefix compat-sanity-,$(COMPAT_LINES)): compat-sanity-%: $(BUILD)/venv-core-%/.installed
+	$(call ansible_test_sanity,$(BUILD)/venv-core-$*/bin,$(if $(filter $*,$(COMPAT_FULL_SANITY)),,$(addprefix --test ,$(COMPAT_SANITY_TESTS))))
+
+# --- What a published collection is checked with ---------------------------
+publish: changelog-lint docs-lint ee-check galaxy-import
+
+# CHANGELOG.md is rendered from changelogs/changelog.yaml (the releases) and
+# changelogs/fragments/ (changes not released yet, shown under galaxy.yml's
+# version): antsibull-changelog releases them in a scratch copy, so the
+# checkout's fragments stay where they are until the real release.
+define render_changelog
+tree=$$(mktemp -d); trap 'rm -rf "$$tree"' EXIT; \
+$(call copy_tree,$$tree); \
+src=$$tree/ansible_collections/hostmesh/sidecar; \
+( cd $$src && export PATH=$(CURDIR)/$(BIN):$$PATH ANSIBLE_COLLECTIONS_PATH=$$tree; \
+  if ls changelogs/fragments/*.y*ml >/dev/null 2>&1; then \
+    $(CURDIR)/$(BIN)/antsibull-changelog release --version $(VERSION) >/dev/null; \
+  else \
+    $(CURDIR)/$(BIN)/antsibull-changelog generate >/dev/null; \
+  fi ); \
+cp $$src/CHANGELOG.md $(1)
+endef
+
+changelog: venv
+	$(call render_changelog,CHANGELOG.md)
+
+changelog-lint: venv
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+	mkdir -p $(BUILD)
+	$(call render_changelog,$(BUILD)/CHANGELOG.md)
+	diff -u CHANGELOG.md $(BUILD)/CHANGELOG.md || { echo "CHANGELOG.md is not what changelogs/ give: run make changelog"; exit 1; }
+
+# The plugins' and roles' documentation as docs.ansible.com would render it.
+docs-lint: venv collection
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/antsibull-docs lint-collection-docs --plugin-docs \
+	  --validate-collection-refs dependent $(COLLECTION_LINK)
+
+# The tarball users install, built as README says; it must not carry the
+# development environment or the checkout-only harness (galaxy.yml build_ignore).
+dist: venv
+	rm -rf $(dir $(TARBALL))
+	$(BIN)/ansible-galaxy collection build --output-path $(dir $(TARBALL))
+	tar -tzf $(TARBALL) > $(BUILD)/dist/files.txt
+	! grep -E '(^|/)(\.venv|\.build|__pycache__|\.hostmesh-ca)(/|$$)|\.pyc$$|^(molecule|tests/integration|tools/sandbox|\.ci)/' $(BUILD)/dist/files.txt
+
+# An execution environment gets exactly the controller's Python requirements
+# from the installed collection, and no system packages.
+EE_PYTHON := jmespath  \# from collection hostmesh.sidecar
+ee-check: dist
+	rm -rf $(BUILD)/ee && mkdir -p $(BUILD)/ee
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(BUILD)/ee/collections \
+	  $(BIN)/ansible-galaxy collection install --offline --no-deps -p $(BUILD)/ee/collections $(TARBALL)
+	$(BIN)/ansible-builder introspect --sanitize $(BUILD)/ee/collections \
+	  --write-pip $(BUILD)/ee/python.txt --write-bindep $(BUILD)/ee/system.txt
+	diff -u <(echo "$(EE_PYTHON)") $(BUILD)/ee/python.txt
+	! test -s $(BUILD)/ee/system.txt
+
+# Galaxy's own importer, in a venv of its own (its pins differ from ours), on
+# the tarball: no error and no warning.
+GALAXY_IMPORTER_VENV := $(BUILD)/venv-galaxy-importer
+$(GALAXY_IMPORTER_VENV)/.installed: tests/publish/requirements-galaxy-importer.txt
+	test -x $(GALAXY_IMPORTER_VENV)/bin/python || $(PYTHON) -m venv $(GALAXY_IMPORTER_VENV)
+	$(GALAXY_IMPORTER_VENV)/bin/$(PIP) -r $<
+	touch $@
+
+galaxy-import: dist $(GALAXY_IMPORTER_VENV)/.installed
+	rm -rf $(BUILD)/galaxy-import && mkdir -p $(BUILD)/galaxy-import
+	cd $(BUILD)/galaxy-import && \
+	  PATH=$(CURDIR)/$(GALAXY_IMPORTER_VENV)/bin:$$PATH GALAXY_IMPORTER_CONFIG=$(CURDIR)/tests/publish/galaxy-importer.cfg \
+	  $(CURDIR)/$(GALAXY_IMPORTER_VENV)/bin/python -m galaxy_importer.main $(CURDIR)/$(TARBALL) 2>&1 | tee import.log
+	! grep -E '^(WARNING|ERROR)' $(BUILD)/galaxy-import/import.log
+
+# --- Tests that need root ----------------------------------------------------
 integration: deps
 	$(BIN)/pytest -q tests/integration
 
@@ -77,7 +202,7 @@ MOLECULE_SCENARIOS ?= capture capture_over_ssh tproxy default mesh_tproxy reboot
 molecule: deps
 	$(BIN)/python -m tools.sandbox.molecule_suite $(MOLECULE_SCENARIOS)
 
-test: deps lint unit integration molecule
+test: deps lint unit compat integration molecule
 
 demo: deps
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python demo/run_demo.py
