@@ -15,13 +15,17 @@ import re
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.errors import MeshCAError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.request import make_request, make_workloads
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.spec import ARGUMENT_SPEC, WORKLOAD_SPEC
 
 # The module's messages start with the option they are about, for a batch as
 # workloads[<i>].<option>.
 LEADING_OPTION = re.compile(r"^(?:workloads\[\d+\]\.)?(\w+)")
+# Ansible's type errors name the option as: argument 'days' is of type ...
+ARGUMENT_NAME = re.compile(r"argument '(\w+)'")
 # How many hosts a message names before it counts the rest.
 HOSTS_SHOWN = 3
 
@@ -36,8 +40,17 @@ def mesh_workload_problems(workload, settings, names=None):
     if not isinstance(workload, Mapping) or not isinstance(settings, Mapping):
         raise AnsibleFilterError("mesh_workload_problems: expected a workload mapping and a settings mapping")
     names = dict(names or {})
+    typed = []
+    for spec, values in ((ARGUMENT_SPEC, settings), (WORKLOAD_SPEC, workload)):
+        # The module's own types and defaults first: a templated "30" is the module's 30.
+        result = ArgumentSpecValidator(spec).validate(dict(values))
+        if result.error_messages:
+            message = result.error_messages[0]
+            option = ARGUMENT_NAME.search(message)
+            return [_named("%s: %s" % (option.group(1), message) if option else message, names)]
+        typed.append(result.validated_parameters)
     try:
-        make_workloads(make_request(dict(settings)), [dict(workload)])
+        make_workloads(make_request(typed[0]), [typed[1]])
     except MeshCAError as error:
         return [_named(str(error), names)]
     return []

@@ -362,38 +362,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.errors i
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.pem import ca_expires_within, describe
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.plan import changed
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.request import make_request, make_workloads
-
-WORKLOAD_SPEC = {
-    "name": {"type": "str", "required": True},
-    "service_account": {"type": "str", "required": True},
-    "namespace": {"type": "str"},
-    "dns_names": {"type": "list", "elements": "str", "default": []},
-    "cert_path": {"type": "path", "required": True},
-    "key_path": {"type": "path", "required": True, "no_log": False},
-    "force": {"type": "bool", "default": False},
-}
-
-ARGUMENT_SPEC = {
-    "ca_cert_path": {"type": "path", "required": True},
-    "ca_key_path": {"type": "path", "required": True, "no_log": False},
-    "create_ca": {"type": "bool", "default": True},
-    "ca_common_name": {"type": "str", "default": "hostmesh mesh CA"},
-    "ca_days": {"type": "int", "default": 3650},
-    "ca_name_constraints": {"type": "bool", "default": False},
-    "trust_domain": {"type": "str", "default": "cluster.local"},
-    "namespace": {"type": "str", "default": "default"},
-    "service_account": {"type": "str"},
-    "dns_names": {"type": "list", "elements": "str", "default": []},
-    "cert_path": {"type": "path"},
-    "key_path": {"type": "path", "no_log": False},
-    "days": {"type": "int", "default": 30},
-    "renew_days": {"type": "int", "default": 10},
-    "force": {"type": "bool", "default": False},
-    "trust_bundle_path": {"type": "path"},
-    "trust_extra": {"type": "list", "elements": "path", "default": []},
-    "workloads": {"type": "list", "elements": "dict", "options": WORKLOAD_SPEC},
-    "private_dir": {"type": "path"},
-}
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_ca.spec import ARGUMENT_SPEC
 
 
 def main():

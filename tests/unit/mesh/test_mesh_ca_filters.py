@@ -54,3 +54,13 @@ def test_bad_arguments_are_named() -> None:
         mesh_ca_batch_problems({"vm0": {}}, "vm9")
     with pytest.raises(AnsibleFilterError, match="expected a workload mapping"):
         mesh_workload_problems("vm0", SETTINGS)
+
+
+def test_settings_are_taken_with_the_module_types() -> None:
+    # Before ansible-core 2.19 a templated "{{ x | int }}" inside a dict stays a string.
+    templated = {**SETTINGS, "days": "30", "renew_days": "10", "create_ca": "yes"}
+    assert mesh_workload_problems({**WORKLOAD, "force": "false"}, templated, NAMES) == []
+    assert mesh_workload_problems(WORKLOAD, {**SETTINGS, "renew_days": "many"}, NAMES) == [
+        "hostmesh_cert_renew_days: argument 'renew_days' is of type str and we were unable to convert to int: "
+        "\"'many'\" cannot be converted to an int"
+    ]
