@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
-from tools.sandbox import commands, inventory, machines, network, rootfs
+from tools.sandbox import cgroups, commands, inventory, machines, network, rootfs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE = REPO_ROOT / ".build" / "sandbox"
@@ -310,6 +310,11 @@ class Sandbox:
             for pid in machines.pids_in_netns(inode) if inode else []:
                 machines.force_kill(pid)
                 removed.append(f"process {pid} in {ns}")
+        own_cgroups = cgroups.sandbox_cgroups(cgroups.machine_hierarchies(), self.id)
+        for pid in cgroups.pids_in(own_cgroups):
+            machines.force_kill(pid)
+            removed.append(f"process {pid} in its cgroups")
+        removed += cgroups.remove(own_cgroups)
         removed += stop_ssh_masters(self.control_dir)
         removed += network.teardown(self.id)
         for mount in self._mounts_under_dir():
@@ -329,6 +334,7 @@ class Sandbox:
         if network.link_exists(network.controller_link(self.id)):
             left.append(f"link {network.controller_link(self.id)}")
         left += [f"mount {m}" for m in self._mounts_under_dir()]
+        left += [f"cgroup {c}" for c in cgroups.sandbox_cgroups(cgroups.machine_hierarchies(), self.id)]
         if self.dir.exists():
             left.append(f"dir {self.dir}")
         if self.control_dir.exists():
