@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from tools.sandbox import cgroups, commands, network
+from tools.sandbox import cgroups, commands, network, suites
 
 REBOOT_EXIT_CODE = 133
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -205,6 +205,7 @@ def supervise(sandbox_dir: Path, host: str) -> int:
     entry = state["hosts"][host]
     files = HostFiles(sandbox_dir, host)
     own_cgroups = cgroups.guest_cgroups(cgroups.machine_hierarchies(), state["id"], host)
+    suite = suites.suite(entry.get("suite", suites.DEFAULT_SUITE))
     stopping = False
     child: Optional[subprocess.Popen] = None
 
@@ -230,7 +231,7 @@ def supervise(sandbox_dir: Path, host: str) -> int:
                 child = subprocess.Popen(
                     commands.nspawn_boot(files.rootfs, f"{state['id']}-{host}", host, netns_path),
                     stdin=subprocess.DEVNULL,
-                    env=dict(os.environ, **commands.NSPAWN_ENV),
+                    env=dict(os.environ, **commands.NSPAWN_ENV, **suite.nspawn_env),
                     stdout=console,
                     stderr=subprocess.STDOUT,
                     # nspawn, and so the guest, in the host's own cgroup.
