@@ -164,7 +164,7 @@ def unit_status(units: Sequence[str]) -> list[str]:
 
 
 def unit_journal(units: Sequence[str], lines: int = 30) -> list[str]:
-    return ["journalctl", "-b", "--no-pager", "-n", str(lines), *[f"--unit={u}" for u in units]]
+    return ["journalctl", "-b", "--quiet", "--no-pager", "-n", str(lines), *[f"--unit={u}" for u in units]]
 
 
 # --- diagnostics, run inside a host --------------------------------------

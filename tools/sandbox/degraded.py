@@ -17,6 +17,8 @@ _UNIT_HEADER = re.compile("^[\u25cf\u00d7\u25cb\u21bb*] (\\S+)")
 _RESULT = re.compile(r"Active: \S+ \(Result: ([^)]+)\)")
 # "(code=exited, status=219/CGROUP)", "(code=killed, signal=KILL)"
 _PROCESS_END = re.compile(r"\(code=(\w+), (status|signal)=([^)]+)\)")
+# "Process: 68 ExecStartPre=/bin/sh -c exit 3 (code=exited, status=3)"
+_EXEC_STEP = re.compile(r"Process: \d+ (Exec\w+)=")
 
 
 def failed_unit_names(list_output: str) -> list[str]:
@@ -32,26 +34,33 @@ def failed_unit_names(list_output: str) -> list[str]:
 def unit_causes(status_output: str) -> dict[str, str]:
     """Unit -> its result and how its processes ended, from `systemctl status UNIT...`.
 
-    E.g. ``"result exit-code, status=219/CGROUP"``; a status seen on several
-    lines (ExecStart's process and the main PID) is named once.
+    E.g. ``"result exit-code, ExecStart status=219/CGROUP"``; the main PID's
+    end, when an Exec line already said it, is not repeated.
     """
     causes: dict[str, list[str]] = {}
+    ends: dict[str, set[str]] = {}
     unit = None
     for line in status_output.splitlines():
         header = _UNIT_HEADER.match(line)
         if header:
             unit = header.group(1)
-            causes[unit] = []
+            causes[unit], ends[unit] = [], set()
             continue
         if unit is None:
             continue
         result = _RESULT.search(line)
         if result:
             causes[unit].append(f"result {result.group(1)}")
-        for _code, kind, value in _PROCESS_END.findall(line):
-            fragment = f"{kind}={value}"
-            if fragment not in causes[unit]:
-                causes[unit].append(fragment)
+        end = _PROCESS_END.search(line)
+        if not end:
+            continue
+        fragment = f"{end.group(2)}={end.group(3)}"
+        step = _EXEC_STEP.search(line)
+        if step:
+            causes[unit].append(f"{step.group(1)} {fragment}")
+        elif fragment not in ends[unit]:
+            causes[unit].append(fragment)
+        ends[unit].add(fragment)
     return {name: ", ".join(parts) for name, parts in causes.items()}
 
 
