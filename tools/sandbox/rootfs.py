@@ -238,4 +238,9 @@ def ensure_rootfs(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         log(f"rootfs {tree.name} built in {time.monotonic() - started:.0f}s")
+        # Trees of the same suite and profiles from an older recipe or package list.
+        for old in cache_dir.glob(f"{tree_name(suite, profiles)}-*"):
+            if old != tree and re.fullmatch(r"[0-9a-f]{16}", old.name.rsplit("-", 1)[1]):
+                shutil.rmtree(old, ignore_errors=True)
+                log(f"removed the outdated rootfs {old.name}")
     return tree
