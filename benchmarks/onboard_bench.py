@@ -8,7 +8,11 @@ playbook that only gathers facts on the same hosts, and measures the same
 requests again, now through both sidecars with mTLS.
 Prints the figures; destroys the hosts. Run as root:
 
-    .venv/bin/python benchmarks/onboard_bench.py [--hosts 8] [--requests 500]
+    .venv/bin/python benchmarks/onboard_bench.py [--hosts 8] [--requests 500] [--suite bookworm]
+
+A failed playbook prints, for each failed task, its host and name and the
+first lines of its msg, stderr and stdout: Ansible's error says what went
+wrong in its first lines, and the tail of the log is mostly the recap.
 """
 
 import argparse
@@ -23,6 +27,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from tools.sandbox import suites  # noqa: E402
 from tools.sandbox.sandbox import Sandbox  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
@@ -41,11 +46,55 @@ for _i in range(count):
 print(json.dumps(samples))
 """
 
+# Of a failed task's result: these fields, the first lines of each.
+ERROR_FIELDS = ("msg", "stderr", "module_stderr", "stdout", "module_stdout")
+ERROR_HEAD_LINES = 8
+ERROR_MAX_TASKS = 5
+
 FACTS_ONLY = """- name: Gather facts only
   hosts: mesh
   gather_facts: true
   tasks: []
 """
+
+
+def failed_task_heads(output, head_lines=ERROR_HEAD_LINES, max_tasks=ERROR_MAX_TASKS):
+    """The head of each failed task's error in ansible-playbook's output, as lines to print.
+
+    Ansible prints a failed result as ``fatal: [HOST]: FAILED! => {JSON}``
+    (``failed: [HOST] (item=...)`` in a loop, ``UNREACHABLE!`` for a lost host).
+    """
+    lines = []
+    task = "?"
+    failures = 0
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line[len("TASK [") :].rsplit("]", 1)[0]
+            continue
+        if not line.startswith(("fatal: [", "failed: [")) or " => " not in line:
+            continue
+        failures += 1
+        if failures > max_tasks:
+            continue
+        head, _sep, payload = line.partition(" => ")
+        lines.append("%s  (task: %s)" % (head, task))
+        try:
+            result = json.loads(payload)
+        except ValueError:
+            lines.append("    " + payload[:500])
+            continue
+        for field in ERROR_FIELDS:
+            text = result.get(field)
+            if not text or not isinstance(text, str):
+                continue
+            field_lines = text.splitlines()
+            lines.append("  %s:" % field)
+            lines += ["    " + text_line[:300] for text_line in field_lines[:head_lines]]
+            if len(field_lines) > head_lines:
+                lines.append("    ... (%d more lines)" % (len(field_lines) - head_lines))
+    if failures > max_tasks:
+        lines.append("... and %d more failed tasks" % (failures - max_tasks))
+    return lines
 
 
 def playbook(inventory, extra_inventory, path, forks, extra_vars=(), times=None):
@@ -69,7 +118,17 @@ def playbook(inventory, extra_inventory, path, forks, extra_vars=(), times=None)
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
-        raise SystemExit("%s failed:\n%s\n%s" % (path, proc.stdout[-4000:], proc.stderr[-2000:]))
+        heads = failed_task_heads(proc.stdout)
+        raise SystemExit(
+            "%s failed (rc=%d)\n%s\n--- the end of its output:\n%s\n%s"
+            % (
+                path,
+                proc.returncode,
+                "\n".join(heads) if heads else "(no failed task in its output)",
+                proc.stdout[-2000:],
+                proc.stderr[-2000:],
+            )
+        )
     recap = [line for line in proc.stdout.splitlines() if "changed=" in line]
     changed = sum(int(line.split("changed=")[1].split()[0]) for line in recap)
     return elapsed, changed
@@ -92,6 +151,9 @@ def main():
     parser.add_argument("--hosts", type=int, default=8)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--steps", type=int, default=12, help="how many of the re-run's slowest steps to print")
+    parser.add_argument(
+        "--suite", default=suites.DEFAULT_SUITE, choices=list(suites.SUITES), help="Debian suite of the hosts"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark boots systemd-nspawn hosts")
@@ -99,7 +161,11 @@ def main():
     names = ["web"] + ["host%d" % index for index in range(2, args.hosts + 1)]
     sandbox = Sandbox("bench-onboard", log=lambda message: print(message, file=sys.stderr))
     try:
-        sandbox.create(names)
+        try:
+            # The sandbox raises the machine's inotify limits for many hosts, or says why it cannot.
+            sandbox.create(names, suite=args.suite)
+        except RuntimeError as exc:
+            raise SystemExit("sandbox create failed: %s" % exc) from exc
         hosts = sandbox.hosts()
         with tempfile.TemporaryDirectory() as directory:
             extra = os.path.join(directory, "mesh.yml")
@@ -148,8 +214,8 @@ def main():
         sandbox.destroy(quiet=True)
 
     print(
-        "onboarding %d sandbox hosts (seconds; ANSIBLE_PIPELINING=%s)"
-        % (args.hosts, os.environ.get("ANSIBLE_PIPELINING", "True"))
+        "onboarding %d sandbox hosts of Debian %s (seconds; ANSIBLE_PIPELINING=%s)"
+        % (args.hosts, args.suite, os.environ.get("ANSIBLE_PIPELINING", "True"))
     )
     print("  first run                      %7.1f   (changed=%d)" % (first, first_changed))
     print("  re-run                         %7.1f   (changed=%d)" % (rerun, rerun_changed))

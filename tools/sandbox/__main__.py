@@ -1,7 +1,8 @@
 """Command line: ``python3 -m tools.sandbox COMMAND`` from the repository root.
 
-rootfs                       build (or reuse) the cached Debian rootfs
-create [--hosts a,b | -n N]  boot fresh hosts, write inventory and ssh config
+rootfs [--suite S] [--profile P]   build (or reuse) a cached Debian rootfs
+create [--hosts a,b:trixie,c+resolved | -n N] [--suite S] [--profile P]
+                             boot fresh hosts, write inventory and ssh config
 status                       hosts, addresses, running or not (--json)
 reboot HOST                  power off and boot the same rootfs again
 shell HOST [CMD...]          SSH in (interactive without CMD)
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from tools.sandbox import commands, rootfs
+from tools.sandbox import commands, rootfs, suites
 from tools.sandbox.sandbox import DEFAULT_BASE, Sandbox, SandboxError, access_info, all_sandboxes
 
 
@@ -29,10 +30,28 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _host_names(args: argparse.Namespace) -> list[str]:
+def _host_specs(args: argparse.Namespace) -> list[str]:
+    """Host specs as given (NAME[:SUITE][+PROFILE...]), or host1..N."""
     if args.hosts:
         return [h for h in args.hosts.split(",") if h]
     return [f"host{i + 1}" for i in range(args.count)]
+
+
+def _add_suite_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--suite",
+        default=suites.DEFAULT_SUITE,
+        choices=list(suites.SUITES),
+        help=f"Debian suite of hosts that name none (default {suites.DEFAULT_SUITE})",
+    )
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        choices=list(suites.PROFILES),
+        help="profile of hosts that name none (repeatable): "
+        + "; ".join(f"{p.name}: {p.description}" for p in suites.PROFILES.values()),
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,11 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=os.environ.get("SANDBOX_NAME", "default"))
     p.add_argument("--base-dir", default=str(DEFAULT_BASE), help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("rootfs", help="build or reuse the cached rootfs")
+    _add_suite_options(sub.add_parser("rootfs", help="build or reuse a cached rootfs"))
     for name in ("create", "run"):
         c = sub.add_parser(name)
-        c.add_argument("--hosts", help="comma-separated host names")
+        c.add_argument("--hosts", help="comma-separated hosts: NAME[:SUITE][+PROFILE...], e.g. web,db:trixie")
         c.add_argument("-n", "--count", type=int, default=2, help="number of hosts (host1..N)")
+        _add_suite_options(c)
+        c.add_argument(
+            "--tolerate-failed",
+            action="append",
+            default=[],
+            metavar="UNIT",
+            help="a unit that may fail at boot without failing the create (repeatable)",
+        )
         c.add_argument("--json", action="store_true", help="print access details as JSON")
         if name == "run":
             c.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -82,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, sb: Sandbox) -> int:
     if args.command == "rootfs":
         started = time.monotonic()
-        tree = rootfs.ensure_rootfs(sb.base_dir / "rootfs", log=_log)
+        tree = rootfs.ensure_rootfs(sb.base_dir / "rootfs", args.suite, args.profile, log=_log)
         _log(f"rootfs ready in {time.monotonic() - started:.1f}s: {tree}")
         return 0
     if args.command == "create":
-        timings = sb.create(_host_names(args))
+        timings = sb.create(_host_specs(args), **_create_options(args))
         if args.json:
             print(json.dumps({**access_info(sb), "timings": timings}, indent=2))
         return 0
@@ -102,7 +129,8 @@ def _dispatch(args: argparse.Namespace, sb: Sandbox) -> int:
             print(f"sandbox {sb.name} on {info['subnet']}; inventory {info['inventory']}")
             for host, h in info["hosts"].items():
                 state = f"running (pid {h['leader_pid']})" if h["running"] else "stopped"
-                print(f"  {host:12} {h['address']:15} {state}, boots: {h['boots']}")
+                kind = h["suite"] + "".join(f"+{p}" for p in h["profiles"])
+                print(f"  {host:12} {h['address']:15} {kind:18} {state}, boots: {h['boots']}")
         return 0
     if args.command == "reboot":
         sb.reboot(args.host)
@@ -119,8 +147,15 @@ def _dispatch(args: argparse.Namespace, sb: Sandbox) -> int:
         names = all_sandboxes(sb.base_dir) if args.all else [sb.name]
         for name in names:
             Sandbox(name, base_dir=sb.base_dir, log=_log).destroy()
+        if args.all:
+            # Leases of runs that crashed and whose files are gone, too.
+            sb.budget.release()
         return 0
     raise SandboxError(f"unknown command {args.command!r}")
+
+
+def _create_options(args: argparse.Namespace) -> dict:
+    return {"suite": args.suite, "profiles": args.profile, "tolerate_failed": args.tolerate_failed}
 
 
 def _run(args: argparse.Namespace, sb: Sandbox) -> int:
@@ -130,7 +165,7 @@ def _run(args: argparse.Namespace, sb: Sandbox) -> int:
         raise SandboxError("run needs a command after --")
     atexit.register(sb.destroy)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    sb.create(_host_names(args))
+    sb.create(_host_specs(args), **_create_options(args))
     env = dict(
         os.environ,
         SANDBOX_NAME=sb.name,

@@ -50,16 +50,22 @@ def run(
 # --- rootfs ---------------------------------------------------------------
 
 
-def debootstrap(suite: str, target: Path, mirror: str, packages: Sequence[str]) -> list[str]:
+def debootstrap(suite: str, target: Path, mirror: str, packages: Sequence[str], keyring: Path) -> list[str]:
     return [
         "debootstrap",
         "--variant=minbase",
         "--components=main",
+        f"--keyring={keyring}",
         f"--include={','.join(packages)}",
         suite,
         str(target),
         mirror,
     ]
+
+
+def enable_unit_in_tree(tree: Path, unit: str) -> list[str]:
+    """Enable a unit in a rootfs that is not running (its [Install] section's links)."""
+    return ["systemctl", f"--root={tree}", "enable", unit]
 
 
 def copy_tree(source: Path, target: Path) -> list[str]:
@@ -144,6 +150,21 @@ def ssh_stop_master(control_socket: Path) -> list[str]:
 
 def umount_lazy(path: str) -> list[str]:
     return ["umount", "-l", path]
+
+
+# --- boot health, run inside a host --------------------------------------
+
+SYSTEM_STATE = ["systemctl", "is-system-running", "--wait"]
+FAILED_UNITS = ["systemctl", "list-units", "--failed", "--plain", "--no-legend", "--full", "--no-pager"]
+
+
+def unit_status(units: Sequence[str]) -> list[str]:
+    """Each unit's status without journal lines: its result and how its processes ended."""
+    return ["systemctl", "status", "--no-pager", "--full", "--lines=0", *units]
+
+
+def unit_journal(units: Sequence[str], lines: int = 30) -> list[str]:
+    return ["journalctl", "-b", "--quiet", "--no-pager", "-n", str(lines), *[f"--unit={u}" for u in units]]
 
 
 # --- diagnostics, run inside a host --------------------------------------

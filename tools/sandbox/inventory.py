@@ -9,12 +9,22 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Optional
 
 GROUP = "sandbox"
 
 
-def render_inventory(hosts: Mapping[str, str], key_file: Path, ssh_config: Path, control_dir: Path) -> str:
-    """YAML inventory: one group `sandbox`, every host by name with its address.
+def render_inventory(
+    hosts: Mapping[str, str],
+    key_file: Path,
+    ssh_config: Path,
+    control_dir: Path,
+    host_vars: Optional[Mapping[str, Mapping[str, object]]] = None,
+) -> str:
+    """YAML inventory: one group `sandbox`, every host by name with its address and host_vars.
+
+    The sandbox gives each host ``hostmesh_sandbox_suite`` and
+    ``hostmesh_sandbox_profiles``, so tests can check what they run on.
 
     Ansible's SSH connection masters live in the sandbox's own control_dir:
     in the shared default directory they are named by address, and a later
@@ -30,6 +40,8 @@ def render_inventory(hosts: Mapping[str, str], key_file: Path, ssh_config: Path,
     ]
     for name, address in hosts.items():
         lines += [f"        {name}:", f"          ansible_host: {json.dumps(address)}"]
+        for var, value in (host_vars or {}).get(name, {}).items():
+            lines.append(f"          {var}: {json.dumps(value)}")
     lines += [
         "      vars:",
         "        ansible_user: root",

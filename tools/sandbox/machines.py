@@ -2,8 +2,9 @@
 
 A host runs under a small supervisor process (``python3 -m
 tools.sandbox.machines SANDBOX_DIR HOST``) that gives each boot a fresh network
-namespace, runs systemd-nspawn in the foreground and, when the guest asks for
-a reboot (nspawn exits 133), boots it again from the same rootfs, like a VM.
+namespace, runs systemd-nspawn in the foreground, in the guest's own cgroup
+(see cgroups.py), and, when the guest asks for a reboot (nspawn exits 133),
+boots it again from the same rootfs, like a VM.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from tools.sandbox import commands, network
+from tools.sandbox import cgroups, commands, network, suites
 
 REBOOT_EXIT_CODE = 133
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -175,11 +176,15 @@ def kill_host_processes(sandbox_dir: Path, host: str) -> None:
     sandbox_id = _sandbox_id(sandbox_dir)
     for pid in pids_referring_to(files.dir):
         force_kill(pid)
+    host_cgroups = cgroups.guest_cgroups(cgroups.machine_hierarchies(), sandbox_id, host)
+    for pid in cgroups.pids_in(host_cgroups):
+        force_kill(pid)
     inode = network.netns_inode(network.host_netns(sandbox_id, host))
     if inode:
         for pid in pids_in_netns(inode):
             force_kill(pid)
     network.host_down(sandbox_id, host)
+    cgroups.remove(host_cgroups)
 
 
 def _sandbox_id(sandbox_dir: Path) -> str:
@@ -199,6 +204,8 @@ def supervise(sandbox_dir: Path, host: str) -> int:
     state = json.loads((sandbox_dir / "state.json").read_text())
     entry = state["hosts"][host]
     files = HostFiles(sandbox_dir, host)
+    own_cgroups = cgroups.guest_cgroups(cgroups.machine_hierarchies(), state["id"], host)
+    suite = suites.suite(entry.get("suite", suites.DEFAULT_SUITE))
     stopping = False
     child: Optional[subprocess.Popen] = None
 
@@ -224,9 +231,11 @@ def supervise(sandbox_dir: Path, host: str) -> int:
                 child = subprocess.Popen(
                     commands.nspawn_boot(files.rootfs, f"{state['id']}-{host}", host, netns_path),
                     stdin=subprocess.DEVNULL,
-                    env=dict(os.environ, **commands.NSPAWN_ENV),
+                    env=dict(os.environ, **commands.NSPAWN_ENV, **suite.nspawn_env),
                     stdout=console,
                     stderr=subprocess.STDOUT,
+                    # nspawn, and so the guest, in the host's own cgroup.
+                    preexec_fn=lambda: cgroups.enter(own_cgroups),
                 )
             files.write_runtime({"supervisor_pid": os.getpid(), "nspawn_pid": child.pid, "boots": boots})
             rc = child.wait()
@@ -239,7 +248,9 @@ def supervise(sandbox_dir: Path, host: str) -> int:
         files.write_runtime({"supervisor_pid": os.getpid(), "error": str(exc)})
         print(f"{host}: supervisor error: {exc}", flush=True)
         network.host_down(state["id"], host)
+        cgroups.remove(own_cgroups)
         return 1
+    cgroups.remove(own_cgroups)
     files.write_runtime({"boots": boots, "last_exit": rc})
     return 0
 

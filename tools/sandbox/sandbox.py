@@ -20,15 +20,15 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
-from tools.sandbox import commands, inventory, machines, network, rootfs
+from tools.sandbox import cgroups, commands, degraded, host_spec, inotify, inventory, machines, network, rootfs, suites
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE = REPO_ROOT / ".build" / "sandbox"
-HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 BOOT_TIMEOUT = 90.0
-SSH_READY_SCRIPT = "systemctl is-system-running --wait"
+# Added to the boot timeout per host: many guests booting at once share the CPUs.
+BOOT_TIMEOUT_PER_HOST = 3.0
 
 
 class SandboxError(RuntimeError):
@@ -38,7 +38,13 @@ class SandboxError(RuntimeError):
 class Sandbox:
     """The hosts of one sandbox and the files that describe them."""
 
-    def __init__(self, name: str = "default", base_dir: Path = DEFAULT_BASE, log=print) -> None:
+    def __init__(
+        self,
+        name: str = "default",
+        base_dir: Path = DEFAULT_BASE,
+        log=print,
+        budget: Optional[inotify.Budget] = None,
+    ) -> None:
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
             raise SandboxError(f"sandbox name {name!r} is invalid: use letters, digits, . _ -")
         self.name = name
@@ -54,6 +60,7 @@ class Sandbox:
         # Ansible's SSH connection masters for these hosts (see inventory.render_inventory);
         # short, since a socket's path must fit in 108 bytes.
         self.control_dir = Path(tempfile.gettempdir()) / f"hm-ssh-{self.id}"
+        self.budget = budget or inotify.Budget(log=log)
 
     # --- state -------------------------------------------------------------
 
@@ -67,6 +74,13 @@ class Sandbox:
         """Host name -> address, in creation order."""
         return {h: e["address"] for h, e in self.state().get("hosts", {}).items()}
 
+    def host_specs(self) -> dict[str, host_spec.HostSpec]:
+        """Host name -> what it runs (suite, profiles), in creation order."""
+        return {
+            h: host_spec.HostSpec(h, e.get("suite", suites.DEFAULT_SUITE), tuple(e.get("profiles", ())))
+            for h, e in self.state().get("hosts", {}).items()
+        }
+
     def _require_host(self, host: str) -> None:
         if host not in self.hosts():
             raise SandboxError(
@@ -76,28 +90,50 @@ class Sandbox:
 
     # --- create ------------------------------------------------------------
 
-    def create(self, host_names: Sequence[str], boot_timeout: float = BOOT_TIMEOUT) -> dict:
-        """Boot fresh hosts (destroying any earlier sandbox of this name); returns timings."""
-        bad = [h for h in host_names if not HOST_NAME.match(h)]
-        if bad or not host_names or len(set(host_names)) != len(host_names):
-            raise SandboxError(
-                f"host names {list(host_names)!r} are invalid: give 1 or more distinct names "
-                "of a lowercase letter then up to 11 lowercase letters or digits"
-            )
+    def create(
+        self,
+        hosts: Sequence[str | host_spec.HostSpec],
+        boot_timeout: Optional[float] = None,
+        suite: str = suites.DEFAULT_SUITE,
+        profiles: Sequence[str] = (),
+        tolerate_failed: Sequence[str] = (),
+    ) -> dict:
+        """Boot fresh hosts (destroying any earlier sandbox of this name); returns timings.
+
+        `hosts` are names or specs (``web:trixie+resolved``, see host_spec.py);
+        `suite` and `profiles` are the defaults of those that name none. A
+        host that boots degraded fails the create unless every failed unit
+        is in `tolerate_failed`.
+        """
+        try:
+            specs = host_spec.parse_all(hosts, suite, profiles)
+        except host_spec.HostSpecError as exc:
+            raise SandboxError(str(exc)) from None
+        host_names = [spec.name for spec in specs]
+        if boot_timeout is None:
+            boot_timeout = BOOT_TIMEOUT + BOOT_TIMEOUT_PER_HOST * len(specs)
         timings: dict[str, float] = {}
         self.destroy(quiet=True)
         started = time.monotonic()
-        tree = rootfs.ensure_rootfs(self.base_dir / "rootfs", log=self.log)
+        trees: dict[tuple[str, tuple[str, ...]], Path] = {}
+        for spec in specs:
+            if (spec.suite, spec.profiles) not in trees:
+                trees[spec.suite, spec.profiles] = rootfs.ensure_rootfs(
+                    self.base_dir / "rootfs", spec.suite, spec.profiles, log=self.log
+                )
         timings["rootfs_s"] = time.monotonic() - started
+        # Before anything of this sandbox exists: a refusal leaves nothing to undo.
+        self.budget.acquire(self.dir, len(specs))
         subnet = "?"
         try:
             # One lock for the whole machine: two checkouts must not pick the same subnet.
             with network.subnet_lock():
                 subnet = network.pick_subnet(network.subnets_in_use())
-                self._start_create(host_names, subnet, tree)
+                self._start_create(specs, subnet, trees, tolerate_failed)
             t0 = time.monotonic()
             commands.run(commands.ssh_keygen(self.key_file, f"sandbox-{self.name}"))
-            self._run_parallel(lambda h: self._prepare_rootfs(h, tree), host_names)
+            tree_of = {spec.name: trees[spec.suite, spec.profiles] for spec in specs}
+            self._run_parallel(lambda h: self._prepare_rootfs(h, tree_of[h]), host_names)
             timings["copy_s"] = time.monotonic() - t0
             self._write_access_files()
             t0 = time.monotonic()
@@ -110,14 +146,21 @@ class Sandbox:
                 self.log(self.diagnose(host, brief=True))
             self.destroy(quiet=True)
             raise
+        kinds = sorted({f"{spec.suite}{''.join('+' + p for p in spec.profiles)}" for spec in specs})
         self.log(
-            f"sandbox {self.name}: {len(host_names)} hosts on {subnet} "
+            f"sandbox {self.name}: {len(host_names)} hosts ({', '.join(kinds)}) on {subnet} "
             f"(rootfs {timings['rootfs_s']:.1f}s, copy {timings['copy_s']:.1f}s, "
             f"boot {timings['boot_s']:.1f}s); inventory {self.inventory}"
         )
         return timings
 
-    def _start_create(self, host_names: Sequence[str], subnet: str, tree: Path) -> None:
+    def _start_create(
+        self,
+        specs: Sequence[host_spec.HostSpec],
+        subnet: str,
+        trees: dict[tuple[str, tuple[str, ...]], Path],
+        tolerate_failed: Sequence[str],
+    ) -> None:
         """Record the state, then claim the subnet by bringing the bridge up."""
         self.dir.mkdir(parents=True)
         state = {
@@ -125,8 +168,16 @@ class Sandbox:
             "id": self.id,
             "subnet": subnet,
             "controller": network.controller_address(subnet),
-            "rootfs": str(tree),
-            "hosts": {h: {"address": network.host_address(subnet, i)} for i, h in enumerate(host_names)},
+            "tolerate_failed": sorted(tolerate_failed),
+            "hosts": {
+                spec.name: {
+                    "address": network.host_address(subnet, i),
+                    "suite": spec.suite,
+                    "profiles": list(spec.profiles),
+                    "rootfs": str(trees[spec.suite, spec.profiles]),
+                }
+                for i, spec in enumerate(specs)
+            },
         }
         # Written before anything is made, so destroy can undo a half-done create.
         self.state_file.write_text(json.dumps(state, indent=2) + "\n")
@@ -160,7 +211,13 @@ class Sandbox:
         self.known_hosts.write_text(inventory.render_known_hosts(keys))
         self.ssh_config.write_text(inventory.render_ssh_config(hosts, self.key_file, self.known_hosts))
         self.control_dir.mkdir(mode=0o700, exist_ok=True)
-        self.inventory.write_text(inventory.render_inventory(hosts, self.key_file, self.ssh_config, self.control_dir))
+        host_vars = {
+            name: {"hostmesh_sandbox_suite": spec.suite, "hostmesh_sandbox_profiles": list(spec.profiles)}
+            for name, spec in self.host_specs().items()
+        }
+        self.inventory.write_text(
+            inventory.render_inventory(hosts, self.key_file, self.ssh_config, self.control_dir, host_vars)
+        )
 
     def _run_parallel(self, func: Callable[[str], object], hosts: Sequence[str]) -> None:
         errors: list[BaseException] = []
@@ -181,33 +238,43 @@ class Sandbox:
 
     # --- running hosts ------------------------------------------------------
 
-    def wait_ready(self, host: str, timeout: float = BOOT_TIMEOUT) -> float:
-        """Wait until the host accepts SSH and systemd finished booting; returns seconds."""
+    def wait_ready(self, host: str, timeout: float = BOOT_TIMEOUT, tolerate_failed: Sequence[str] = ()) -> float:
+        """Wait until the host accepts SSH and systemd finished booting; returns seconds.
+
+        A degraded boot raises SandboxError naming each failed unit and its
+        cause, unless every failed unit is tolerated here or by the create.
+        """
         started = time.monotonic()
         machines.wait_for_leader(self.dir, host, timeout)
         deadline = started + timeout
         last = ""
         while time.monotonic() < deadline:
             proc = commands.run(
-                commands.ssh(self.ssh_config, host, [SSH_READY_SCRIPT]),
+                commands.ssh(self.ssh_config, host, [" ".join(commands.SYSTEM_STATE)]),
                 check=False,
                 timeout=max(5.0, deadline - time.monotonic()),
             )
             last = proc.stdout.strip()
-            if last in ("running", "degraded"):
-                if last == "degraded":
-                    failed = self.run_in(host, ["systemctl", "--failed", "--no-legend"]).stdout
-                    units = [w for w in failed.split() if "." in w and not w.startswith("●")]
-                    journal = self.run_in(
-                        host, ["journalctl", "-b", "--no-pager", "-n", "40", *[f"--unit={u}" for u in units]]
-                    ).stdout
-                    self.log(f"{host}: booted degraded; failed units:\n{failed}{journal}")
+            if last == "running":
+                return time.monotonic() - started
+            if last == "degraded":
+                self._check_degraded(host, [*tolerate_failed, *self.state().get("tolerate_failed", [])])
                 return time.monotonic() - started
             time.sleep(0.3)
         raise SandboxError(
             f"{host}: not reachable over SSH with systemd up within {timeout:.0f}s "
             f"(last answer: {last!r}); see {machines.HostFiles(self.dir, host).console}"
         )
+
+    def _check_degraded(self, host: str, tolerated: Sequence[str]) -> None:
+        failed = degraded.failed_unit_names(self.run_in(host, commands.FAILED_UNITS).stdout)
+        causes = degraded.unit_causes(self.run_in(host, commands.unit_status(failed)).stdout) if failed else {}
+        journal = self.run_in(host, commands.unit_journal(failed)).stdout if failed else ""
+        message = degraded.degraded_message(host, failed, causes, journal)
+        if failed and set(failed) <= set(tolerated):
+            self.log(f"{message}\n(tolerated)")
+            return
+        raise SandboxError(message)
 
     def leader(self, host: str) -> int:
         self._require_host(host)
@@ -233,17 +300,17 @@ class Sandbox:
         self._require_host(host)
         machines.stop(self.dir, host)
 
-    def start_host(self, host: str, timeout: float = BOOT_TIMEOUT) -> float:
+    def start_host(self, host: str, timeout: float = BOOT_TIMEOUT, tolerate_failed: Sequence[str] = ()) -> float:
         self._require_host(host)
         if machines.current_leader(self.dir, host):
             return 0.0
         machines.start(self.dir, host)
-        return self.wait_ready(host, timeout)
+        return self.wait_ready(host, timeout, tolerate_failed)
 
-    def reboot(self, host: str, timeout: float = BOOT_TIMEOUT) -> float:
+    def reboot(self, host: str, timeout: float = BOOT_TIMEOUT, tolerate_failed: Sequence[str] = ()) -> float:
         """Power the host off and boot the same rootfs again; returns boot seconds."""
         self.stop_host(host)
-        took = self.start_host(host, timeout)
+        took = self.start_host(host, timeout, tolerate_failed)
         self.log(f"{host}: rebooted, up again in {took:.1f}s")
         return took
 
@@ -264,6 +331,8 @@ class Sandbox:
             rt = machines.HostFiles(self.dir, host).read_runtime()
             out["hosts"][host] = {
                 "address": entry["address"],
+                "suite": entry.get("suite", suites.DEFAULT_SUITE),
+                "profiles": entry.get("profiles", []),
                 "running": bool(leader),
                 "leader_pid": leader,
                 "boots": rt.get("boots", 0),
@@ -310,6 +379,11 @@ class Sandbox:
             for pid in machines.pids_in_netns(inode) if inode else []:
                 machines.force_kill(pid)
                 removed.append(f"process {pid} in {ns}")
+        own_cgroups = cgroups.sandbox_cgroups(cgroups.machine_hierarchies(), self.id)
+        for pid in cgroups.pids_in(own_cgroups):
+            machines.force_kill(pid)
+            removed.append(f"process {pid} in its cgroups")
+        removed += cgroups.remove(own_cgroups)
         removed += stop_ssh_masters(self.control_dir)
         removed += network.teardown(self.id)
         for mount in self._mounts_under_dir():
@@ -318,6 +392,8 @@ class Sandbox:
         if self.dir.exists():
             shutil.rmtree(self.dir)
             removed.append(f"dir {self.dir}")
+        # Last: the limits go down only once this sandbox's hosts are gone.
+        removed += [f"sysctl {name}={value}" for name, value in self.budget.release([self.dir]).items()]
         if not quiet:
             self.log(f"sandbox {self.name}: destroyed ({len(removed)} things removed)")
         return removed
@@ -329,6 +405,7 @@ class Sandbox:
         if network.link_exists(network.controller_link(self.id)):
             left.append(f"link {network.controller_link(self.id)}")
         left += [f"mount {m}" for m in self._mounts_under_dir()]
+        left += [f"cgroup {c}" for c in cgroups.sandbox_cgroups(cgroups.machine_hierarchies(), self.id)]
         if self.dir.exists():
             left.append(f"dir {self.dir}")
         if self.control_dir.exists():

@@ -1,4 +1,4 @@
-"""A sandbox of two booted hosts shared by the tests of this folder.
+"""A sandbox of two booted hosts shared by the tests of this folder, and one host per suite.
 
 The finalizer and an atexit hook both destroy it, so no host outlives the
 test run even when a test fails or pytest is interrupted.
@@ -44,6 +44,21 @@ def sandbox(request: pytest.FixtureRequest) -> Sandbox:
     atexit.register(sb.destroy, quiet=True)
     request.addfinalizer(lambda: sb.destroy(quiet=True))
     sb.create(["host1", "host2"])
+    return sb
+
+
+# One host of each Debian suite, and one with systemd-resolved.
+SUITE_HOSTS = ("deb11:bullseye", "deb12:bookworm", "deb13:trixie", "dns:bookworm+resolved")
+
+
+@pytest.fixture(scope="module")
+def suites_sandbox(request: pytest.FixtureRequest) -> Sandbox:
+    """Hosts deb11, deb12, deb13 (Debian 11, 12, 13) and dns (12 with systemd-resolved)."""
+    _require_machine()
+    sb = Sandbox("pytest-suites", log=lambda m: print(m, file=sys.stderr))
+    atexit.register(sb.destroy, quiet=True)
+    request.addfinalizer(lambda: sb.destroy(quiet=True))
+    sb.create(SUITE_HOSTS)
     return sb
 
 

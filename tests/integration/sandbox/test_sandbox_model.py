@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.sandbox import inventory, network, rootfs
+from tools.sandbox import inventory, network, rootfs, suites
 
 DEB822 = """\
 Types: deb
@@ -42,10 +42,12 @@ def test_apt_source_missing_is_a_clear_error() -> None:
 
 
 def test_cache_key_changes_with_the_package_list() -> None:
-    base = rootfs.cache_key("bookworm", rootfs.PACKAGES)
-    assert base == rootfs.cache_key("bookworm", reversed(rootfs.PACKAGES))
-    assert base != rootfs.cache_key("bookworm", (*rootfs.PACKAGES, "tcpdump"))
-    assert base != rootfs.cache_key("trixie", rootfs.PACKAGES)
+    packages = suites.BASE_PACKAGES
+    base = rootfs.cache_key("bookworm", packages)
+    assert base == rootfs.cache_key("bookworm", reversed(packages))
+    assert base != rootfs.cache_key("bookworm", (*packages, "tcpdump"))
+    assert base != rootfs.cache_key("trixie", packages)
+    assert base != rootfs.cache_key("bookworm", packages, ["resolved"])
 
 
 def test_subnet_skips_networks_in_use() -> None:
@@ -75,6 +77,18 @@ def test_inventory_and_ssh_config_name_every_host() -> None:
     assert '        host2:\n          ansible_host: "10.213.7.12"' in inv
     assert 'ansible_control_path_dir: "/tmp/hm-ssh-abcdef"' in inv
     assert 'ansible_ssh_common_args: "-F /k/ssh_config"' in inv
+    with_vars = inventory.render_inventory(
+        hosts,
+        Path("/k/id"),
+        Path("/k/ssh_config"),
+        Path("/tmp/hm-ssh-abcdef"),
+        {"host2": {"hostmesh_sandbox_suite": "trixie", "hostmesh_sandbox_profiles": ["resolved"]}},
+    )
+    assert (
+        '        host2:\n          ansible_host: "10.213.7.12"\n'
+        '          hostmesh_sandbox_suite: "trixie"\n'
+        '          hostmesh_sandbox_profiles: ["resolved"]\n'
+    ) in with_vars
     cfg = inventory.render_ssh_config(hosts, Path("/k/id"), Path("/k/known_hosts"))
     assert "Host host1 10.213.7.11\n  HostName 10.213.7.11" in cfg
     assert "StrictHostKeyChecking yes" in cfg
