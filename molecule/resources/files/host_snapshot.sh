@@ -1,3 +1,4 @@
+#!/bin/sh
 # What offboarding must put back, as sorted text: rulesets (without counters),
 # policy routing, accounts, unit files, and the files under the paths the
 # collection writes to. Run with sh on a sandbox host.
