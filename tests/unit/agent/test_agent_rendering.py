@@ -96,7 +96,11 @@ def test_bootstrap_invariants():
     boot = render_bootstrap(parse_config(STANDALONE), RUN, "10.0.0.7")
     assert boot["node"]["id"] == "sidecar~10.0.0.7~web-1.shop~shop.svc.cluster.local"
     assert boot["node"]["cluster"] == "web-1.shop"
-    assert boot["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15000}
+    # The admin API is a Unix socket only the proxy user (and root) can open; no TCP port.
+    assert boot["admin"]["address"] == {"pipe": {"path": "/run/hostmesh/admin.sock", "mode": 0o600}}
+    stats = [c for c in boot["static_resources"]["clusters"] if c["name"] == "prometheus_stats"]
+    [endpoint] = stats[0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"] == {"pipe": {"path": "/run/hostmesh/admin.sock"}}
     ports = {
         lst["name"]: lst["address"]["socket_address"]["port_value"] for lst in boot["static_resources"]["listeners"]
     }
