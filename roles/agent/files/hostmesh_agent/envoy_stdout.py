@@ -142,7 +142,7 @@ class EnvoyStdout:
                 *lines, pending = (pending + chunk).split(b"\n")
                 for line in lines:
                     if not skipping:
-                        self._offer(line)
+                        self._offer(line[:MAX_LINE_BYTES])
                     skipping = False
                 if len(pending) > MAX_LINE_BYTES:
                     if not skipping:
