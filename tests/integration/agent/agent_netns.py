@@ -147,6 +147,19 @@ def admin_stat(socket_path: str, name: str) -> int:
     return int(text.split(":")[1]) if ":" in text else -1
 
 
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the Prometheus samples of ``name`` that carry all of ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        given = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(given.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -336,6 +349,11 @@ class AgentProcess:
 
     def stat(self, name: str) -> int:
         return admin_stat(self.admin_socket, name)
+
+    def metrics(self) -> str:
+        code, body = self.status("/stats/prometheus")
+        assert code == 200, body
+        return body
 
     def metric(self, name: str) -> float:
         code, body = self.status("/stats/prometheus")

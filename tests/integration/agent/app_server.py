@@ -1,6 +1,7 @@
 """The application behind the sidecar in tests: answers with who connected to it.
 
-Body: ``<served port> <peer ip>``; ``?delay=S`` holds the answer S seconds.
+Body: ``<served port> <peer ip>``; ``?delay=S`` holds the answer S seconds; a request's
+``traceparent`` header comes back as ``X-Seen-Traceparent``.
 Run: python3 app_server.py [--dual-stack] PORT [PORT...]   (--dual-stack: listen on "::", IPv6 and IPv4)
 """
 
@@ -25,6 +26,9 @@ class Handler(BaseHTTPRequestHandler):
         body = f"{self.server.server_address[1]} {self.client_address[0]}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        traceparent = self.headers.get("traceparent")
+        if traceparent:  # what the sidecars passed on, for the tracing tests
+            self.send_header("X-Seen-Traceparent", traceparent)
         self.end_headers()
         self.wfile.write(body)
 
