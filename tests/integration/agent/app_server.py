@@ -17,6 +17,9 @@ from urllib.parse import parse_qs, urlparse
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without TCP_NODELAY the body waits for the
+    # client's delayed ACK (40 ms) on every keep-alive request.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         query = parse_qs(urlparse(self.path).query)
