@@ -60,6 +60,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
 def percentile(values: List[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -126,6 +133,7 @@ def one_round(topo: Topology, base: Path, envoy: str, pki: Dict[str, Any], varia
             "requests_per_s": out["ok"] / out["seconds"],
             "envoy_cpu_ms_per_1000": 1000 * envoy_cpu * 1000 / total,
             "agent_cpu_ms_per_1000": 1000 * agent_cpu * 1000 / total,
+            "agent_rss_mib": rss_mib(agent.pid),
             "istio_requests_total": metric_sum(text, "istio_requests_total"),
             "rbac_allowed": metric_sum(text, "hostmesh_rbac_allowed_total"),
             "access_log_lines": logged,
@@ -183,6 +191,7 @@ def main() -> int:
         ("requests per second", "requests_per_s", "{:.0f}"),
         ("Envoy CPU per 1000 requests", "envoy_cpu_ms_per_1000", "{:.0f} ms"),
         ("agent CPU per 1000 requests", "agent_cpu_ms_per_1000", "{:.0f} ms"),
+        ("agent RSS after the load", "agent_rss_mib", "{:.1f} MiB"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'(median of rounds)':<{width}}" + "".join(f"  {v:>10}" for v in variants))

@@ -20,6 +20,8 @@ READS: Dict[str, str] = {
     "clusters": "/clusters",
     "listeners": "/listeners",
     "ready": "/ready",
+    "certs": "/certs",
+    "server_info": "/server_info",
 }
 
 
