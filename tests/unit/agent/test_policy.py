@@ -211,7 +211,7 @@ def test_mesh_section_defaults():
     cfg = parse_config({})
     assert cfg.policy.default == "allow"
     assert (cfg.access_log.enabled, cfg.access_log.sampling, cfg.access_log.destination) == (False, 1.0, "journal")
-    assert (cfg.telemetry.enabled, cfg.telemetry.domain, cfg.telemetry.max_series) == (True, "mesh.internal", 1000)
+    assert (cfg.telemetry.enabled, cfg.telemetry.domain, cfg.telemetry.max_series) == (True, "mesh.internal", 500)
     assert (cfg.tracing.collector, cfg.tracing.enabled, cfg.tracing.sampling) == ("", False, 1.0)
     assert (cfg.listen.admin_tcp, cfg.envoy.file_flush_interval_ms) == (False, 1000)
 

@@ -471,7 +471,7 @@ class TelemetryConfig:
     enabled: bool = field(default=True, metadata=_meta(_bool))
     domain: str = field(default="mesh.internal", metadata=_meta(_name))
     workloads: Dict[str, str] = field(default_factory=dict, metadata=_meta(_workload_map))
-    max_series: int = field(default=1000, metadata=_meta(_int_range(10, 100000)))
+    max_series: int = field(default=500, metadata=_meta(_int_range(10, 100000)))
 
 
 @dataclass(frozen=True)

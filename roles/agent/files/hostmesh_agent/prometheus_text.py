@@ -16,11 +16,15 @@ def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def open_labels(labels: Labels) -> str:
+    """``{a="1",b="2"`` without its closing brace: a series renders it once, then closes it
+    (``}``) or adds a bucket's ``le`` to it for each of its lines."""
+    return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
+
+
 def label_text(labels: Labels) -> str:
     """``{a="1",b="2"}``, or nothing for no labels."""
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels) + "}"
+    return open_labels(labels) + "}" if labels else ""
 
 
 def number(value: float) -> str:
@@ -38,10 +42,9 @@ def family(name: str, kind: str, help_text: str, samples: Iterable[Tuple[Labels,
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]
 
 
-def histogram_lines(
-    name: str, labels: Labels, bounds: Sequence[float], counts: Sequence[int], total: float
-) -> List[str]:
-    """One histogram's ``_bucket`` (cumulative), ``_sum`` and ``_count`` lines.
+def histogram_lines(name: str, labels: str, bounds: Sequence[str], counts: Sequence[int], total: float) -> List[str]:
+    """One histogram's ``_bucket`` (cumulative), ``_sum`` and ``_count`` lines; ``labels`` as
+    ``open_labels`` gives them (not empty), ``bounds`` already written as numbers.
 
     ``counts`` holds one count per bound plus the overflow above the last one, not cumulated.
     """
@@ -49,9 +52,9 @@ def histogram_lines(
     running = 0
     for bound, count in zip(bounds, counts):
         running += count
-        lines.append(f"{name}_bucket{label_text([*labels, ('le', number(bound))])} {running}")
+        lines.append(f'{name}_bucket{labels},le="{bound}"}} {running}')
     running += counts[len(bounds)]
-    lines.append(f"{name}_bucket{label_text([*labels, ('le', '+Inf')])} {running}")
-    lines.append(f"{name}_sum{label_text(labels)} {number(total)}")
-    lines.append(f"{name}_count{label_text(labels)} {running}")
+    lines.append(f'{name}_bucket{labels},le="+Inf"}} {running}')
+    lines.append(f"{name}_sum{labels}}} {number(total)}")
+    lines.append(f"{name}_count{labels}}} {running}")
     return lines

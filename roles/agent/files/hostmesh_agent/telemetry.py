@@ -13,6 +13,11 @@ one call agree. Label sets are bounded: past ``telemetry.max_series`` a new set 
 identity labels folded into one ``overflow`` set per service (totals stay right), counted
 in ``hostmesh_agent_telemetry_overflow_total``.
 
+Request durations are a histogram with Istio's buckets; body sizes are sums and counts
+(a summary without quantiles) rather than histograms: a label set's SPIFFE IDs make each
+line some 500 bytes, and three histograms would be 67 lines a set instead of 27: at the
+500-set bound, some 17 MiB of text built at every scrape instead of 7 MiB.
+
 The reader thread observes, the status server's thread renders: one lock.
 """
 
@@ -24,7 +29,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from hostmesh_agent.access_log import INBOUND, TCP_CONNECTED, LogEntry
 from hostmesh_agent.config import Config, spiffe_id
-from hostmesh_agent.prometheus_text import family, histogram_lines
+from hostmesh_agent.prometheus_text import family, histogram_lines, number, open_labels
 
 # Envoy's default histogram buckets, which Istio's proxies use for these metrics.
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000)  # fmt: skip
@@ -70,7 +75,7 @@ class Identity:
     domain: str
     workloads: Dict[str, str] = field(default_factory=dict)
     outbound_namespaces: Dict[str, str] = field(default_factory=dict)
-    max_series: int = 1000
+    max_series: int = 500
 
 
 def identity(cfg: Config) -> Identity:
@@ -165,23 +170,28 @@ class Histogram:
 
 
 class HttpSeries:
-    __slots__ = ("duration", "request_bytes", "requests", "response_bytes")
+    """One label set's requests; the body sizes as sums (see the module's docs for why)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("duration", "labels", "request_bytes", "requests", "response_bytes")
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels
         self.requests = 0
         self.duration = Histogram()
-        self.request_bytes = Histogram()
-        self.response_bytes = Histogram()
+        self.request_bytes = 0
+        self.response_bytes = 0
 
 
 class TcpSeries:
-    __slots__ = ("closed", "opened", "received", "sent")
+    __slots__ = ("closed", "labels", "opened", "received", "sent")
 
-    def __init__(self) -> None:
+    def __init__(self, labels: str) -> None:
+        self.labels = labels
         self.opened = self.closed = self.sent = self.received = 0
 
 
 LabelValues = Tuple[str, ...]
+_BOUNDS = tuple(number(b) for b in BUCKETS)
 
 
 class Telemetry:
@@ -218,15 +228,15 @@ class Telemetry:
                 key = tuple(OVERFLOW if n in _IDENTITY_LABELS else values[n] for n in names)
                 series = table.get(key)
             if series is None:
-                series = table[key] = make()
+                series = table[key] = make(open_labels(list(zip(names, key))))
         return series
 
     @staticmethod
     def _observe_http(s: HttpSeries, e: LogEntry) -> None:
         s.requests += 1
         s.duration.observe(e.duration_ms)
-        s.request_bytes.observe(e.bytes_received)
-        s.response_bytes.observe(e.bytes_sent)
+        s.request_bytes += e.bytes_received
+        s.response_bytes += e.bytes_sent
 
     @staticmethod
     def _observe_tcp(s: TcpSeries, e: LogEntry) -> None:
@@ -245,35 +255,29 @@ class Telemetry:
 
     def render(self) -> str:
         with self._lock:
-            http = [(list(zip(HTTP_LABELS, k)), s) for k, s in self._http.items()]
-            tcp = [(list(zip(TCP_LABELS, k)), s) for k, s in self._tcp.items()]
-            lines: List[str] = family(
-                "istio_requests_total",
-                "counter",
-                "Requests handled by this sidecar.",
-                [(lb, s.requests) for lb, s in http],
-            )
-            for name, attr, help_text in (
-                ("istio_request_duration_milliseconds", "duration", "Request duration in milliseconds."),
-                ("istio_request_bytes", "request_bytes", "Request body sizes in bytes."),
-                ("istio_response_bytes", "response_bytes", "Response body sizes in bytes."),
-            ):
-                if http:
-                    lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-                for lb, s in http:
-                    h: Histogram = getattr(s, attr)
-                    lines += histogram_lines(name, lb, BUCKETS, h.counts, h.total)
-            for name, attr, help_text in (
-                ("istio_tcp_connections_opened_total", "opened", "TCP connections opened."),
-                ("istio_tcp_connections_closed_total", "closed", "TCP connections closed."),
-                ("istio_tcp_sent_bytes_total", "sent", "Bytes sent to the caller (the response) on TCP connections."),
-                (
-                    "istio_tcp_received_bytes_total",
-                    "received",
-                    "Bytes received from the caller (the request) on TCP connections.",
-                ),
-            ):
-                lines += family(name, "counter", help_text, [(lb, getattr(s, attr)) for lb, s in tcp])
+            http, tcp = list(self._http.values()), list(self._tcp.values())
+            lines: List[str] = []
+            if http:
+                lines += _header("istio_requests_total", "counter", "Requests handled by this sidecar.")
+                lines += [f"istio_requests_total{s.labels}}} {s.requests}" for s in http]
+                name = "istio_request_duration_milliseconds"
+                lines += _header(name, "histogram", "Request duration in milliseconds.")
+                for s in http:
+                    lines += histogram_lines(name, s.labels, _BOUNDS, s.duration.counts, s.duration.total)
+                for name, attr, what in (
+                    ("istio_request_bytes", "request_bytes", "Request body sizes in bytes"),
+                    ("istio_response_bytes", "response_bytes", "Response body sizes in bytes"),
+                ):
+                    lines += _header(name, "summary", f"{what} (sum and count; no quantiles).")
+                    for s in http:
+                        lines += [
+                            f"{name}_sum{s.labels}}} {getattr(s, attr)}",
+                            f"{name}_count{s.labels}}} {s.requests}",
+                        ]
+            for name, attr, help_text in _TCP_COUNTERS:
+                if tcp:
+                    lines += _header(name, "counter", help_text)
+                    lines += [f"{name}{s.labels}}} {getattr(s, attr)}" for s in tcp]
             lines += family(
                 "hostmesh_agent_telemetry_series",
                 "gauge",
@@ -287,3 +291,15 @@ class Telemetry:
                 [((), self.overflow)],
             )
         return "\n".join(lines) + "\n"
+
+
+def _header(name: str, kind: str, help_text: str) -> List[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+
+_TCP_COUNTERS = (
+    ("istio_tcp_connections_opened_total", "opened", "TCP connections opened."),
+    ("istio_tcp_connections_closed_total", "closed", "TCP connections closed."),
+    ("istio_tcp_sent_bytes_total", "sent", "Bytes sent to the caller (the response) on TCP connections."),
+    ("istio_tcp_received_bytes_total", "received", "Bytes received from the caller (the request) on TCP connections."),
+)
