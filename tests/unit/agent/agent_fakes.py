@@ -87,7 +87,7 @@ class World:
         self.at(elapsed, lambda: self.send(sig))
 
     def serving_envoy(self) -> Optional[FakeEnvoy]:
-        """The Envoy answering on the admin port: the newest epoch that is up."""
+        """The Envoy answering on the admin socket: the newest epoch that is up."""
         up = [e for e in self.envoys if e.serving(self.t)]
         return max(up, key=lambda e: e.epoch) if up else None
 

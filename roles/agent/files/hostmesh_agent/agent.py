@@ -51,7 +51,7 @@ def is_ready(cfg: Config, r: EnvoyReadiness, epoch: int) -> bool:
     """Ready = the epoch we started is LIVE, has its first LDS and CDS, and its listeners.
 
     Checking the epoch matters during a hot restart: until the child takes the
-    admin port over, the parent (still LIVE) is the one answering.
+    admin socket over, the parent (still LIVE) is the one answering.
     """
     if not (r.live and r.epoch == epoch and r.lds_updates >= 1 and r.cds_updates >= 1):
         return False
