@@ -75,7 +75,7 @@ def time_agent_ready(topo: Topology, workdir: Path, envoy: str) -> Dict[str, Any
         [pid] = agent.envoy_pids()
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
         snapshot = workdir / "snapshot"
-        shutil.copytree(run_dir, snapshot)
+        shutil.copytree(run_dir, snapshot, ignore=shutil.ignore_patterns("admin.sock"))  # a socket: Envoy makes it
         agent.signal(signal.SIGTERM)
         agent.wait_exit(20)
     finally:
