@@ -81,7 +81,9 @@ def test_rss_cost_of_ssl_that_the_der_reader_avoids():
         "a=rss(); import ssl; print(a, rss())"
     )
     agent = Path(__file__).resolve().parents[3] / "roles" / "agent" / "files"
-    out = subprocess.run(["/usr/bin/python3", "-S", "-c", script, str(agent)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["/usr/bin/python3", "-S", "-c", script, str(agent)], capture_output=True, text=True, check=True
+    )
     before, after = map(int, out.stdout.split())
     print(f"RSS before ssl {before} KiB, after {after} KiB: +{(after - before) / 1024:.1f} MiB")
     assert after >= before
