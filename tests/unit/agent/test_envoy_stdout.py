@@ -204,3 +204,22 @@ def test_a_reload_moves_the_lines_to_a_file_and_write_errors_are_counted(tmp_pat
     assert b"/second" in (tmp_path / "access.log").read_bytes()
     assert p.counts.write_errors == 1
     assert "cannot write access log lines" in caplog.text
+
+
+def test_a_line_the_worker_cannot_handle_is_logged_once_and_the_next_ones_still_count(caplog):
+    class Brittle(Telemetry):
+        def observe(self, e: Any) -> None:
+            if e.path == "/boom":
+                raise RuntimeError("boom")
+            super().observe(e)
+
+    cfg = config()
+    journal = Journal()
+    pipeline = EnvoyStdout(cfg, Brittle(cfg), journal, time.monotonic)
+    read_fd, write_fd = os.pipe()
+    pipeline.start()
+    pipeline.attach(0, os.fdopen(read_fd, "rb"))
+    os.write(write_fd, (http_line(path="/boom") + b"\n") * 2 + http_line(path="/fine") + b"\n")
+    finish({"pipeline": pipeline, "write_fd": write_fd})
+    assert caplog.text.count("cannot handle an access-log line") == 1
+    assert sample(pipeline.telemetry.render(), "istio_requests_total") == 1

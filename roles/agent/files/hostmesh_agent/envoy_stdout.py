@@ -168,11 +168,17 @@ class EnvoyStdout:
     # --- the worker ------------------------------------------------------------------
 
     def _work(self) -> None:
+        failed = False
         while True:
             line = self._queue.get()
             if line is None:
                 break
-            self.handle(line)
+            try:
+                self.handle(line)
+            except Exception:  # a bug must not end the worker: the queue would fill and drop every line
+                if not failed:
+                    log.exception("cannot handle an access-log line (first such error; others not logged)")
+                failed = True
         if self._output is not None:
             self._output.close()
 
