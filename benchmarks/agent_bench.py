@@ -15,6 +15,7 @@ Usage: .venv/bin/python benchmarks/agent_bench.py [--idle-s 30] [--runs 5] [--ho
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -34,9 +35,9 @@ from agent_netns import (  # noqa: E402 (the test harness lives with the tests)
     AgentProcess,
     LoadClient,
     Topology,
+    admin_get,
     agent_config,
     find_envoy,
-    try_get,
     wait_for,
 )
 
@@ -74,7 +75,7 @@ def time_agent_ready(topo: Topology, workdir: Path, envoy: str) -> Dict[str, Any
         [pid] = agent.envoy_pids()
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
         snapshot = workdir / "snapshot"
-        shutil.copytree(run_dir, snapshot)
+        shutil.copytree(run_dir, snapshot, ignore=shutil.ignore_patterns("admin.sock"))  # a socket: Envoy makes it
         agent.signal(signal.SIGTERM)
         agent.wait_exit(20)
     finally:
@@ -105,12 +106,20 @@ def time_envoy_live(topo: Topology, argv: List[str], run_dir: str, snapshot: Pat
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: try_get(topo.host, "127.0.0.1", 15000, "/ready", 0.5)[0] == 200, 20, "LIVE", 0.005)
+        socket_path = str(Path(run_dir) / "admin.sock")
+        wait_for(lambda: _admin_ready(socket_path), 20, "LIVE", 0.005)
         return time.monotonic() - start
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         remove_shared_memory(argv)
+
+
+def _admin_ready(socket_path: str) -> bool:
+    try:
+        return admin_get(socket_path, "/ready", 0.5)[0] == 200
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def main() -> int:

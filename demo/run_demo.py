@@ -90,13 +90,18 @@ def main():
             say("client -> http://%s:8080/hostname (the app listens on web's loopback only)" % web)
             print("answer:", on(sandbox, "client", "curl -s --max-time 5 http://%s:8080/hostname" % web))
             stats = (
-                'curl -s http://127.0.0.1:15000/stats | grep -E "ssl.handshake|ssl.connection_error" | grep -v ": 0$"'
+                "curl -s --unix-socket /run/hostmesh/admin.sock http://localhost/stats"
+                ' | grep -E "ssl.handshake|ssl.connection_error" | grep -v ": 0$"'
             )
             print("client sidecar (outbound mTLS):", on(sandbox, "client", stats))
             print("web sidecar (inbound mTLS):    ", on(sandbox, "web", stats))
             print(
                 "web presents:",
-                on(sandbox, "web", 'curl -s http://127.0.0.1:15000/certs | grep -o "spiffe://[^\\"]*" | sort -u'),
+                on(
+                    sandbox,
+                    "web",
+                    'curl -s --unix-socket /run/hostmesh/admin.sock http://localhost/certs | grep -o "spiffe://[^\\"]*" | sort -u',
+                ),
             )
             say("offboard: ansible-playbook playbooks/offboard.yml")
             playbook(sandbox, mesh, "offboard.yml")

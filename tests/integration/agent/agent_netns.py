@@ -18,15 +18,18 @@ import http.client
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
+from urllib.parse import quote
 
 import pytest
 
@@ -111,6 +114,50 @@ def try_get(ns: str, host: str, port: int, path: str = "/", timeout: float = 1.0
         return http_get(ns, host, port, path, timeout)
     except (OSError, http.client.HTTPException) as exc:
         return 0, str(exc)
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket: Envoy's admin API, as the agent and operators reach it."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("envoy-admin", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def admin_get(socket_path: str, path: str, timeout: float = 3.0) -> Tuple[int, str]:
+    """GET from Envoy's admin socket (the caller must be root or the proxy user)."""
+    conn = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def admin_stat(socket_path: str, name: str) -> int:
+    """One counter or gauge, by its exact name; -1 when Envoy does not (yet) have it."""
+    code, text = admin_get(socket_path, "/stats?filter=" + quote(f"^{re.escape(name)}$", safe=""))
+    assert code == 200, text
+    return int(text.split(":")[1]) if ":" in text else -1
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the Prometheus samples of ``name`` that carry all of ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        given = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(given.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> float:
@@ -245,6 +292,7 @@ class AgentProcess:
         self.config_path = workdir / "agent.json"
         self.log_path = workdir / "agent.log"
         self.config = config
+        self.run_dir = args[args.index("--run-dir") + 1] if "--run-dir" in args else config["run_dir"]
         self.write_config(config)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's life)
         # net_admin: CAP_NET_ADMIN as an ambient capability, as the unit gives it for TPROXY.
@@ -290,6 +338,22 @@ class AgentProcess:
             return wait_for(self.ready, timeout, "agent /healthz/ready")
         except AssertionError:
             raise AssertionError(f"agent not ready; log:\n{self.log()[-4000:]}") from None
+
+    @property
+    def admin_socket(self) -> str:
+        return str(Path(self.run_dir) / "admin.sock")
+
+    def admin(self, path: str) -> Tuple[int, str]:
+        """GET from this agent's Envoy admin API, through its socket (the tests run as root)."""
+        return admin_get(self.admin_socket, path)
+
+    def stat(self, name: str) -> int:
+        return admin_stat(self.admin_socket, name)
+
+    def metrics(self) -> str:
+        code, body = self.status("/stats/prometheus")
+        assert code == 200, body
+        return body
 
     def metric(self, name: str) -> float:
         code, body = self.status("/stats/prometheus")

@@ -1,6 +1,7 @@
 """The application behind the sidecar in tests: answers with who connected to it.
 
-Body: ``<served port> <peer ip>``; ``?delay=S`` holds the answer S seconds.
+Body: ``<served port> <peer ip>``; ``?delay=S`` holds the answer S seconds; a request's
+``traceparent`` header comes back as ``X-Seen-Traceparent``.
 Run: python3 app_server.py [--dual-stack] PORT [PORT...]   (--dual-stack: listen on "::", IPv6 and IPv4)
 """
 
@@ -16,6 +17,9 @@ from urllib.parse import parse_qs, urlparse
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without TCP_NODELAY the body waits for the
+    # client's delayed ACK (40 ms) on every keep-alive request.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         query = parse_qs(urlparse(self.path).query)
@@ -25,6 +29,9 @@ class Handler(BaseHTTPRequestHandler):
         body = f"{self.server.server_address[1]} {self.client_address[0]}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        traceparent = self.headers.get("traceparent")
+        if traceparent:  # what the sidecars passed on, for the tracing tests
+            self.send_header("X-Seen-Traceparent", traceparent)
         self.end_headers()
         self.wfile.write(body)
 

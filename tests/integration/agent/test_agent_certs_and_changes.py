@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -132,9 +131,7 @@ def test_outbound_is_captured_and_passed_through_to_original_destination(envoy_b
     agent.wait_ready()
 
     def outbound_connections() -> int:
-        code, body = try_get(topo.host, "127.0.0.1", 15000, "/stats?filter=^listener.outbound.downstream_cx_total$")
-        assert code == 200, body
-        return int(body.split(":")[1])
+        return agent.stat("listener.outbound.downstream_cx_total")
 
     before = outbound_connections()
     # A process on the host (not the proxy user) calls the peer: captured to 15001.
@@ -189,13 +186,8 @@ def test_sidecar_to_sidecar_mtls_with_spiffe_ids(envoy_binary, topo_both_capture
     code, body = try_get(topo.host, PEER_IP, 9000)
     assert (code, body.split()) == (200, ["9000", "127.0.0.6"])
 
-    def stat(ns: str, name: str) -> int:
-        code, text = try_get(ns, "127.0.0.1", 15000, f"/stats?filter=^{re.escape(name)}$")
-        assert code == 200 and ":" in text, text
-        return int(text.split(":")[1])
-
-    assert stat(topo.host, "cluster.outbound|9000||peer-web.ssl.handshake") >= 1
-    assert stat(topo.peer, "listener.inbound.ssl.handshake") >= 1
+    assert host_agent.stat("cluster.outbound|9000||peer-web.ssl.handshake") >= 1
+    assert peer_agent.stat("listener.inbound.ssl.handshake") >= 1
 
     # A peer that expects another identity refuses the host's certificate.
     strict = json.loads(peer_agent.config_path.read_text())

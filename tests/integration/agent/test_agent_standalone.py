@@ -179,8 +179,7 @@ def test_sigterm_answers_in_flight_requests_and_leaves_nothing(envoy_binary, top
         results.append(try_get(topo.peer, HOST_IP, 8080, "/?delay=2", timeout=15))
 
     def inbound_active() -> int:
-        code, text = try_get(topo.host, "127.0.0.1", 15000, "/stats?filter=^listener.inbound.downstream_cx_active$")
-        return int(text.split(":")[1]) if code == 200 and ":" in text else -1
+        return agent.stat("listener.inbound.downstream_cx_active")
 
     threads = [threading.Thread(target=slow_request) for _i in range(8)]
     for t in threads:

@@ -19,6 +19,7 @@ from agent_netns import (
     HOST_IP6,
     PEER_IP,
     PEER_IP6,
+    AgentProcess,
     Topology,
     agent_config,
     apply_capture,
@@ -42,11 +43,9 @@ def topo() -> Any:
         t.down()
 
 
-def _stat(ns: str, name: str) -> int:
-    code, body = try_get(ns, "127.0.0.1", 15000, f"/stats?filter=^{name}$")
-    assert code == 200, body
-    values = [int(line.split(": ")[1]) for line in body.splitlines() if line.startswith(name + ": ")]
-    return values[0] if values else 0
+def _stat(agent: AgentProcess, name: str) -> int:
+    """A counter through the agent's Envoy admin socket; 0 before Envoy has it."""
+    return max(agent.stat(name), 0)
 
 
 def _tproxy_config(envoy_binary: str, workdir: Path) -> dict:
@@ -76,7 +75,7 @@ def test_tproxy_inbound_reaches_the_app_through_envoy_with_the_client_address(en
     assert bootstrap["node"]["metadata"]["INTERCEPTION_MODE"] == "TPROXY"
 
     inbound = "listener.inbound.downstream_cx_total"
-    before = _stat(topo.host, inbound)
+    before = _stat(agent, inbound)
     # A peer calls the host's app port: TPROXY hands the connection to Envoy's
     # transparent 15006, which connects to the app from the peer's own address,
     # and the app's reply finds its way back to Envoy (fwmark 1337 -> lo).
@@ -85,28 +84,28 @@ def test_tproxy_inbound_reaches_the_app_through_envoy_with_the_client_address(en
     assert http_get(topo.peer, HOST_IP, 8443)[1].split() == ["9443", PEER_IP]
     # A captured port no service declares: inbound passthrough, also as the peer.
     assert http_get(topo.peer, HOST_IP, 9000)[1].split() == ["9000", PEER_IP]
-    assert _stat(topo.host, inbound) == before + 3
-    assert _stat(topo.host, "cluster.inbound|8080||web.upstream_cx_total") == 1
-    assert _stat(topo.host, "cluster.inbound|8443||api.upstream_cx_total") == 1
-    assert _stat(topo.host, "cluster.InboundPassthroughCluster.upstream_cx_total") == 1
+    assert _stat(agent, inbound) == before + 3
+    assert _stat(agent, "cluster.inbound|8080||web.upstream_cx_total") == 1
+    assert _stat(agent, "cluster.inbound|8443||api.upstream_cx_total") == 1
+    assert _stat(agent, "cluster.InboundPassthroughCluster.upstream_cx_total") == 1
 
     # The host's own loopback calls go straight to the app, not through Envoy.
     assert http_get(topo.host, "127.0.0.1", 8080)[1].split() == ["8080", "127.0.0.1"]
-    assert _stat(topo.host, inbound) == before + 3
+    assert _stat(agent, inbound) == before + 3
 
     # Outbound is still REDIRECT to 15001 (the module's tproxy mode keeps it in nat):
     # a host process (not the proxy user) calling the peer goes through Envoy's
     # outbound listener and arrives from the host's address.
     topo.start_app(9100, ns=topo.peer)
     outbound = "listener.outbound.downstream_cx_total"
-    out_before = _stat(topo.host, outbound)
+    out_before = _stat(agent, outbound)
     assert http_get(topo.host, PEER_IP, 9100)[1].split() == ["9100", HOST_IP]
-    assert _stat(topo.host, outbound) == out_before + 1
+    assert _stat(agent, outbound) == out_before + 1
 
     # Many connections in a row: none lost on the way back through the mark.
     for i in range(20):
         assert http_get(topo.peer, HOST_IP, 8080)[1].split() == ["8080", PEER_IP], i
-    assert _stat(topo.host, inbound) == before + 23
+    assert _stat(agent, inbound) == before + 23
 
 
 def _serving_through_tproxy(envoy_binary, topo, workdir, start_agent):
@@ -126,17 +125,17 @@ def test_tproxy_survives_a_hot_restart(envoy_binary, topo, workdir, start_agent)
     assert agent.ready()
     for i in range(5):
         assert http_get(topo.peer, HOST_IP, 8080)[1].split() == ["8080", PEER_IP], i
-    assert _stat(topo.host, "listener.inbound.downstream_cx_total") >= 5
+    assert _stat(agent, "listener.inbound.downstream_cx_total") >= 5
 
 
 def test_tproxy_capture_state_absent_leaves_the_app_direct(envoy_binary, topo, workdir, start_agent):
     """Lifting TPROXY capture with the agent still running: peers reach the app directly."""
-    _serving_through_tproxy(envoy_binary, topo, workdir, start_agent)
-    before = _stat(topo.host, "listener.inbound.downstream_cx_total")
+    agent = _serving_through_tproxy(envoy_binary, topo, workdir, start_agent)
+    before = _stat(agent, "listener.inbound.downstream_cx_total")
     apply_capture(topo.host, workdir, mode="tproxy", state="absent")
     assert "lookup 133" not in run("ip", "-n", topo.host, "rule", "show")
     assert http_get(topo.peer, HOST_IP, 8080)[1].split() == ["8080", PEER_IP]
-    assert _stat(topo.host, "listener.inbound.downstream_cx_total") == before
+    assert _stat(agent, "listener.inbound.downstream_cx_total") == before
 
 
 def test_switching_interception_on_reload_hot_restarts_onto_tproxy(envoy_binary, topo, workdir, start_agent):
@@ -164,10 +163,10 @@ def test_tproxy_dual_stack_keeps_both_families_client_addresses(envoy_binary, to
     cfg["listen"] = {"inbound_address": "::", "outbound_address": "::", "status_address": "::"}
     agent = start_agent(cfg, net_admin=True)
     agent.wait_ready()
-    before = _stat(topo.host, "listener.inbound.downstream_cx_total")
+    before = _stat(agent, "listener.inbound.downstream_cx_total")
     # The app (on "::") sees IPv4 peers as v4-mapped addresses.
     for host, peer in ((HOST_IP6, PEER_IP6), (HOST_IP, "::ffff:" + PEER_IP)):
         assert http_get(topo.peer, host, 8080)[1].split() == ["8080", peer], host
         assert http_get(topo.peer, host, 8443)[1].split() == ["9443", peer], host
         assert http_get(topo.peer, host, 9000)[1].split() == ["9000", peer], host  # passthrough
-    assert _stat(topo.host, "listener.inbound.downstream_cx_total") == before + 6
+    assert _stat(agent, "listener.inbound.downstream_cx_total") == before + 6

@@ -95,8 +95,9 @@ def test_first_converge_installs_and_starts_a_ready_sidecar(host: RolesHost) -> 
         status = host.sh(f"cat /proc/{pid}/status")
         assert re.search(r"^Uid:\s+1337\s+1337", status, re.M), status
         assert re.search(r"^CapEff:\s+0+$", status, re.M) and re.search(r"^CapBnd:\s+0+$", status, re.M), status
-    # The admin port is on loopback only.
-    assert "127.0.0.1:15000" in host.sh("ss -Htln 'sport = :15000'")
+    # The admin API is a Unix socket only the proxy user (and root) can open; no admin port.
+    assert host.sh("stat -c '%U %a %F' /run/hostmesh/admin.sock").strip() == "hostmesh-proxy 600 socket"
+    assert host.sh("ss -Htln 'sport = :15000'").strip() == ""
     # A request steered into Envoy's inbound listener reaches the app from Envoy's source address.
     host.sh("iptables -t nat -A OUTPUT -p tcp -d 127.0.0.2 --dport 8080 -j REDIRECT --to-ports 15006")
     try:
@@ -248,7 +249,7 @@ def test_config_and_certificate_changes_reload_without_a_restart(host: RolesHost
     assert host.main_pid() == pid
     assert host.sh("pgrep -x envoy") == envoy_pids, "a config change must not restart Envoy"
     assert host.ready_status() == "200"
-    assert "inbound|5432||db" in host.sh("curl -s http://127.0.0.1:15000/clusters")
+    assert "inbound|5432||db" in host.sh("curl -s --unix-socket /run/hostmesh/admin.sock http://localhost/clusters")
     assert "in place, no restart" in host.sh("journalctl -u hostmesh-agent --no-pager -o cat")
     assert host.sh("stat -c '%n %U:%G %a' /etc/hostmesh/certs/*").splitlines() == [
         f"/etc/hostmesh/certs/{name}.pem hostmesh-proxy:hostmesh-proxy 600" for name in ("ca", "cert", "key")

@@ -87,7 +87,7 @@ class World:
         self.at(elapsed, lambda: self.send(sig))
 
     def serving_envoy(self) -> Optional[FakeEnvoy]:
-        """The Envoy answering on the admin port: the newest epoch that is up."""
+        """The Envoy answering on the admin socket: the newest epoch that is up."""
         up = [e for e in self.envoys if e.serving(self.t)]
         return max(up, key=lambda e: e.epoch) if up else None
 
@@ -302,6 +302,7 @@ class Harness:
         load_config: Optional[Callable[[], Config]] = None,
         admin: Optional[FakeAdmin] = None,
         watchdog_usec: int = 0,
+        extra_metrics: Optional[Callable[[Config], str]] = None,
         **proxy_fields: Any,
     ) -> None:
         """``proxy_fields`` go to every FakeProxy the agent gets (the first and each reload's)."""
@@ -323,6 +324,7 @@ class Harness:
             signals=self.world,
             # The real server; a short poll so that its stop() does not wait 0.5 s.
             status_server=functools.partial(StatusServer, poll_s=0.01),
+            extra_metrics=extra_metrics,
         )
         self.notifier.observe = lambda: self.agent.state
         self.probes: Dict[str, Any] = {}

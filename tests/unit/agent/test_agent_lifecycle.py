@@ -393,6 +393,32 @@ def test_sighup_rewrites_files_for_listener_changes_and_hot_restarts_for_the_boo
     assert (m.config_reloads, m.hot_restarts, m.errors) == (1, 1, 0)
 
 
+def test_merged_metrics_end_with_what_extra_metrics_renders_for_the_running_config():
+    base = agent_config()
+    reloaded = replace(base, telemetry=replace(base.telemetry, domain="corp.example"))
+    seen = []
+
+    def extra(cfg) -> str:
+        seen.append(cfg.telemetry.domain)
+        return f'istio_requests_total{{destination_service="web.shop.{cfg.telemetry.domain}"}} 1\n'
+
+    h = Harness(base, load_config=lambda: reloaded, extra_metrics=extra)
+    h.world.at(1.0, lambda: h.probes.update(before=h.agent.merged_metrics().decode()))
+    h.world.signal_at(2.0, signal.SIGHUP)
+    h.world.at(3.0, lambda: h.probes.update(after=h.agent.merged_metrics().decode()))
+    h.world.signal_at(4.0, signal.SIGTERM)
+
+    assert h.agent.run() == EXIT_OK
+    before = h.probes["before"]
+    assert before.startswith("envoy_server_live 1\n")  # Envoy's, then the agent's, then the extra ones
+    assert before.index("hostmesh_agent_ready 1") < before.index("istio_requests_total")
+    assert before.endswith('istio_requests_total{destination_service="web.shop.mesh.internal"} 1\n')
+    assert h.probes["after"].endswith('{destination_service="web.shop.corp.example"} 1\n')
+    assert seen == ["mesh.internal", "corp.example"]
+    # The telemetry config lives in the watched files' world: no restart for it.
+    assert h.starts() == [0]
+
+
 def test_rotated_certificates_are_applied_in_place(caplog):
     certs = {"digest": "aaaa"}
     h = Harness(tls_fingerprint=lambda: certs["digest"])

@@ -108,3 +108,22 @@ def test_signal_inbox_queues_signals_and_cuts_the_wait_short():
     finally:
         inbox.close()
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_envoys_standard_output_is_handed_to_its_reader_and_closes_when_it_exits(tmp_path):
+    """With ``on_stdout`` each epoch's stdout is a pipe of its own for the agent to read."""
+    script = tmp_path / "envoy"
+    script.write_text('#!/bin/sh\necho "line from epoch $4"\necho "to stderr" >&2\n')
+    script.chmod(0o755)
+    handed = []
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "envoy": {"binary": str(script)}})
+    proxy = EnvoyProxy(cfg, "10.0.0.7", on_stdout=lambda epoch, stream: handed.append((epoch, stream)))
+    proxy.prepare()
+    proc = proxy.start(2)
+    assert proc.wait(5) == 0
+    [(epoch, stream)] = handed
+    assert epoch == 2
+    assert stream.read() == b"line from epoch 2\n"  # the whole output, then EOF: Envoy is gone
+    stream.close()
+    # Without a reader Envoy writes to the agent's own stdout, as before.
+    assert EnvoyProxy(cfg, "10.0.0.7").on_stdout is None

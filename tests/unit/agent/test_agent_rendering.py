@@ -96,7 +96,11 @@ def test_bootstrap_invariants():
     boot = render_bootstrap(parse_config(STANDALONE), RUN, "10.0.0.7")
     assert boot["node"]["id"] == "sidecar~10.0.0.7~web-1.shop~shop.svc.cluster.local"
     assert boot["node"]["cluster"] == "web-1.shop"
-    assert boot["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15000}
+    # The admin API is a Unix socket only the proxy user (and root) can open; no TCP port.
+    assert boot["admin"]["address"] == {"pipe": {"path": "/run/hostmesh/admin.sock", "mode": 0o600}}
+    stats = [c for c in boot["static_resources"]["clusters"] if c["name"] == "prometheus_stats"]
+    [endpoint] = stats[0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"] == {"pipe": {"path": "/run/hostmesh/admin.sock"}}
     ports = {
         lst["name"]: lst["address"]["socket_address"]["port_value"] for lst in boot["static_resources"]["listeners"]
     }
@@ -137,3 +141,21 @@ def test_dynamic_file_versions_change_only_with_content():
 @pytest.mark.parametrize(("name", "epoch"), [("envoy-rev0.json", 0), ("envoy-rev12.json", 12), ("lds.json", -1)])
 def test_bootstrap_file_names(name, epoch):
     assert bootstrap_epoch(name) == epoch
+
+
+def test_opt_in_tcp_admin_forwards_a_loopback_port_to_the_admin_socket():
+    from hostmesh_agent.resources import expected_listener_count
+
+    cfg = parse_config({**STANDALONE, "listen": {"admin_tcp": True}})
+    boot = render_bootstrap(cfg, RUN, "10.0.0.7")
+    listeners = {lst["name"]: lst for lst in boot["static_resources"]["listeners"]}
+    assert listeners["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15000}
+    proxy = listeners["admin"]["filter_chains"][0]["filters"][0]["typed_config"]
+    [admin] = [c for c in boot["static_resources"]["clusters"] if c["name"] == proxy["cluster"]]
+    [endpoint] = admin["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"] == {"pipe": {"path": "/run/hostmesh/admin.sock"}}
+    assert boot["admin"]["address"]["pipe"]["mode"] == 0o600  # the socket stays, for the agent
+    assert (expected_listener_count(cfg), expected_listener_count(parse_config(STANDALONE))) == (5, 4)
+    # Off by default: no listener on ports.admin at all.
+    default = render_bootstrap(parse_config(STANDALONE), RUN, "10.0.0.7")
+    assert "admin" not in {lst["name"] for lst in default["static_resources"]["listeners"]}

@@ -47,7 +47,9 @@ def test_call_goes_through_both_sidecars(host1, host2) -> None:
     body = host1.check_output(f"curl -sf --max-time 10 http://{target}:{APP_PORT}/")
     assert body.strip() == "echo from host2"
     # host1's sidecar sent the request upstream ...
-    out_stats = host1.check_output("curl -s http://127.0.0.1:15000/stats | grep -E 'echo.*upstream_rq_total' || true")
+    out_stats = host1.check_output(
+        "curl -s --unix-socket /run/hostmesh/admin.sock http://localhost/stats | grep -E 'echo.*upstream_rq_total' || true"
+    )
     assert any(int(line.rsplit(":", 1)[1]) > 0 for line in out_stats.splitlines()), out_stats
     # ... and the request reached the application through host2's sidecar: with
     # redirect it comes from the sidecar (127.0.0.6), with tproxy the sidecar
@@ -59,5 +61,7 @@ def test_call_goes_through_both_sidecars(host1, host2) -> None:
         assert new_lines[-1].startswith(address_of(host1) + " "), new_lines[-1]
     else:
         assert new_lines[-1].startswith("127.0.0.6 "), new_lines[-1]
-    inbound = host2.check_output("curl -s 'http://127.0.0.1:15000/stats?filter=^listener.inbound.downstream_cx_total$'")
+    inbound = host2.check_output(
+        "curl -s --unix-socket /run/hostmesh/admin.sock 'http://localhost/stats?filter=^listener.inbound.downstream_cx_total$'"
+    )
     assert int(inbound.rsplit(":", 1)[1]) > 0, inbound

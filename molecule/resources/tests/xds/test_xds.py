@@ -25,12 +25,15 @@ def scenario(host1) -> dict:
 
 
 def admin_json(host, path: str) -> dict:
-    return json.loads(host.check_output(f"curl -sf --max-time 10 'http://127.0.0.1:15000{path}'"))
+    return json.loads(
+        host.check_output(f"curl -sf --max-time 10 --unix-socket /run/hostmesh/admin.sock 'http://localhost{path}'")
+    )
 
 
 def upstream_connections(host) -> int:
     stats = host.check_output(
-        "curl -sfg --max-time 10 'http://127.0.0.1:15000/stats?filter=^cluster[.]app[.]upstream_cx_total$'"
+        "curl -sfg --max-time 10 --unix-socket /run/hostmesh/admin.sock "
+        "'http://localhost/stats?filter=^cluster[.]app[.]upstream_cx_total$'"
     )
     return int(stats.rsplit(":", 1)[1])
 

@@ -1,7 +1,13 @@
-"""A client for the few Envoy admin endpoints the agent uses."""
+"""A client for the few Envoy admin endpoints the agent uses, over the admin Unix socket.
+
+Envoy's admin API can read every secret path and stop Envoy (``POST /quitquitquit``), so
+it listens on a Unix socket in the run directory, mode 0600, owned by the proxy user:
+only that user (Envoy and the agent) and root can connect.
+"""
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 from typing import Dict, Optional, Protocol, Tuple
@@ -99,18 +105,19 @@ class Admin(Protocol):
 
 
 class EnvoyAdmin:
-    """Talks HTTP/1.1 to Envoy's admin listener (loopback only); the real ``Admin``."""
+    """Talks HTTP/1.1 to Envoy's admin API on its Unix socket; the real ``Admin``."""
 
-    def __init__(self, address: str, port: int, timeout: float = 2.0) -> None:
-        self.address = address
-        self.port = port
+    def __init__(self, socket_path: str, timeout: float = 2.0) -> None:
+        self.socket_path = socket_path
         self.timeout = timeout
 
     def request(self, method: str, path: str, timeout: Optional[float] = None) -> Tuple[int, bytes]:
         """One HTTP/1.1 exchange on a fresh connection; http.client would pull in ssl and
         email (~8 MiB of RSS) for what is a request line and a status line."""
         try:
-            with socket.create_connection((self.address, self.port), timeout=timeout or self.timeout) as sock:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout or self.timeout)
+                sock.connect(self.socket_path)
                 sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: envoy-admin\r\nConnection: close\r\n\r\n".encode())
                 chunks = []
                 while True:
@@ -123,7 +130,7 @@ class EnvoyAdmin:
         return parse_response(b"".join(chunks), f"{method} {path}")
 
     def stats(self, names: Tuple[str, ...]) -> Dict[str, int]:
-        pattern = "^(" + "|".join(n.replace(".", r"\.") for n in names) + ")$"
+        pattern = "^(" + "|".join(re.escape(n) for n in names) + ")$"
         status, body = self.request("GET", "/stats?filter=" + quote(pattern, safe=""))
         if status != 200:
             raise AdminError(f"envoy admin /stats answered {status}")

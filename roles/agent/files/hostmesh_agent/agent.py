@@ -51,7 +51,7 @@ def is_ready(cfg: Config, r: EnvoyReadiness, epoch: int) -> bool:
     """Ready = the epoch we started is LIVE, has its first LDS and CDS, and its listeners.
 
     Checking the epoch matters during a hot restart: until the child takes the
-    admin port over, the parent (still LIVE) is the one answering.
+    admin socket over, the parent (still LIVE) is the one answering.
     """
     if not (r.live and r.epoch == epoch and r.lds_updates >= 1 and r.cds_updates >= 1):
         return False
@@ -95,10 +95,13 @@ class Agent:
         clock: Clock,
         signals: Inbox,
         status_server: Callable[..., StatusServer],
+        extra_metrics: Optional[Callable[[Config], str]] = None,
     ) -> None:
         """``new_proxy`` makes the Proxy for a reloaded config, ``load_config`` re-reads the
-        config on SIGHUP, ``admin`` gives the admin client for a config's address, and
-        ``status_server`` is StatusServer or a factory with its signature."""
+        config on SIGHUP, ``admin`` gives the admin client for a config's address,
+        ``status_server`` is StatusServer or a factory with its signature, and
+        ``extra_metrics`` renders what the merged metrics add after the agent's own
+        (service telemetry, policy counters)."""
         self.cfg = cfg
         self.proxy = proxy
         self._new_proxy = new_proxy
@@ -107,6 +110,7 @@ class Agent:
         self._clock = clock
         self._signals = signals
         self._serve_status = status_server
+        self._extra_metrics = extra_metrics
         self.metrics = AgentMetrics(started_at=clock.now())
         self.systemd = SystemdStatus(notifier)
         s = cfg.supervise
@@ -136,7 +140,10 @@ class Agent:
                 body += b"\n"
         except AdminError as exc:
             log.debug("envoy stats unavailable: %s", exc)
-        return body + self.metrics.render(self._clock.now()).encode()
+        body += self.metrics.render(self._clock.now()).encode()
+        if self._extra_metrics:
+            body += self._extra_metrics(self.cfg).encode()
+        return body
 
     # --- main loop ---------------------------------------------------------------------
 

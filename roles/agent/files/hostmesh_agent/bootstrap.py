@@ -3,6 +3,11 @@
 The bootstrap carries only what needs a new process to change: node identity,
 admin, the stats (15090) and health (15021) listeners, and where dynamic
 config comes from (watched files in standalone mode, ADS in xDS mode).
+
+Envoy's admin API listens on a Unix socket in the run directory, mode 0600: Envoy runs as
+the proxy user, so only that user and root can reach it. The stats listener (and, when
+``listen.admin_tcp`` asks for it, a loopback TCP listener on ``ports.admin``) reaches it
+through a cluster whose one endpoint is that socket.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ Json = Dict[str, Any]
 XDS_CLUSTER = "xds-grpc"
 AGENT_CLUSTER = "agent"
 PROMETHEUS_CLUSTER = "prometheus_stats"
+ADMIN_CLUSTER = "envoy_admin"
+ADMIN_SOCKET_MODE = 0o600
 
 
 def socket_address(address: str, port: int) -> Json:
@@ -42,14 +49,22 @@ def _loopback_for(address: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "127.0.0.1"}.get(address, address)  # "::" is dual stack
 
 
+def pipe_address(path: str) -> Json:
+    return {"pipe": {"path": path}}
+
+
 def static_cluster(name: str, address: str, port: int, http2: bool = False) -> Json:
+    return _one_endpoint_cluster(name, socket_address(address, port), http2)
+
+
+def _one_endpoint_cluster(name: str, address: Json, http2: bool = False) -> Json:
     cluster: Json = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(address, port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }
     if http2:
@@ -103,6 +118,28 @@ def _route_listener(name: str, address: str, port: int, path: str, cluster: str)
                                     },
                                 }
                             ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _tcp_forward_listener(name: str, address: str, port: int, cluster: str) -> Json:
+    """A listener that hands every connection, as it is, to one cluster."""
+    return {
+        "name": name,
+        "address": listen_address(address, port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": name,
+                            "cluster": cluster,
                         },
                     }
                 ]
@@ -218,9 +255,12 @@ def render_bootstrap(cfg: Config, run_dir: RunDir, ip: str, token: Optional[str]
         _route_listener("health", cfg.listen.status_address, cfg.ports.health, "/healthz/ready", AGENT_CLUSTER),
     ]
     clusters = [
-        static_cluster(PROMETHEUS_CLUSTER, cfg.listen.admin_address, cfg.ports.admin),
+        _one_endpoint_cluster(PROMETHEUS_CLUSTER, pipe_address(run_dir.admin_socket)),
         static_cluster(AGENT_CLUSTER, status_target, cfg.ports.status),
     ]
+    if cfg.listen.admin_tcp:  # opt-in: every local user can reach a loopback port
+        listeners.append(_tcp_forward_listener("admin", cfg.listen.admin_address, cfg.ports.admin, ADMIN_CLUSTER))
+        clusters.append(_one_endpoint_cluster(ADMIN_CLUSTER, pipe_address(run_dir.admin_socket)))
     if cfg.mode == "xds":
         clusters.append(_xds_cluster(cfg))
         grpc_service: Json = {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}
@@ -247,7 +287,7 @@ def render_bootstrap(cfg: Config, run_dir: RunDir, ip: str, token: Optional[str]
             "cluster": service_cluster(cfg),
             "metadata": node_metadata(cfg, ip),
         },
-        "admin": {"address": socket_address(cfg.listen.admin_address, cfg.ports.admin)},
+        "admin": {"address": {"pipe": {"path": run_dir.admin_socket, "mode": ADMIN_SOCKET_MODE}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "dynamic_resources": dynamic,
         "stats_config": {"use_all_default_tags": True},
@@ -294,4 +334,6 @@ def envoy_args(cfg: Config, bootstrap_path: str, epoch: int, ip: str) -> List[st
     if e.component_log_level:
         args += ["--component-log-level", e.component_log_level]
     args += ["--concurrency", str(e.concurrency), "--base-id", str(e.base_id)]
+    # Access-log lines reach the agent (telemetry) at most this long after Envoy wrote them.
+    args += ["--file-flush-interval-msec", str(e.file_flush_interval_ms)]
     return args + list(e.extra_args)

@@ -1,4 +1,4 @@
-"""The ``hostmesh-agent`` command line: run, bootstrap, validate."""
+"""The ``hostmesh-agent`` command line: run, bootstrap, validate, admin."""
 
 from __future__ import annotations
 
@@ -12,22 +12,27 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional
 
 from hostmesh_agent import __version__
 from hostmesh_agent.admin import EnvoyAdmin
+from hostmesh_agent.admin_command import READS, AdminCommandError, run_admin
 from hostmesh_agent.agent import Agent
 from hostmesh_agent.atomic_files import dump_json, write_atomic
 from hostmesh_agent.clock import SystemClock
 from hostmesh_agent.config import Config, ConfigError, load_config, with_node_defaults
+from hostmesh_agent.envoy_stdout import EnvoyStdout
 from hostmesh_agent.logs import setup_logging
+from hostmesh_agent.mesh_metrics import certificate_expiry, rbac_metrics
 from hostmesh_agent.proxy import EnvoyProxy, ProxyError
 from hostmesh_agent.resources import render_dynamic
 from hostmesh_agent.rundir import RunDir
 from hostmesh_agent.sdnotify import Notifier
 from hostmesh_agent.signal_inbox import SignalInbox
 from hostmesh_agent.status_server import StatusServer
+from hostmesh_agent.telemetry import Telemetry
 
 log = logging.getLogger("hostmesh_agent")
 
@@ -51,13 +56,32 @@ def node_ip(cfg: Config) -> str:
     return detect_ip() if cfg.node.ip == "auto" else cfg.node.ip
 
 
-def proxy_factory(detected_ip: str) -> Callable[[Config], EnvoyProxy]:
-    """The Proxy of a reloaded config: ``node.ip`` "auto" keeps the address found at start."""
-    return lambda cfg: EnvoyProxy(cfg, detected_ip if cfg.node.ip == "auto" else cfg.node.ip)
+def proxy_factory(detected_ip: str, stdout: Optional[EnvoyStdout] = None) -> Callable[[Config], EnvoyProxy]:
+    """The Proxy of a reloaded config: ``node.ip`` "auto" keeps the address found at start;
+    ``stdout`` reads every Envoy's access-log lines and takes each config on."""
+
+    def make(cfg: Config) -> EnvoyProxy:
+        if stdout is None:
+            return EnvoyProxy(cfg, detected_ip if cfg.node.ip == "auto" else cfg.node.ip)
+        stdout.configure(cfg)
+        return EnvoyProxy(cfg, detected_ip if cfg.node.ip == "auto" else cfg.node.ip, stdout.attach)
+
+    return make
 
 
 def admin_for(cfg: Config) -> EnvoyAdmin:
-    return EnvoyAdmin(cfg.listen.admin_address, cfg.ports.admin)
+    return EnvoyAdmin(RunDir(cfg.run_dir).admin_socket)
+
+
+def mesh_metrics(telemetry: Telemetry, stdout: EnvoyStdout) -> Callable[[Config], str]:
+    """What the merged metrics add after the agent's own: service telemetry, the access-log
+    pipeline's counts, policy counters, the certificate's expiry."""
+
+    def render(cfg: Config) -> str:
+        parts = [telemetry.render() if cfg.telemetry.enabled else "", stdout.render_metrics()]
+        return "".join([*parts, rbac_metrics(cfg, admin_for(cfg)), certificate_expiry(cfg)])
+
+    return render
 
 
 CAP_NET_ADMIN = 12
@@ -108,12 +132,21 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", required=True, help="agent config file (JSON)")
         sp.add_argument("--run-dir", help="overrides the config's run_dir")
         sp.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    text = "read Envoy's admin API through its socket (as root or the proxy user)"
+    sp = sub.add_parser("admin", help=text, description=text)
+    sp.add_argument("what", choices=sorted(READS), help="what to read")
+    sp.add_argument("--config", help="agent config file (JSON), for its run_dir")
+    sp.add_argument("--run-dir", help=f"the agent's run directory (default: the config's, else {Config().run_dir})")
+    sp.add_argument("--filter", help="with stats: only the stats whose names match this regular expression")
+    sp.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     return p
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    new_proxy = proxy_factory(node_ip(cfg))
+    telemetry = Telemetry(cfg)
+    stdout = EnvoyStdout(cfg, telemetry, sys.stdout.buffer, time.monotonic)
+    new_proxy = proxy_factory(node_ip(cfg), stdout)
     agent = Agent(
         cfg,
         new_proxy(cfg),
@@ -124,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         clock=SystemClock(),
         signals=SignalInbox(),
         status_server=StatusServer,
+        extra_metrics=mesh_metrics(telemetry, stdout),
     )
     log.info(
         "hostmesh-agent %s starting: mode %s, %s interception, run dir %s",
@@ -133,7 +167,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.run_dir,
     )
     _warn_tproxy_without_capability(cfg)
-    return agent.run()
+    stdout.start()
+    try:
+        return agent.run()
+    finally:
+        stdout.stop()
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -177,6 +215,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    """Print what Envoy's admin API answers; exit 1 unless it answers 200 (``ready``: not ready)."""
+    if args.run_dir:
+        run_dir = args.run_dir
+    elif args.config:
+        run_dir = load_config(args.config).run_dir
+    else:
+        run_dir = Config().run_dir
+    try:
+        status, body = run_admin(RunDir(run_dir).admin_socket, args.what, args.filter, os.geteuid())
+    except AdminCommandError as exc:
+        print(f"hostmesh-agent admin: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(body)
+    sys.stdout.flush()
+    return 0 if status == 200 else 1
+
+
 def inline_dynamic(bootstrap: Dict[str, Any], dynamic: Dict[str, Any], run_dir: RunDir) -> Dict[str, Any]:
     """A copy of the bootstrap with the watched LDS/CDS files' resources made static.
 
@@ -195,7 +251,7 @@ def inline_dynamic(bootstrap: Dict[str, Any], dynamic: Dict[str, Any], run_dir: 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level, os.environ)
-    commands = {"run": cmd_run, "bootstrap": cmd_bootstrap, "validate": cmd_validate}
+    commands = {"run": cmd_run, "bootstrap": cmd_bootstrap, "validate": cmd_validate, "admin": cmd_admin}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -17,10 +17,16 @@ MODES = ("standalone", "xds")
 LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 IP_VERSIONS = ("v4", "v6")
 PROTOCOLS = ("tcp", "http")
+POLICY_DEFAULTS = ("allow", "deny")
+JOURNAL = "journal"
 # How the capture rules hand inbound connections to Envoy (traffic_capture's ``mode``).
 INTERCEPTIONS = ("redirect", "tproxy")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _COMPONENT_LEVEL_RE = re.compile(r"^[a-z0-9_]+:[a-z]+(,[a-z0-9_]+:[a-z]+)*$")
+# spiffe://<trust domain>/<path> with the SPIFFE spec's characters: an exact ID, or, ending
+# in "/", a prefix naming every ID under that path ("spiffe://cluster.local/ns/team-a/").
+_SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+/([A-Za-z0-9._-]+/)*([A-Za-z0-9._-]+)?$")
+_METHOD_RE = re.compile(r"^[A-Z]+$")
 
 
 class ConfigError(ValueError):
@@ -50,6 +56,10 @@ def _name(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise _fail(key, value, "a lower-case DNS-style name (a-z, 0-9, '-', '.')")
     return value
+
+
+def _name_or_empty(key: str, value: Any) -> str:
+    return value if value == "" else _name(key, value)
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -123,6 +133,52 @@ def _component_levels(key: str, value: Any) -> str:
     if value == "" or (isinstance(value, str) and _COMPONENT_LEVEL_RE.match(value)):
         return value
     raise _fail(key, value, '"component:level[,component:level...]" such as "misc:error"')
+
+
+def _spiffe_id(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _SPIFFE_RE.match(value):
+        raise _fail(
+            key,
+            value,
+            'a SPIFFE ID such as "spiffe://cluster.local/ns/shop/sa/web", or an ID prefix ending in "/" '
+            'such as "spiffe://cluster.local/ns/team-a/" (no wildcards)',
+        )
+    return value
+
+
+def _exact_spiffe_id(key: str, value: Any) -> str:
+    if _spiffe_id(key, value).endswith("/"):
+        raise _fail(key, value, 'a whole SPIFFE ID such as "spiffe://cluster.local/ns/shop/sa/web" (not a prefix)')
+    return value
+
+
+def _http_method(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _METHOD_RE.match(value):
+        raise _fail(key, value, 'an HTTP method in capitals such as "GET"')
+    return value
+
+
+def _path_prefix(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "?" in value or "#" in value:
+        raise _fail(key, value, 'an absolute path prefix such as "/api/" (no query, no fragment)')
+    return value
+
+
+def _log_destination(key: str, value: Any) -> str:
+    if value == JOURNAL or (isinstance(value, str) and value.startswith("/") and not value.endswith("/")):
+        return value
+    raise _fail(key, value, f'"{JOURNAL}" (the agent\'s standard output) or the absolute path of a file')
+
+
+def _host_port_or_empty(key: str, value: Any) -> str:
+    return value if value == "" else _host_port(key, value)
+
+
+def _workload_map(key: str, value: Any) -> Dict[str, str]:
+    for spiffe, name in _str_map(key, value).items():
+        _exact_spiffe_id(f"{key}[{json.dumps(spiffe)}]", spiffe)
+        _name(f"{key}[{json.dumps(spiffe)}]", name)
+    return dict(value)
 
 
 def _list_of(item: Callable[[str, Any], Any]) -> Callable[[str, Any], Tuple[Any, ...]]:
@@ -238,6 +294,7 @@ class EnvoyConfig:
     parent_shutdown_time_s: int = field(default=60, metadata=_meta(_int_range(1, 3600)))
     local_address_ip_version: str = field(default="v4", metadata=_meta(_choice(*IP_VERSIONS)))
     max_downstream_connections: int = field(default=100000, metadata=_meta(_int_range(1, 10_000_000)))
+    file_flush_interval_ms: int = field(default=1000, metadata=_meta(_int_range(10, 60000)))
     extra_args: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_str)))
 
 
@@ -253,9 +310,11 @@ class PortsConfig:
 
 @dataclass(frozen=True)
 class ListenConfig:
-    """Addresses to bind: the admin API stays on loopback; the rest is for peers."""
+    """Addresses to bind: the rest is for peers. Envoy's admin API is a Unix socket in the run
+    directory; ``admin_tcp`` also opens it on ``admin_address``:``ports.admin`` (loopback only)."""
 
     admin_address: str = field(default="127.0.0.1", metadata=_meta(_loopback_ip))
+    admin_tcp: bool = field(default=False, metadata=_meta(_bool))
     status_address: str = field(default="0.0.0.0", metadata=_meta(_ip))
     inbound_address: str = field(default="0.0.0.0", metadata=_meta(_ip))
     outbound_address: str = field(default="0.0.0.0", metadata=_meta(_ip))
@@ -290,6 +349,16 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class AllowRule:
+    """One rule of a service's policy: a caller listed in ``principals`` (any caller when
+    empty) may use one of ``methods`` on a path under one of ``paths`` (http only; any when empty)."""
+
+    principals: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_spiffe_id)))
+    methods: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_http_method)))
+    paths: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_path_prefix)))
+
+
+@dataclass(frozen=True)
 class InboundService:
     name: str = field(metadata=_meta(_name))
     port: int = field(metadata=_meta(PORT))
@@ -297,6 +366,8 @@ class InboundService:
     protocol: str = field(default="tcp", metadata=_meta(_choice(*PROTOCOLS)))
     tls: bool = field(default=False, metadata=_meta(_bool))
     allowed_spiffe_ids: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_nonempty_str)))
+    allow: Tuple[AllowRule, ...] = field(default=(), metadata=_meta(_list_of(_section(AllowRule)), AllowRule))
+    server_first: bool = field(default=False, metadata=_meta(_bool))
 
     @property
     def app_port(self) -> int:
@@ -335,6 +406,7 @@ class OutboundService:
     protocol: str = field(default="tcp", metadata=_meta(_choice(*PROTOCOLS)))
     tls: bool = field(default=False, metadata=_meta(_bool))
     spiffe_ids: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_nonempty_str)))
+    namespace: str = field(default="", metadata=_meta(_name_or_empty))
 
 
 def _outbound_services(key: str, value: Any) -> Tuple[OutboundService, ...]:
@@ -377,6 +449,44 @@ class XdsConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """Mesh-wide authorization: what a service without ``allow`` rules accepts."""
+
+    default: str = field(default="allow", metadata=_meta(_choice(*POLICY_DEFAULTS)))
+
+
+@dataclass(frozen=True)
+class AccessLogConfig:
+    """Where the access-log lines Envoy writes (one per tcp connection, per http request) go."""
+
+    enabled: bool = field(default=False, metadata=_meta(_bool))
+    sampling: float = field(default=1.0, metadata=_meta(_float_range(0, 1)))
+    destination: str = field(default=JOURNAL, metadata=_meta(_log_destination))
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Istio-named service metrics the agent computes from every access-log line."""
+
+    enabled: bool = field(default=True, metadata=_meta(_bool))
+    domain: str = field(default="mesh.internal", metadata=_meta(_name))
+    workloads: Dict[str, str] = field(default_factory=dict, metadata=_meta(_workload_map))
+    max_series: int = field(default=500, metadata=_meta(_int_range(10, 100000)))
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry tracing of http services; off while ``collector`` is empty."""
+
+    collector: str = field(default="", metadata=_meta(_host_port_or_empty))
+    sampling: float = field(default=1.0, metadata=_meta(_float_range(0, 100)))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.collector)
+
+
+@dataclass(frozen=True)
 class Config:
     mode: str = field(default="standalone", metadata=_meta(_choice(*MODES)))
     run_dir: str = field(default="/run/hostmesh", metadata=_meta(_nonempty_str))
@@ -390,21 +500,30 @@ class Config:
     inbound: InboundConfig = field(default_factory=InboundConfig, metadata=_meta(_section(InboundConfig)))
     outbound: OutboundConfig = field(default_factory=OutboundConfig, metadata=_meta(_outbound))
     xds: XdsConfig = field(default_factory=XdsConfig, metadata=_meta(_section(XdsConfig)))
+    policy: PolicyConfig = field(default_factory=PolicyConfig, metadata=_meta(_section(PolicyConfig)))
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig, metadata=_meta(_section(AccessLogConfig)))
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig, metadata=_meta(_section(TelemetryConfig)))
+    tracing: TracingConfig = field(default_factory=TracingConfig, metadata=_meta(_section(TracingConfig)))
 
 
 def all_keys() -> List[str]:
     """Every accepted key, dotted (``inbound.services[].port``); docs must list each one."""
     keys = []
     for top in fields(Config):
-        if not is_dataclass(top.default_factory):
+        if is_dataclass(top.default_factory):
+            keys += _section_keys(top.name, top.default_factory)
+        else:
             keys.append(top.name)
-            continue
-        for f in fields(top.default_factory):
-            items = f.metadata["items"]
-            if items:
-                keys += [f"{top.name}.{f.name}[].{sub.name}" for sub in fields(items)]
-            else:
-                keys.append(f"{top.name}.{f.name}")
+    return keys
+
+
+def _section_keys(prefix: str, section: type) -> List[str]:
+    keys = []
+    for f in fields(section):
+        keys.append(f"{prefix}.{f.name}")
+        items = f.metadata["items"]
+        if items:
+            keys += _section_keys(f"{prefix}.{f.name}[]", items)
     return keys
 
 
@@ -465,6 +584,7 @@ def _check_whole(cfg: Config) -> None:
         if given and len(given) != len(tls_keys):
             raise ConfigError(f"config keys 'xds.cert_file' and 'xds.key_file' go together; got only 'xds.{given[0]}'")
     _check_interception(cfg.inbound)
+    _check_policies(cfg.inbound)
     wants_tls = [f"inbound.services[{i}]" for i, s in enumerate(cfg.inbound.services) if s.tls]
     wants_tls += [f"outbound.services[{i}]" for i, s in enumerate(cfg.outbound.services) if s.tls]
     if wants_tls and not cfg.tls.configured:
@@ -478,6 +598,26 @@ def _check_whole(cfg: Config) -> None:
             f"config key 'tls.{given[0]}' is set but not all of 'tls.cert_file', 'tls.key_file',"
             " 'tls.ca_file' are; expected all three or none"
         )
+
+
+def _check_policies(inbound: InboundConfig) -> None:
+    """A caller's identity is its mesh certificate, so naming callers needs ``tls``; methods
+    and paths need an http service (a tcp connection has neither)."""
+    for i, svc in enumerate(inbound.services):
+        for j, rule in enumerate(svc.allow):
+            key = f"inbound.services[{i}].allow[{j}]"
+            if rule.principals and not svc.tls:
+                raise ConfigError(
+                    f"config key '{key}.principals': got {json.dumps(list(rule.principals))} but "
+                    f"'inbound.services[{i}].tls' is false; expected \"tls\": true (a caller's SPIFFE ID comes "
+                    "from its mesh certificate), or no principals (any caller)"
+                )
+            for what in ("methods", "paths"):
+                if getattr(rule, what) and svc.protocol != "http":
+                    raise ConfigError(
+                        f"config key '{key}.{what}': got {json.dumps(list(getattr(rule, what)))} for a "
+                        f'"{svc.protocol}" service; expected them only with "protocol": "http"'
+                    )
 
 
 def _check_interception(inbound: InboundConfig) -> None:

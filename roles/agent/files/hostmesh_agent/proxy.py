@@ -19,7 +19,7 @@ import subprocess
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Protocol, Tuple
+from typing import IO, Callable, Dict, Iterable, Optional, Protocol, Tuple
 
 from hostmesh_agent.atomic_files import dump_json, write_atomic
 from hostmesh_agent.bootstrap import envoy_args, render_bootstrap
@@ -153,13 +153,20 @@ def read_token(path: str) -> Optional[str]:
         raise ProxyError(f"cannot read {path} (config key 'xds.token_file'): {exc.strerror}") from None
 
 
+# Called with a started Envoy's epoch and the read end of its standard output.
+StdoutReader = Callable[[int, IO[bytes]], None]
+
+
 class EnvoyProxy:
     """Runs the real Envoy for a given config (a ``Proxy``); one instance per config generation."""
 
-    def __init__(self, cfg: Config, ip: str) -> None:
+    def __init__(self, cfg: Config, ip: str, on_stdout: Optional[StdoutReader] = None) -> None:
+        """``on_stdout``: who reads Envoy's standard output (its access-log lines); without
+        it, Envoy writes to the agent's own."""
         self.cfg = cfg
         self.ip = ip
         self.run_dir = RunDir(cfg.run_dir)
+        self.on_stdout = on_stdout
 
     def binary(self) -> str:
         found = shutil.which(self.cfg.envoy.binary)
@@ -229,6 +236,7 @@ class EnvoyProxy:
             popen = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if self.on_stdout else None,
                 close_fds=True,
                 # Its own session, so a terminal's signals go to the agent alone.
                 start_new_session=True,
@@ -236,6 +244,8 @@ class EnvoyProxy:
             )
         except OSError as exc:
             raise ProxyError(f"cannot start {binary}: {exc.strerror}") from None
+        if self.on_stdout and popen.stdout is not None:
+            self.on_stdout(epoch, popen.stdout)
         return EnvoyProcess(epoch=epoch, popen=popen, started_at=time.monotonic())
 
     def remove_shared_memory(self) -> None:

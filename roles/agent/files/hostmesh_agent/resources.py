@@ -12,11 +12,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import zlib
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from hostmesh_agent import policy
+from hostmesh_agent.access_log import INBOUND, OUTBOUND, stdout_logger, tcp_log_options
 from hostmesh_agent.bootstrap import listen_address, socket_address
 from hostmesh_agent.config import Config, InboundService, OutboundService
 from hostmesh_agent.rundir import RunDir
+from hostmesh_agent.tracing import collector_cluster, hcm_tracing
 
 Json = Dict[str, Any]
 
@@ -86,13 +89,14 @@ def _common_tls(cfg: Config, run_dir: RunDir, spiffe_ids: Tuple[str, ...]) -> Js
     }
 
 
-def _tcp_proxy(stat_prefix: str, cluster: str) -> Json:
+def _tcp_proxy(stat_prefix: str, cluster: str, **extra: Any) -> Json:
     return {
         "name": "envoy.filters.network.tcp_proxy",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
             "stat_prefix": stat_prefix,
             "cluster": cluster,
+            **extra,
         },
     }
 
@@ -103,7 +107,7 @@ _ORIGINAL_DST_FILTER = {
 }
 
 
-def _http_proxy(stat_prefix: str, cluster: str) -> Json:
+def _http_proxy(stat_prefix: str, cluster: str, http_filters: Tuple[Json, ...] = (), **extra: Any) -> Json:
     """HTTP-aware proxying: while draining, Envoy answers with ``Connection: close`` so that
     keep-alive clients move to the new epoch between requests instead of losing one."""
     return {
@@ -124,17 +128,41 @@ def _http_proxy(stat_prefix: str, cluster: str) -> Json:
                 ],
             },
             "http_filters": [
+                *http_filters,
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                }
+                },
             ],
+            **extra,
         },
     }
 
 
-def _proxy_filter(protocol: str, cluster: str) -> Json:
-    return _http_proxy(cluster, cluster) if protocol == "http" else _tcp_proxy(cluster, cluster)
+def _filters(
+    cfg: Config, direction: str, service: str, protocol: str, cluster: str, inbound: Optional[InboundService] = None
+) -> List[Json]:
+    """A filter chain's filters: the proxy with its access log and tracing, after the
+    service's policy (inbound services only, see policy.py)."""
+    guarded = inbound if inbound is not None and policy.has_policy(cfg, inbound) else None
+    logs = [stdout_logger(direction, service, protocol)] if cfg.telemetry.enabled or cfg.access_log.enabled else []
+    extra: Json = {}
+    if protocol == "http":
+        if logs:
+            extra["access_log"] = logs
+        tracing = hcm_tracing(cfg)
+        if tracing:
+            extra["tracing"] = tracing
+        if guarded is None:
+            return [_http_proxy(cluster, cluster, **extra)]
+        extra.update(policy.path_normalisation(guarded))
+        return [_http_proxy(cluster, cluster, (policy.http_filter(guarded),), **extra)]
+    if logs:
+        extra.update(access_log=logs, access_log_options=tcp_log_options())
+    if guarded is None:
+        return [_tcp_proxy(cluster, cluster, **extra)]
+    extra.update(policy.tcp_proxy_options(guarded))
+    return [policy.network_filter(guarded, cluster), _tcp_proxy(cluster, cluster, **extra)]
 
 
 def _inbound_listener(cfg: Config, run_dir: RunDir) -> Json:
@@ -143,7 +171,7 @@ def _inbound_listener(cfg: Config, run_dir: RunDir) -> Json:
         chain: Json = {
             "name": f"inbound|{svc.port}",
             "filter_chain_match": {"destination_port": svc.port},
-            "filters": [_proxy_filter(svc.protocol, inbound_cluster_name(svc))],
+            "filters": _filters(cfg, INBOUND, svc.name, svc.protocol, inbound_cluster_name(svc), svc),
         }
         if svc.tls:
             chain["transport_socket"] = {
@@ -165,7 +193,7 @@ def _inbound_listener(cfg: Config, run_dir: RunDir) -> Json:
         "filter_chains": chains,
         "default_filter_chain": {
             "name": "inbound-passthrough",
-            "filters": [_tcp_proxy(fallback, fallback)],
+            "filters": _filters(cfg, INBOUND, fallback, "tcp", fallback),
         },
     }
     if cfg.inbound.tproxy:
@@ -203,7 +231,7 @@ def _outbound_listener(cfg: Config) -> Json:
             {
                 "name": outbound_cluster_name(svc),
                 "filter_chain_match": match,
-                "filters": [_proxy_filter(svc.protocol, outbound_cluster_name(svc))],
+                "filters": _filters(cfg, OUTBOUND, svc.name, svc.protocol, outbound_cluster_name(svc)),
             }
         )
     fallback = OUTBOUND_PASSTHROUGH if cfg.outbound.passthrough else BLACKHOLE
@@ -217,7 +245,7 @@ def _outbound_listener(cfg: Config) -> Json:
         "filter_chains": chains,
         "default_filter_chain": {
             "name": "outbound-passthrough",
-            "filters": [_tcp_proxy(fallback, fallback)],
+            "filters": _filters(cfg, OUTBOUND, fallback, "tcp", fallback),
         },
     }
 
@@ -314,6 +342,9 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
                 },
             }
         clusters.append(cluster)
+    collector = collector_cluster(cfg)
+    if collector:
+        clusters.append(collector)
     clusters += [
         inbound_passthrough,
         _original_dst_cluster(OUTBOUND_PASSTHROUGH),
@@ -360,4 +391,4 @@ def render_dynamic(cfg: Config, run_dir: RunDir, tls_fingerprint: str = "") -> D
 
 def expected_listener_count(cfg: Config) -> int:
     """Listeners Envoy must have active before standalone mode counts as ready."""
-    return 4 if cfg.mode == "standalone" else 2
+    return (4 if cfg.mode == "standalone" else 2) + int(cfg.listen.admin_tcp)

@@ -1,6 +1,7 @@
 """Names of the files the agent keeps in its run directory, in one place.
 
 <run_dir>/envoy-rev<N>.json      bootstrap for restart epoch N
+<run_dir>/admin.sock             Envoy's admin API (a Unix socket, mode 0600, the proxy user's)
 <run_dir>/dynamic/lds.json       listeners  (standalone; Envoy watches dynamic/)
 <run_dir>/dynamic/cds.json       clusters
 <run_dir>/dynamic/sds-default.json   workload certificate (SDS from file)
@@ -22,6 +23,10 @@ class RunDir:
 
     def bootstrap(self, epoch: int) -> str:
         return os.path.join(self.path, f"envoy-rev{epoch}.json")
+
+    @property
+    def admin_socket(self) -> str:
+        return os.path.join(self.path, "admin.sock")
 
     @property
     def dynamic_dir(self) -> str:
