@@ -1,17 +1,21 @@
 """Benchmark traffic_capture against the ways people apply such rules by hand.
 
 Prints, in one run on one host, for the seed's chains (chain_prefix ISTIO_):
-  - traffic_capture as one ansible-playbook task,
+  - traffic_capture as one ansible-playbook task, against a playbook whose one
+    task is ansible.builtin.ping (the cost of any module: Ansible, Python start),
+    both as whole playbooks and as the task alone;
   - the same rules as ansible.builtin.iptables tasks (one task per rule),
   - a shell script of one iptables call per rule;
 and traffic_capture's apply and no-op times with 1,000 excluded CIDRs.
 
 Each figure is the median of --repeat runs, each in a fresh network namespace
-(so nothing outside them is touched). Run as root:
-    .venv/bin/python benchmarks/capture_bench.py [--repeat 3]
+(so nothing outside them is touched); the ping and traffic_capture playbooks
+take turns, so both see the same machine. Run as root:
+    .venv/bin/python benchmarks/capture_bench.py [--repeat 5]
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -78,11 +82,20 @@ def playbook(tasks):
     return head + "\n".join(tasks) + "\n"
 
 
-def run_playbook(lab, text, directory):
+def run_playbook(lab, text, directory, task_times=None):
+    """Seconds the playbook took; with a list ``task_times``, append the first task's seconds to it."""
     path = os.path.join(directory, "play.yml")
+    times = os.path.join(directory, "task_times.json")
     with open(path, "w") as handle:
         handle.write(text)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1")
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, "benchmarks", "callback_plugins"),
+        ANSIBLE_CALLBACKS_ENABLED="task_times",
+        HOSTMESH_TASK_TIMES=times,
+    )
     argv = [os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local"]
     argv += ["-e", "ansible_python_interpreter=%s" % sys.executable, path]
     start = time.monotonic()
@@ -90,24 +103,38 @@ def run_playbook(lab, text, directory):
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit("playbook failed:\n%s%s" % (proc.stdout, proc.stderr))
+    if task_times is not None:
+        with open(times) as handle:
+            task_times.append(json.load(handle)[0][0])
     return elapsed
 
 
+def once(function):
+    """``function(lab, directory)`` in a fresh pair of namespaces."""
+    lab = Lab().up()
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            return function(lab, directory)
+    finally:
+        lab.down()
+
+
 def timed(function, repeat):
-    samples = []
+    return statistics.median(once(function) for _index in range(repeat))
+
+
+def timed_in_turns(functions, repeat):
+    """Medians of several functions whose runs take turns, so drift in the machine's load hits all alike."""
+    samples = [[] for _function in functions]
     for _index in range(repeat):
-        lab = Lab().up()
-        try:
-            with tempfile.TemporaryDirectory() as directory:
-                samples.append(function(lab, directory))
-        finally:
-            lab.down()
-    return statistics.median(samples)
+        for function, found in zip(functions, samples):
+            found.append(once(function))
+    return [statistics.median(found) for found in samples]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cidrs", type=int, default=1000)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -127,9 +154,18 @@ def main():
     shell = ["iptables-nft -t nat -N %s" % chain for chain in chains]
     shell += ["iptables-nft -t %s -A %s %s" % (table, chain, render_rule(rule)) for table, chain, rule in rules]
     empty = "    - name: Nothing\n      ansible.builtin.meta: noop"
+    ping_task = "    - name: Ping\n      ansible.builtin.ping:"
 
     baseline = timed(lambda lab, d: run_playbook(lab, playbook([empty]), d), args.repeat)
-    module = timed(lambda lab, d: run_playbook(lab, playbook([module_task]), d), args.repeat)
+    ping_tasks, module_tasks = [], []
+    ping, module = timed_in_turns(
+        [
+            lambda lab, d: run_playbook(lab, playbook([ping_task]), d, ping_tasks),
+            lambda lab, d: run_playbook(lab, playbook([module_task]), d, module_tasks),
+        ],
+        args.repeat,
+    )
+    ping_task_time, module_task_time = statistics.median(ping_tasks), statistics.median(module_tasks)
     builtin_time = timed(lambda lab, d: run_playbook(lab, playbook(builtin), d), args.repeat)
 
     def shell_loop(lab, directory):
@@ -162,7 +198,12 @@ def main():
     print("traffic_capture benchmark (median of %d runs, seconds)" % args.repeat)
     print("seed chains: %d rules in %d chains" % (len(rules), len(chains)))
     print("  ansible-playbook, empty task (overhead)      %7.2f" % baseline)
-    print("  traffic_capture, one task                    %7.2f   task %.2f" % (module, module - baseline))
+    print("  ansible.builtin.ping, one task               %7.2f   task %.2f" % (ping, ping_task_time))
+    print("  traffic_capture, one task                    %7.2f   task %.2f" % (module, module_task_time))
+    print(
+        "  traffic_capture - ping                       %7.2f   task %.2f"
+        % (module - ping, module_task_time - ping_task_time)
+    )
     print(
         "  ansible.builtin.iptables, %2d tasks           %7.2f   tasks %.2f"
         % (len(builtin), builtin_time, builtin_time - baseline)
