@@ -28,10 +28,10 @@ sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 from netlab import COLLECTIONS, Lab  # noqa: E402
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_iptables import render_rule  # noqa: E402
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import negated  # noqa: E402
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options  # noqa: E402
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.iptables import render_rule  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import negated  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 SEED = {"chain_prefix": "ISTIO_", "ip_families": ["ipv4"], "backend": "iptables-nft"}

@@ -158,14 +158,14 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils import _host_state as core
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_apply import CaptureError
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import CommandError
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_host import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import CommandError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import CaptureOptionError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.plan import CaptureError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.run import (
     OPTION_NAMES,
     capture_differences,
     plan_on_host,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_bytes, read_text
 
 RECORD_SPEC = dict(

@@ -288,10 +288,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_apply import CaptureError, apply_plan
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import CommandError
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_host import plan_on_host
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import CommandError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import CaptureOptionError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.plan import CaptureError, apply_plan
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.run import plan_on_host
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_text
 
 ARGUMENT_SPEC = {

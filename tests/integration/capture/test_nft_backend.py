@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils import _capture_nft as nft
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family
 
 pytestmark = pytest.mark.netns
 

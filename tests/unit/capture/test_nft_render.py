@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils import _capture_nft as nft
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     CT_ZONE,
     REDIRECT,
     RETURN,
@@ -13,8 +13,8 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model im
     FamilyRules,
     rule,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family
 
 NAMESERVERS = {"ipv4": ("10.0.0.53",), "ipv6": ("fd00::53",)}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import (
     CaptureOptionError,
     parse_options,
     ssh_port_from_environment,

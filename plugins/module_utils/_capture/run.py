@@ -11,13 +11,13 @@ applies the plan; host_state only asks whether it would change anything.
 
 import os
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_apply import plan_capture
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import HostCommands, nameservers
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import HostCommands, nameservers
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import (
     DEFAULTS,
     parse_options,
     ssh_port_from_environment,
 )
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.plan import plan_capture
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_text
 
 OPTION_NAMES = tuple(DEFAULTS)

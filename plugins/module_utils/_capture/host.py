@@ -10,7 +10,7 @@ exact commands are visible here and nowhere else.
 
 import re
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     IPV4,
     IPV6,
     IpRoute,

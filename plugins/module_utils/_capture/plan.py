@@ -10,20 +10,20 @@ steps in order and, if one fails, puts every step already applied back as it
 was, so both families change together or not at all.
 """
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils import _capture_iptables as ipt
-from ansible_collections.hostmesh.sidecar.plugins.module_utils import _capture_nft as nft
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import iptables as ipt
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import (
     IPTABLES_VARIANTS,
     CommandError,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     FAMILIES,
     IPV4,
     IPV6,
     empty_family,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_script import render_script
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.script import render_script
 
 
 class CaptureError(Exception):

@@ -8,7 +8,7 @@ host's state and ours compare as text. A plan touches only our chains (found
 by prefix) and the jumps into them; everything else in a table is left alone.
 """
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     ACCEPT,
     BUILTIN_CHAINS,
     CONNMARK_RESTORE,

@@ -11,11 +11,11 @@ import ipaddress
 import re
 from collections import namedtuple
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     IPV4,
     IPV6,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_nft import table_name_problem
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.nft import table_name_problem
 
 STATES = ("present", "absent")
 MODES = ("redirect", "tproxy")

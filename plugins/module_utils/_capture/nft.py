@@ -20,7 +20,7 @@ route``) is not nftables' job and stays with the edge.
 import ipaddress
 from collections import Counter
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     ACCEPT,
     CONNMARK_RESTORE,
     CONNMARK_SAVE,

@@ -10,7 +10,7 @@ chain is a jump into one of our chains, so ownership is plain from the
 target's name.
 """
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     ACCEPT,
     CONNMARK_RESTORE,
     CONNMARK_SAVE,
