@@ -1,61 +1,103 @@
 # Copyright: contributors to hostmesh.sidecar
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Every external command traffic_capture runs, in one place.
+"""The host edge: every external command traffic_capture runs, and the one snapshot it plans from.
 
-``HostCommands`` wraps a ``run_command(argv, data=None) -> (rc, out, err)``
-callable (AnsibleModule.run_command on a host; a fake in unit tests), so the
-exact commands are visible here and nowhere else.
+``HostCommands`` wraps ``run_command(argv, data=None) -> (rc, out, err)``,
+``find_binary(name) -> path or None`` and ``read_file(path) -> text or None``
+(AnsibleModule's on a host; fakes in unit tests), so the exact commands are
+visible here and nowhere else. ``observe`` reads everything a plan needs once;
+planning (plan.py) is then a pure function of the options and that snapshot.
 """
 
 import re
+from collections import namedtuple
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.backend import capture_families, choose_backend
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CommandFailed
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.iptables import parse_save, tables_in_save
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
+    FAMILIES,
+    IPTABLES_VARIANTS,
     IPV4,
     IPV6,
+    TABLES,
     IpRoute,
     IpRule,
 )
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import tables_used
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_text
 
-IPTABLES_VARIANTS = ("iptables-nft", "iptables-legacy")
 _VERSION_TAG = {"iptables-nft": "nf_tables", "iptables-legacy": "legacy"}
+# What iptables-legacy-save itself reads to learn which tables to print.
+_LEGACY_TABLE_NAMES = {IPV4: "/proc/net/ip_tables_names", IPV6: "/proc/net/ip6_tables_names"}
+_FAMILY_FLAG = {IPV4: "-4", IPV6: "-6"}
+_FAMILY_WORD = {IPV4: "ip", IPV6: "ip6"}  # nft's name for iptables-nft's tables of a family
+_RULE_LINE = re.compile(r"^\d+:\s")
 
-
-class CommandError(Exception):
-    """A command failed; carries what a person needs to see."""
-
-    def __init__(self, argv, rc, out, err):
-        self.argv = argv
-        self.rc = rc
-        self.out = out
-        self.err = err
-        super().__init__("%s exited %d: %s" % (" ".join(argv), rc, (err or out).strip()))
+Snapshot = namedtuple(
+    "Snapshot",
+    (
+        "iptables",  # {(variant, family): (save path, restore path)} for the tools this host has
+        "saves",  # {(variant, family): iptables-save text}, one per pair in ``iptables``
+        "nft",  # path of nft, or None
+        "nft_table",  # our inet table as ``nft list`` prints it; "" when absent or not looked for
+        "nft_tables",  # {(family, table): nft listing} of iptables-nft tables a change enters or leaves
+        "ip",  # path of ip, or None
+        "routing",  # {family: (IpRule tuple, IpRoute tuple)}: our policy routing as found
+        "has_ipv6",
+        "nameservers",  # {family: [address]} from resolv.conf
+    ),
+)
 
 
 class HostCommands:
-    """The commands, with binaries resolved through ``find_binary(name) -> path or None``."""
+    """The commands, with binaries resolved once each through ``find_binary``."""
 
-    def __init__(self, run_command, find_binary, lock_wait=30):
+    def __init__(self, run_command, find_binary, read_file, lock_wait=30):
         self._run_command = run_command
         self._find_binary = find_binary
+        self.read_file = read_file
         self.lock_wait = lock_wait
-        self._cache = {}
+        self._binaries = {}
+        self._variants = {}
 
-    # -- plumbing ----------------------------------------------------------
+    @classmethod
+    def for_module(cls, module, lock_wait: int) -> "HostCommands":
+        """The host an AnsibleModule runs on; commands speak English (LC_ALL=C) so errors read as expected."""
+
+        def run(argv, data=None):
+            return module.run_command(
+                argv, data=data, binary_data=True, handle_exceptions=False, environ_update={"LC_ALL": "C"}
+            )
+
+        return cls(run, module.get_bin_path, read_text, lock_wait)
+
+    # -- plumbing ----------------------------------------------------------------
 
     def _run(self, argv, data=None, check=True):
         try:
             rc, out, err = self._run_command(argv, data=data)
         except OSError as error:
-            raise CommandError(argv, 127, "", str(error)) from None
+            raise CommandFailed(argv, 127, "", str(error)) from None
         if check and rc != 0:
-            raise CommandError(argv, rc, out, err)
+            raise CommandFailed(argv, rc, out, err)
         return rc, out, err
 
-    def binary(self, name):
-        if name not in self._cache:
-            self._cache[name] = self._find_binary(name)
-        return self._cache[name]
+    def binary(self, name: str):
+        """Path of ``name`` on this host, or None."""
+        if name not in self._binaries:
+            self._binaries[name] = self._find_binary(name)
+        return self._binaries[name]
+
+    def _variant_of(self, path):
+        """Which variant an unsuffixed iptables tool is (asked once per path)."""
+        if path not in self._variants:
+            _rc, out, err = self._run([path, "--version"], check=False)
+            text = out + err
+            self._variants[path] = next((v for v, tag in _VERSION_TAG.items() if "(%s)" % tag in text), None)
+        return self._variants[path]
 
     def _iptables_tool(self, variant, family, tool):
         """Path of e.g. ip6tables-legacy-restore, falling back to the unsuffixed tool
@@ -65,141 +107,89 @@ class HostCommands:
         if suffixed:
             return suffixed
         plain = self.binary(base)
-        if plain and self.iptables_variant_of(plain) == variant:
+        if plain and self._variant_of(plain) == variant:
             return plain
         return None
 
-    def iptables_variant_of(self, path):
-        key = ("variant", path)
-        if key not in self._cache:
-            _rc, out, err = self._run([path, "--version"], check=False)
-            text = out + err
-            self._cache[key] = next((v for v, tag in _VERSION_TAG.items() if "(%s)" % tag in text), None)
-        return self._cache[key]
+    def iptables_tools(self, variant: str, family: str):
+        """(save path, restore path) for a variant and family, or None when the host lacks either."""
+        save = self._iptables_tool(variant, family, "-save")
+        restore = save and self._iptables_tool(variant, family, "-restore")
+        return (save, restore) if restore else None
 
-    # -- iptables ------------------------------------------------------------
+    # -- iptables ------------------------------------------------------------------
 
-    def iptables_available(self, variant, family=IPV4):
-        return bool(self._iptables_tool(variant, family, "-save") and self._iptables_tool(variant, family, "-restore"))
+    def iptables_save(self, tools) -> str:
+        """``iptables-save`` text; ``tools`` is the (save, restore) pair from iptables_tools."""
+        return self._run([tools[0]])[1]
 
-    def iptables_save(self, variant, family):
-        return self._run([self._iptables_tool(variant, family, "-save")])[1]
+    def iptables_restore(self, tools, text: str) -> None:
+        """Feed ``text`` to ``iptables-restore --noflush`` (one transaction per table)."""
+        self._run([tools[1], "--noflush", "--wait", str(self.lock_wait)], data=text)
 
-    def iptables_restore(self, variant, family, text, test_only=False):
-        argv = [self._iptables_tool(variant, family, "-restore"), "--noflush", "--wait", str(self.lock_wait)]
-        if test_only:
-            argv.append("--test")
-        self._run(argv, data=text)
+    # -- nftables ------------------------------------------------------------------
 
-    def iptables_command_names(self, variant, family):
-        """Plain names of the iptables and restore commands, for the rules file."""
-        base = "iptables" if family == IPV4 else "ip6tables"
-        return base + "-" + variant.split("-")[1], base + "-" + variant.split("-")[1] + "-restore"
+    def nft_list(self, name: str, family: str = "inet") -> str:
+        """A table as nft lists it, or "" when it does not exist."""
+        argv = [self.binary("nft"), *nft.list_args(name, family)]
+        rc, out, err = self._run(argv, check=False)
+        return nft.listing_from_result(argv, rc, out, err)
 
-    def prune_empty_table(self, variant, family, table):
-        """After our rules left an iptables-nft table: delete the built-in chains
-        it holds with no rules and an accepting policy, and the table once it has
-        no chains, so the host reads as before (iptables-nft creates them on
-        demand). Legacy tables are kernel modules and stay registered, empty."""
-        if variant != "iptables-nft" or not self.nft_available():
-            return False
-        name = "%s %s" % ("ip" if family == IPV4 else "ip6", table)
-        rc, out, _err = self._run([self.binary("nft"), "list", "table", *name.split()], check=False)
+    def nft_apply(self, script: str) -> None:
+        """Run an ``nft -f`` script: one transaction, all of it or nothing."""
+        self._run([self.binary("nft"), *nft.APPLY_ARGS], data=script)
+
+    # -- policy routing (TPROXY) -------------------------------------------------------
+
+    def ip_routing(self, family: str, mark: int, table: int):
+        """(our ip rules, our routes) in ``family``: ``fwmark MARK lookup TABLE`` and
+        ``local default dev lo table TABLE``, read with one ``ip -batch``."""
+        argv = [self.binary("ip"), _FAMILY_FLAG[family], "-batch", "-"]
+        rc, out, err = self._run(argv, data="rule show\nroute show table %d\n" % table, check=False)
         if rc != 0:
-            return False
-        chains, empty, current = [], [], None
-        for line in out.splitlines():
-            line = line.strip()
-            opened = re.match(r"^chain (\S+) \{$", line)
-            if opened:
-                current = opened.group(1)
-                chains.append(current)
-                empty.append(current)
-            elif line == "}" or line.startswith("table ") or not line:
-                continue
-            elif current in empty and not re.match(r"^type \w+ hook \w+ priority [\w+-]+; policy accept;$", line):
-                empty.remove(current)
-        doomed = [chain for chain in empty if chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")]
-        if not doomed:
-            return False
-        script = ["delete chain %s %s" % (name, chain) for chain in doomed]
-        if len(doomed) == len(chains):
-            script = ["delete table %s" % name]
-        self._run([self.binary("nft"), "-f", "-"], data="\n".join(script) + "\n")
-        return True
-
-    # -- nftables --------------------------------------------------------------
-
-    def nft_available(self):
-        return bool(self.binary("nft"))
-
-    def nft_list_table(self, list_args):
-        """The table's listing, or "" when it does not exist."""
-        rc, out, err = self._run([self.binary("nft"), *list_args], check=False)
-        if rc != 0:
-            if "No such file or directory" in err or "does not exist" in err:
-                return ""
-            raise CommandError([self.binary("nft"), *list_args], rc, out, err)
-        return out
-
-    def nft_apply(self, script, test_only=False):
-        argv = [self.binary("nft")] + (["--check"] if test_only else []) + ["-f", "-"]
-        self._run(argv, data=script)
-
-    # -- policy routing (TPROXY) ---------------------------------------------
-
-    def _ip(self, family):
-        return [self.binary("ip"), "-4" if family == IPV4 else "-6"]
-
-    def ip_rules(self, family, mark, table):
-        """Our rule if present: ``fwmark <mark> lookup <table>``."""
-        out = self._run([*self._ip(family), "rule", "show"])[1]
+            if "Address family not supported" in err:
+                return (), ()  # the kernel has no IPv6 at all
+            raise CommandFailed(argv, rc, out, err)
         wanted = re.compile(r"\bfwmark %s\b.*\blookup %d\b" % (re.escape(hex(mark)), table))
-        return [IpRule(family, mark, table) for line in out.splitlines() if wanted.search(line)]
+        rules, routes = [], []
+        for line in out.splitlines():
+            if _RULE_LINE.match(line):
+                if wanted.search(line):
+                    rules.append(IpRule(family, mark, table))
+            elif re.match(r"^local (default|::/0|0\.0\.0\.0/0) dev lo\b", line.strip()):
+                routes.append(IpRoute(family, table, "lo"))
+        return tuple(rules), tuple(routes)
 
-    def ip_routes(self, family, table):
-        """Our route if present: ``local default dev lo`` in ``table``."""
-        rc, out, _err = self._run([*self._ip(family), "route", "show", "table", str(table)], check=False)
-        if rc != 0:
-            return []
-        return [
-            IpRoute(family, table, "lo")
-            for line in out.splitlines()
-            if re.match(r"^local (default|::/0|0\.0\.0\.0/0) dev lo\b", line.strip())
-        ]
-
-    def ip_rule_argv(self, action, ip_rule):
-        return [*self._ip(ip_rule.family), "rule", action, "fwmark", str(ip_rule.fwmark), "lookup", str(ip_rule.table)]
-
-    def ip_route_argv(self, action, ip_route):
-        return [
-            *self._ip(ip_route.family),
-            "route",
-            action,
-            "local",
-            "default",
-            "dev",
-            ip_route.device,
-            "table",
-            str(ip_route.table),
-        ]
-
-    def ip_rule_change(self, action, ip_rule):
-        self._run(self.ip_rule_argv(action, ip_rule))
-
-    def ip_route_change(self, action, ip_route):
-        self._run(self.ip_route_argv(action, ip_route))
-
-    # -- host facts -------------------------------------------------------------
-
-    def host_has_ipv6(self, read_file):
-        """IPv6 is usable when the kernel has it on and ip6tables/nft can manage it."""
-        text = read_file("/proc/net/if_inet6")
-        disabled = (read_file("/proc/sys/net/ipv6/conf/all/disable_ipv6") or "0").strip() == "1"
-        return bool(text and text.strip()) and not disabled
+    def ip_routing_change(self, family: str, changes) -> None:
+        """Apply [(verb, IpRule or IpRoute)] in order with one ``ip -batch`` (it stops at the first failure)."""
+        lines = "".join(" ".join(routing_words(verb, item)) + "\n" for verb, item in changes)
+        self._run([self.binary("ip"), _FAMILY_FLAG[family], "-batch", "-"], data=lines)
 
 
-def nameservers(resolv_conf_text):
+def routing_words(verb: str, item) -> list:
+    """``ip`` words (after the family flag) that add or delete one of our rules or routes."""
+    if isinstance(item, IpRule):
+        return ["rule", verb, "fwmark", str(item.fwmark), "lookup", str(item.table)]
+    return ["route", verb, "local", "default", "dev", item.device, "table", str(item.table)]
+
+
+def routing_command(ip_path: str, verb: str, item) -> list:
+    """The whole ``ip`` command line for one routing change (the rules file runs these)."""
+    return [ip_path, _FAMILY_FLAG[item.family], *routing_words(verb, item)]
+
+
+def iptables_command_names(variant: str, family: str):
+    """Plain names of the iptables and restore commands, for the rules file."""
+    base = ("iptables" if family == IPV4 else "ip6tables") + "-" + variant.split("-")[1]
+    return base, base + "-restore"
+
+
+def nft_family_word(family: str) -> str:
+    """nft's family name for iptables-nft's tables (``ip``, ``ip6``)."""
+    return _FAMILY_WORD[family]
+
+
+def nameservers(resolv_conf_text) -> dict:
     """Resolvers from resolv.conf text, by family."""
     servers = {IPV4: [], IPV6: []}
     for line in (resolv_conf_text or "").splitlines():
@@ -208,3 +198,68 @@ def nameservers(resolv_conf_text):
             address = fields[1].split("%", 1)[0]
             servers[IPV6 if ":" in address else IPV4].append(address)
     return servers
+
+
+def has_ipv6(if_inet6_text, disable_ipv6_text) -> bool:
+    """IPv6 is usable when the kernel has an IPv6 address and it is not switched off."""
+    disabled = (disable_ipv6_text or "0").strip() == "1"
+    return bool(if_inet6_text and if_inet6_text.strip()) and not disabled
+
+
+def observe(host: HostCommands, options) -> Snapshot:
+    """Everything a plan for ``options`` needs from the host, each save or list command run at most once.
+
+    Legacy iptables is only asked when the kernel lists a legacy table for that
+    family (the file iptables-legacy-save itself reads), and an iptables-nft
+    table is only listed with nft when a change enters or leaves it (to put
+    back, or tidy, the built-in chains iptables-nft makes on demand).
+    """
+    read = host.read_file
+    tools = {}
+    saves = {}
+    for variant in IPTABLES_VARIANTS:
+        for family in FAMILIES:
+            found = host.iptables_tools(variant, family)
+            if found is None:
+                continue
+            tools[(variant, family)] = found
+            if variant == "iptables-legacy" and not (read(_LEGACY_TABLE_NAMES[family]) or "").strip():
+                saves[(variant, family)] = ""
+            else:
+                saves[(variant, family)] = host.iptables_save(found)
+    nft_path = host.binary("nft")
+    ipv6 = has_ipv6(read("/proc/net/if_inet6"), read("/proc/sys/net/ipv6/conf/all/disable_ipv6"))
+    partial = Snapshot(tools, saves, nft_path, "", {}, host.binary("ip"), {}, ipv6, {})
+    backend = choose_backend(options, partial)
+    families = capture_families(options, ipv6)
+
+    nft_table = ""
+    if nft_path and not nft.table_name_problem(options.chain_prefix):
+        nft_table = host.nft_list(nft.table_name(options.chain_prefix))
+
+    nft_tables = {}
+    if nft_path:
+        present = options.state == "present"
+        for family in FAMILIES:
+            save = saves.get(("iptables-nft", family))
+            if save is None:
+                continue
+            chosen = present and backend == "iptables-nft" and family in families
+            used = tables_used(options) if chosen else frozenset()
+            ours = set(parse_save(save, options.chain_prefix))
+            existing = tables_in_save(save)
+            for table in TABLES:
+                changes = table in ours.symmetric_difference(used) or options.state == "absent"
+                if table in existing and changes:
+                    nft_tables[(family, table)] = host.nft_list(table, nft_family_word(family))
+
+    routing = {}
+    if partial.ip:
+        for family in FAMILIES:
+            routing[family] = host.ip_routing(family, options.tproxy_mark, options.tproxy_route_table)
+    return partial._replace(
+        nft_table=nft_table,
+        nft_tables=nft_tables,
+        routing=routing,
+        nameservers=nameservers(read("/etc/resolv.conf")),
+    )

@@ -167,6 +167,16 @@ def parse_save(text, prefix):
     return {name: state for name, state in tables.items() if not state.is_empty()}
 
 
+def tables_in_save(text) -> frozenset:
+    """The tables an ``iptables-save`` text holds (for iptables-nft: the tables that exist)."""
+    return frozenset(line.strip()[1:] for line in text.splitlines() if line.startswith("*"))
+
+
+def our_lines(tables) -> list:
+    """{table: TableState} as ``*table -A ...`` lines, for diffs, read-backs and reports."""
+    return ["*%s %s" % (table, line) for table in sorted(tables) for line in tables[table].lines()]
+
+
 def _jump_target(spec):
     words = spec.split()
     for index, word in enumerate(words[:-1]):

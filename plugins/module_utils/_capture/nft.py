@@ -1,5 +1,6 @@
 # Copyright: contributors to hostmesh.sidecar
-# Apache License 2.0
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """nftables: our rules as one native ``inet`` table, in the exact text ``nft`` lists.
 
 Both families live in one table so they apply in one transaction. Each
@@ -10,16 +11,19 @@ canonical form that ``nft`` prints with ``list_args``, so the host's listing
 and ours compare as text, and a change replaces the whole table atomically.
 Nothing outside our table is ever named in a script.
 
-The edge runs, with ``LC_ALL=C`` so errors read as this module expects:
-``nft *list_args(name)`` -> ``listing_from_result(rc, out, err)``; then
-``plan_script`` / ``absent_script``; a non-empty script is fed on standard
-input to ``nft *APPLY_ARGS``. Policy routing for TPROXY (``ip rule``/``ip
-route``) is not nftables' job and stays with the edge.
+The host edge (host.py) runs, with ``LC_ALL=C`` so errors read as expected:
+``nft *list_args(name)`` -> ``listing_from_result(argv, rc, out, err)``; the
+plan uses ``plan_script`` / ``absent_script``; a non-empty script is fed on
+standard input to ``nft *APPLY_ARGS``. The same listing of an iptables-nft
+table (``ip nat``) tells ``tidy_script`` which empty built-in chains to
+delete. Policy routing for TPROXY (``ip rule``/``ip route``) is not
+nftables' job and stays with the edge.
 """
 
 import ipaddress
 from collections import Counter
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CommandFailed
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     ACCEPT,
     CONNMARK_RESTORE,
@@ -88,10 +92,6 @@ _KEYWORD_TEXT = (
 _NFT_KEYWORDS = frozenset(_KEYWORD_TEXT.split())
 
 
-class NftError(RuntimeError):
-    """nft failed for a reason other than our table being absent."""
-
-
 def table_name(chain_prefix: str) -> str:
     """The table for a chain prefix: ``HOSTMESH_`` -> ``hostmesh``, ``ISTIO_`` -> ``istio``."""
     name = chain_prefix.rstrip("_").lower()
@@ -121,18 +121,46 @@ def chain_name(table: str, chain: str) -> str:
     return "%s_%s" % (table, chain)
 
 
-def list_args(name: str) -> list:
-    """The ``nft`` arguments that print our table in the form ``render_table`` writes."""
-    return [*LIST_FLAGS, "list", "table", "inet", name]
+def list_args(name: str, family: str = "inet") -> list:
+    """The ``nft`` arguments that print a table; ours in the form ``render_table`` writes."""
+    return [*LIST_FLAGS, "list", "table", family, name]
 
 
-def listing_from_result(rc: int, stdout: str, stderr: str) -> str:
-    """The listing from a ``nft list_args(name)`` run: "" when the table does not exist."""
+def listing_from_result(argv, rc: int, stdout: str, stderr: str) -> str:
+    """The listing from an ``nft list_args(...)`` run: "" when the table does not exist."""
     if rc == 0:
         return stdout
-    if "No such file or directory" in stderr:
+    if "No such file or directory" in stderr or "does not exist" in stderr:
         return ""
-    raise NftError("nft could not list the table (rc=%d): %s" % (rc, stderr.strip()))
+    raise CommandFailed(argv, rc, stdout, stderr)
+
+
+def chains_in_listing(listing: str) -> dict:
+    """{chain: (policy or None, number of rules)} of one listed table."""
+    chains = {}
+    chain = None
+    for raw in listing.splitlines():
+        line = raw.strip()
+        if line.startswith("chain ") and line.endswith("{"):
+            chain = line[len("chain ") : -1].strip()
+            chains[chain] = (None, 0)
+        elif chain is None or not line:
+            continue
+        elif line == "}":
+            chain = None
+        elif line.startswith("type ") and " hook " in line:
+            policy = line.rsplit("policy ", 1)[1].rstrip(";") if "policy " in line else None
+            chains[chain] = (policy, chains[chain][1])
+        else:
+            chains[chain] = (chains[chain][0], chains[chain][1] + 1)
+    return chains
+
+
+def tidy_script(family_word: str, table: str, doomed, whole_table: bool) -> str:
+    """An ``nft -f`` script deleting an iptables-nft table, or only its ``doomed`` chains."""
+    if whole_table:
+        return "delete table %s %s\n" % (family_word, table)
+    return "".join("delete chain %s %s %s\n" % (family_word, table, chain) for chain in doomed)
 
 
 # -- one rule ----------------------------------------------------------------------

@@ -81,8 +81,9 @@ class NftLab:
         return self.run(self.host, ["nft", *nft.APPLY_ARGS], check=check, input=script)
 
     def listing(self, name):
-        proc = self.run(self.host, ["nft", *nft.list_args(name)], check=False)
-        return nft.listing_from_result(proc.returncode, proc.stdout, proc.stderr)
+        argv = ["nft", *nft.list_args(name)]
+        proc = self.run(self.host, argv, check=False)
+        return nft.listing_from_result(argv, proc.returncode, proc.stdout, proc.stderr)
 
     def ruleset(self, numeric=False):
         return self.run(self.host, ["nft", *(nft.LIST_FLAGS if numeric else ()), "list", "ruleset"]).stdout

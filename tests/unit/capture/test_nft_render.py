@@ -5,6 +5,7 @@ import re
 import pytest
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CommandFailed
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     CT_ZONE,
     REDIRECT,
@@ -402,11 +403,12 @@ def test_list_args_are_numeric_and_name_only_our_table():
 
 
 def test_listing_from_result():
-    assert nft.listing_from_result(0, "table inet x {\n}\n", "") == "table inet x {\n}\n"
+    argv = ["nft", *nft.list_args("x")]
+    assert nft.listing_from_result(argv, 0, "table inet x {\n}\n", "") == "table inet x {\n}\n"
     missing = "Error: No such file or directory\nlist table inet x\n                 ^\n"
-    assert nft.listing_from_result(1, "", missing) == ""
-    with pytest.raises(nft.NftError, match="Operation not permitted"):
-        nft.listing_from_result(1, "", "Error: Operation not permitted")
+    assert nft.listing_from_result(argv, 1, "", missing) == ""
+    with pytest.raises(CommandFailed, match="Operation not permitted"):
+        nft.listing_from_result(argv, 1, "", "Error: Operation not permitted")
 
 
 # -- scripts --------------------------------------------------------------------------------
