@@ -147,7 +147,10 @@ def plan_capture(options, snapshot) -> CapturePlan:
         have = snapshot.nft_table
         want = ""
         if backend == "nftables" and present:
-            want = nft.render_table(name, [desired[f] for f in families])
+            # Imported here: only this backend needs the renderer, and every import costs each run.
+            from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.nft_render import render_table
+
+            want = render_table(name, [desired[f] for f in families])
             rules["inet"] = want
             nft_part = (name, want)
         if have or want:

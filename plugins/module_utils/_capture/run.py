@@ -8,7 +8,6 @@ a HostCommands; unit tests call them with a fake host that lists the exact
 commands expected.
 """
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.apply import apply_plan
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import observe
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.plan import capture_differences, plan_capture
 
@@ -20,7 +19,10 @@ def run_capture(options, host, check_mode: bool) -> dict:
     ``diff`` the before/after of each changed step. Raises CaptureError.
     """
     plan = plan_capture(options, observe(host, options))
-    if not check_mode:
+    if plan.changed_steps and not check_mode:
+        # Imported here: a run with nothing to change (the usual one) never needs it.
+        from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.apply import apply_plan
+
         apply_plan(plan, host)
     added, removed = plan.added_removed()
     return {

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft, nft_render
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family
 
@@ -146,7 +146,7 @@ def desired(families=("ipv4", "ipv6"), **params):
         servers = [ns for ns in NAMESERVERS if (":" in ns) == (family == "ipv6")]
         rules.append(build_family(opts, family, servers))
     name = nft.table_name(opts.chain_prefix)
-    return name, nft.render_table(name, rules)
+    return name, nft_render.render_table(name, rules)
 
 
 def _cidrs(count):
@@ -374,7 +374,7 @@ def test_dns_redirect_with_real_packets(lab):
     servers = {"ipv4": [PEER_V4], "ipv6": [PEER_V6]}
     opts = parse_options({"dns_redirect": True})[0]
     name = nft.table_name(opts.chain_prefix)
-    text = nft.render_table(name, [build_family(opts, family, servers[family]) for family in ("ipv4", "ipv6")])
+    text = nft_render.render_table(name, [build_family(opts, family, servers[family]) for family in ("ipv4", "ipv6")])
     lab.nft_apply(nft.plan_script(name, "", text))
 
     for server in (PEER_V4, PEER_V6):

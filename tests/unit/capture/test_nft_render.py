@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft, nft_render
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CommandFailed
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     CT_ZONE,
@@ -26,7 +26,7 @@ def families(families=("ipv4", "ipv6"), **params):
 
 
 def render(families_list, name="istio"):
-    return nft.render_table(name, families_list)
+    return nft_render.render_table(name, families_list)
 
 
 def tabs(text):
@@ -262,9 +262,9 @@ def test_one_family_limits_the_hook_jumps_and_nothing_else(family, number, other
 def test_each_family_sees_exactly_its_own_rules_in_order():
     """Projecting the merged table onto one family gives that family's table alone."""
     params = {**TPROXY_DNS_PARAMS, "mode": "redirect", "proxy_uid": [1337, 0], "inbound_ports": ["*"]}
-    both = nft.table_lines(families(**params))
+    both = nft_render.table_lines(families(**params))
     for index, family in enumerate(("ipv4", "ipv6")):
-        alone = nft.table_lines([families(**params)[index]])
+        alone = nft_render.table_lines([families(**params)[index]])
         for chain, (header, lines) in alone.items():
             assert both[chain][0] == header
             assert _project(both[chain][1], family) == _project(lines, family), (family, chain)
@@ -304,7 +304,7 @@ def test_a_chain_only_one_family_reaches_needs_no_limits():
 
 
 def test_no_rules_is_an_empty_table():
-    assert nft.render_table("hostmesh", []) == "table inet hostmesh {\n}\n"
+    assert nft_render.render_table("hostmesh", []) == "table inet hostmesh {\n}\n"
 
 
 def test_a_family_given_twice_is_refused():
@@ -360,12 +360,12 @@ def test_a_family_given_twice_is_refused():
     ],
 )
 def test_rule_forms(built, family, expected):
-    assert nft.render_rule(built, family) == expected
+    assert nft_render.render_rule(built, family) == expected
 
 
 def test_a_table_with_no_nftables_form_is_an_error():
     with pytest.raises(ValueError, match="filter"):
-        nft.render_table("x", [FamilyRules("ipv4", {("filter", "X"): (rule(RETURN),)}, {}, (), ())])
+        nft_render.render_table("x", [FamilyRules("ipv4", {("filter", "X"): (rule(RETURN),)}, {}, (), ())])
 
 
 # -- names and commands ----------------------------------------------------------------------
