@@ -90,6 +90,15 @@ CASES = {
             fail_nth("ip6tables-nft-restore", 1, 1, "ip6tables-nft-restore: line 2 failed: Invalid argument.\n")
         ],
     },
+    "failed_first_apply_next_to_docker_puts_the_host_back": {
+        "about": "A first apply next to Docker's nat rules fails on IPv6: IPv4 is put back, and the OUTPUT chain "
+        "iptables-nft made for our jump is deleted while Docker's PREROUTING stays.",
+        "setup": [shell(argv) for argv in DOCKER_LIKE],
+        "options": {},
+        "faults": [
+            fail_nth("ip6tables-nft-restore", 1, 1, "ip6tables-nft-restore: line 2 failed: Invalid argument.\n")
+        ],
+    },
     "held_xtables_lock_names_lock_wait": {
         "about": "Another program holds the xtables lock longer than lock_wait.",
         "setup": [],
