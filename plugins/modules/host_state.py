@@ -83,6 +83,9 @@ options:
       - Options of M(hostmesh.sidecar.traffic_capture) (V(state) included)
         whose result the live rules should already be. Compared with
         O(state=checked) only; nothing is applied.
+      - Checked against that module's own argument spec (types, choices,
+        defaults), so a bad value fails naming C(capture.<option>) before
+        anything on the host is read.
     type: dict
 attributes:
   check_mode:

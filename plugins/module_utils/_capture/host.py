@@ -215,51 +215,50 @@ def observe(host: HostCommands, options) -> Snapshot:
     back, or tidy, the built-in chains iptables-nft makes on demand).
     """
     read = host.read_file
-    tools = {}
-    saves = {}
+    tools, saves = _iptables_saves(host)
+    ipv6 = has_ipv6(read("/proc/net/if_inet6"), read("/proc/sys/net/ipv6/conf/all/disable_ipv6"))
+    found = Snapshot(tools, saves, host.binary("nft"), "", {}, host.binary("ip"), {}, ipv6, {})
+    if found.nft and not nft.table_name_problem(options.chain_prefix):
+        found = found._replace(nft_table=host.nft_list(nft.table_name(options.chain_prefix)))
+    if found.nft:
+        found = found._replace(nft_tables=_iptables_nft_tables(host, options, found))
+    if found.ip:
+        routing = {
+            family: host.ip_routing(family, options.tproxy_mark, options.tproxy_route_table) for family in FAMILIES
+        }
+        found = found._replace(routing=routing)
+    return found._replace(nameservers=nameservers(read("/etc/resolv.conf")))
+
+
+def _iptables_saves(host):
+    """({(variant, family): tools}, {(variant, family): save text}) for the tools this host has."""
+    tools, saves = {}, {}
     for variant in IPTABLES_VARIANTS:
         for family in FAMILIES:
-            found = host.iptables_tools(variant, family)
-            if found is None:
+            pair = host.iptables_tools(variant, family)
+            if pair is None:
                 continue
-            tools[(variant, family)] = found
-            if variant == "iptables-legacy" and not (read(_LEGACY_TABLE_NAMES[family]) or "").strip():
-                saves[(variant, family)] = ""
+            tools[(variant, family)] = pair
+            if variant == "iptables-legacy" and not (host.read_file(_LEGACY_TABLE_NAMES[family]) or "").strip():
+                saves[(variant, family)] = ""  # what iptables-legacy-save would print
             else:
-                saves[(variant, family)] = host.iptables_save(found)
-    nft_path = host.binary("nft")
-    ipv6 = has_ipv6(read("/proc/net/if_inet6"), read("/proc/sys/net/ipv6/conf/all/disable_ipv6"))
-    partial = Snapshot(tools, saves, nft_path, "", {}, host.binary("ip"), {}, ipv6, {})
-    backend = choose_backend(options, partial)
-    families = capture_families(options, ipv6)
+                saves[(variant, family)] = host.iptables_save(pair)
+    return tools, saves
 
-    nft_table = ""
-    if nft_path and not nft.table_name_problem(options.chain_prefix):
-        nft_table = host.nft_list(nft.table_name(options.chain_prefix))
 
-    nft_tables = {}
-    if nft_path:
-        present = options.state == "present"
-        for family in FAMILIES:
-            save = saves.get(("iptables-nft", family))
-            if save is None:
-                continue
-            chosen = present and backend == "iptables-nft" and family in families
-            used = tables_used(options) if chosen else frozenset()
-            ours = set(parse_save(save, options.chain_prefix))
-            existing = tables_in_save(save)
-            for table in TABLES:
-                changes = table in ours.symmetric_difference(used) or options.state == "absent"
-                if table in existing and changes:
-                    nft_tables[(family, table)] = host.nft_list(table, nft_family_word(family))
-
-    routing = {}
-    if partial.ip:
-        for family in FAMILIES:
-            routing[family] = host.ip_routing(family, options.tproxy_mark, options.tproxy_route_table)
-    return partial._replace(
-        nft_table=nft_table,
-        nft_tables=nft_tables,
-        routing=routing,
-        nameservers=nameservers(read("/etc/resolv.conf")),
-    )
+def _iptables_nft_tables(host, options, found):
+    """nft listings of the iptables-nft tables this run enters or leaves (all that exist, for state absent)."""
+    backend = choose_backend(options, found)
+    families = capture_families(options, found.has_ipv6)
+    listings = {}
+    for family in FAMILIES:
+        save = found.saves.get(("iptables-nft", family))
+        if save is None:
+            continue
+        chosen = options.state == "present" and backend == "iptables-nft" and family in families
+        used = tables_used(options) if chosen else frozenset()
+        moving = set(parse_save(save, options.chain_prefix)).symmetric_difference(used)
+        for table in TABLES:
+            if table in tables_in_save(save) and (table in moving or options.state == "absent"):
+                listings[(family, table)] = host.nft_list(table, nft_family_word(family))
+    return listings

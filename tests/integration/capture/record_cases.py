@@ -268,8 +268,17 @@ class _Literal(str):
     """A string dumped as a YAML block, or double-quoted where a block would not keep it exactly."""
 
 
+class _Dumper(yaml.SafeDumper):
+    """Indents lists inside mappings, as yamllint (and ansible-lint) expect."""
+
+    def increase_indent(self, flow=False, indentless=False):
+        return super().increase_indent(flow, False)
+
+
 def _literal(dumper, data):
-    style = "|" if "\n" in data and not any(line != line.rstrip() for line in data.split("\n")) else '"'
+    lines = data.split("\n")
+    block = "\n" in data and all(line == line.rstrip() and len(line) <= 140 for line in lines)
+    style = "|" if block else '"'
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
@@ -284,6 +293,7 @@ def _blocks(value):
 
 
 HEADER = """\
+---
 # Command cases for the capture core, run by test_commands.py through a fake
 # host edge: each case gives the options, what the host's binaries and files
 # look like, and the exact commands expected in order (argv, data fed on
@@ -318,11 +328,11 @@ def main():
         finally:
             lab.down()
         print("recorded", name, "(%d commands)" % len(records[name]["commands"]))
-    yaml.add_representer(_Literal, _literal)
+    _Dumper.add_representer(_Literal, _literal)
     cases = [_blocks(records[name]) for name in CASES if name in records]
     with open(OUTPUT, "w") as handle:
         handle.write(HEADER)
-        yaml.dump({"cases": cases}, handle, sort_keys=False, width=120, allow_unicode=True)
+        yaml.dump({"cases": cases}, handle, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
 
 
 if __name__ == "__main__":
