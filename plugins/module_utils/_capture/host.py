@@ -10,7 +10,9 @@ visible here and nowhere else. ``observe`` reads everything a plan needs once;
 planning (plan.py) is then a pure function of the options and that snapshot.
 """
 
+import os
 import re
+import subprocess
 from collections import namedtuple
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft
@@ -65,14 +67,8 @@ class HostCommands:
 
     @classmethod
     def for_module(cls, module, lock_wait: int) -> "HostCommands":
-        """The host an AnsibleModule runs on; commands speak English (LC_ALL=C) so errors read as expected."""
-
-        def run(argv, data=None):
-            return module.run_command(
-                argv, data=data, binary_data=True, handle_exceptions=False, environ_update={"LC_ALL": "C"}
-            )
-
-        return cls(run, module.get_bin_path, read_text, lock_wait)
+        """The host an AnsibleModule runs on: its binary lookup, and ``run_process`` for the commands."""
+        return cls(run_process, module.get_bin_path, read_text, lock_wait)
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -164,6 +160,28 @@ class HostCommands:
         """Apply [(verb, IpRule or IpRoute)] in order with one ``ip -batch`` (it stops at the first failure)."""
         lines = "".join(" ".join(routing_words(verb, item)) + "\n" for verb, item in changes)
         self._run([self.binary("ip"), _FAMILY_FLAG[family], "-batch", "-"], data=lines)
+
+
+def run_process(argv, data=None):
+    """(rc, out, err) of ``argv`` in the C locale (so errors read as expected), ``data`` on standard input.
+
+    Not AnsibleModule.run_command: its preexec_fn makes every command fork the
+    whole module process, several milliseconds each, and a run makes five to
+    nine of them. subprocess still resets SIGPIPE and friends in the child.
+    """
+    proc = subprocess.run(
+        argv,
+        input=None if data is None else data.encode("utf-8"),
+        stdin=subprocess.DEVNULL if data is None else None,
+        capture_output=True,
+        env=dict(os.environ, LC_ALL="C"),
+        check=False,
+    )
+    return (
+        proc.returncode,
+        proc.stdout.decode("utf-8", "surrogateescape"),
+        proc.stderr.decode("utf-8", "surrogateescape"),
+    )
 
 
 def routing_words(verb: str, item) -> list:

@@ -166,18 +166,15 @@ def inside(name, out_path):
     from ansible.module_utils.common.process import get_bin_path
 
     from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CaptureError
-    from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import HostCommands
+    from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import HostCommands, run_process
     from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options
     from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.run import check_capture, run_capture
     from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.spec import validate_params
     from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_text
 
     case = CASES[name]
+    real_run = run_process  # what the module runs commands with
     env = dict(os.environ, LC_ALL="C")
-
-    def real_run(argv, data=None):
-        proc = subprocess.run(argv, input=data, capture_output=True, text=True, env=env, check=False)
-        return proc.returncode, proc.stdout, proc.stderr
 
     def find(name):
         try:
@@ -205,7 +202,7 @@ def inside(name, out_path):
         for entry in os.listdir(libdir):
             if "owner" not in entry:
                 os.symlink(os.path.join(libdir, entry), os.path.join(stripped, entry))
-        env["XTABLES_LIBDIR"] = stripped
+        os.environ["XTABLES_LIBDIR"] = stripped
 
     commands, binaries, files, calls = [], {}, {}, {}
 
