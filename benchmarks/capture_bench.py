@@ -1,18 +1,23 @@
 """Benchmark traffic_capture against the ways people apply such rules by hand.
 
 Prints, in one run on one host, for the seed's chains (chain_prefix ISTIO_):
-  - traffic_capture as one ansible-playbook task,
+  - traffic_capture as one ansible-playbook task, against a playbook whose one
+    task is ansible.builtin.ping (the cost of any module: Ansible, Python start),
+    both as whole playbooks and as the task alone;
   - the same rules as ansible.builtin.iptables tasks (one task per rule),
   - a shell script of one iptables call per rule;
 and traffic_capture's apply and no-op times with 1,000 excluded CIDRs.
 
 Each figure is the median of --repeat runs, each in a fresh network namespace
-(so nothing outside them is touched). Run as root:
-    .venv/bin/python benchmarks/capture_bench.py [--repeat 3]
+(so nothing outside them is touched); the ping and traffic_capture playbooks
+take turns, so both see the same machine. Run as root:
+    .venv/bin/python benchmarks/capture_bench.py [--repeat 5]
 """
 
 import argparse
+import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -24,10 +29,10 @@ sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 from netlab import COLLECTIONS, Lab  # noqa: E402
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_iptables import render_rule  # noqa: E402
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import negated  # noqa: E402
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options  # noqa: E402
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.iptables import render_rule  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import negated  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options  # noqa: E402
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 SEED = {"chain_prefix": "ISTIO_", "ip_families": ["ipv4"], "backend": "iptables-nft"}
@@ -78,37 +83,88 @@ def playbook(tasks):
     return head + "\n".join(tasks) + "\n"
 
 
-def run_playbook(lab, text, directory):
+def run_playbook(lab, text, directory, samples=None):
+    """Seconds the playbook took. With a dict ``samples``, append to its lists "task" the first
+    task's seconds and "cpu" the CPU seconds of the whole run (every process it started), which
+    other load on the machine sways far less than wall time."""
     path = os.path.join(directory, "play.yml")
+    times = os.path.join(directory, "task_times.json")
     with open(path, "w") as handle:
         handle.write(text)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1")
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, "benchmarks", "callback_plugins"),
+        ANSIBLE_CALLBACKS_ENABLED="task_times",
+        HOSTMESH_TASK_TIMES=times,
+    )
     argv = [os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local"]
     argv += ["-e", "ansible_python_interpreter=%s" % sys.executable, path]
+    cpu = _children_cpu()
     start = time.monotonic()
     proc = lab.run(lab.host, argv, check=False, env=env)
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit("playbook failed:\n%s%s" % (proc.stdout, proc.stderr))
+    if samples is not None:
+        samples["cpu"].append(_children_cpu() - cpu)
+        with open(times) as handle:
+            samples["task"].append(json.load(handle)[0][0])
     return elapsed
 
 
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def once(function):
+    """``function(lab, directory)`` in a fresh pair of namespaces."""
+    lab = Lab().up()
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            return function(lab, directory)
+    finally:
+        lab.down()
+
+
 def timed(function, repeat):
-    samples = []
+    return statistics.median(once(function) for _index in range(repeat))
+
+
+def timed_in_turns(functions, repeat):
+    """Medians of several functions whose runs take turns, so drift in the machine's load hits all alike."""
+    samples = [[] for _function in functions]
     for _index in range(repeat):
-        lab = Lab().up()
-        try:
-            with tempfile.TemporaryDirectory() as directory:
-                samples.append(function(lab, directory))
-        finally:
-            lab.down()
-    return statistics.median(samples)
+        for function, found in zip(functions, samples):
+            found.append(once(function))
+    return [statistics.median(found) for found in samples]
+
+
+def _against_ping(ping, module, ping_samples, module_samples):
+    """Rows for the ping and traffic_capture playbooks (whole, task alone, CPU) and their difference."""
+    medians = [
+        (whole, statistics.median(samples["task"]), statistics.median(samples["cpu"]))
+        for whole, samples in ((ping, ping_samples), (module, module_samples))
+    ]
+    difference = tuple(b - a for a, b in zip(*medians))
+    row = "  %-45s%7.2f   task %.2f   cpu %.2f"
+    return "\n".join(
+        row % (label, *values)
+        for label, values in (
+            ("ansible.builtin.ping, one task", medians[0]),
+            ("traffic_capture, one task", medians[1]),
+            ("traffic_capture - ping", difference),
+        )
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cidrs", type=int, default=1000)
+    parser.add_argument("--ping-only", action="store_true", help="only traffic_capture against ansible.builtin.ping")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark creates network namespaces")
@@ -127,9 +183,22 @@ def main():
     shell = ["iptables-nft -t nat -N %s" % chain for chain in chains]
     shell += ["iptables-nft -t %s -A %s %s" % (table, chain, render_rule(rule)) for table, chain, rule in rules]
     empty = "    - name: Nothing\n      ansible.builtin.meta: noop"
+    ping_task = "    - name: Ping\n      ansible.builtin.ping:"
 
+    ping_samples, module_samples = {"task": [], "cpu": []}, {"task": [], "cpu": []}
+    ping, module = timed_in_turns(
+        [
+            lambda lab, d: run_playbook(lab, playbook([ping_task]), d, ping_samples),
+            lambda lab, d: run_playbook(lab, playbook([module_task]), d, module_samples),
+        ],
+        args.repeat,
+    )
+    against_ping = _against_ping(ping, module, ping_samples, module_samples)
+    if args.ping_only:
+        print("traffic_capture against ansible.builtin.ping (median of %d runs, seconds)" % args.repeat)
+        print(against_ping)
+        return
     baseline = timed(lambda lab, d: run_playbook(lab, playbook([empty]), d), args.repeat)
-    module = timed(lambda lab, d: run_playbook(lab, playbook([module_task]), d), args.repeat)
     builtin_time = timed(lambda lab, d: run_playbook(lab, playbook(builtin), d), args.repeat)
 
     def shell_loop(lab, directory):
@@ -162,7 +231,7 @@ def main():
     print("traffic_capture benchmark (median of %d runs, seconds)" % args.repeat)
     print("seed chains: %d rules in %d chains" % (len(rules), len(chains)))
     print("  ansible-playbook, empty task (overhead)      %7.2f" % baseline)
-    print("  traffic_capture, one task                    %7.2f   task %.2f" % (module, module - baseline))
+    print(against_ping)
     print(
         "  ansible.builtin.iptables, %2d tasks           %7.2f   tasks %.2f"
         % (len(builtin), builtin_time, builtin_time - baseline)

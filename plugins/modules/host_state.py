@@ -83,6 +83,9 @@ options:
       - Options of M(hostmesh.sidecar.traffic_capture) (V(state) included)
         whose result the live rules should already be. Compared with
         O(state=checked) only; nothing is applied.
+      - Checked against that module's own argument spec (types, choices,
+        defaults), so a bad value fails naming C(capture.<option>) before
+        anything on the host is read.
     type: dict
 attributes:
   check_mode:
@@ -157,14 +160,17 @@ import pwd
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils import _host_state as core
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_apply import CaptureError
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import CommandError
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_host import (
-    OPTION_NAMES,
-    capture_differences,
-    plan_on_host,
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CaptureError, OptionError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import HostCommands
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import (
+    parse_options,
+    ssh_port_from_environment,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.run import check_capture
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.spec import (
+    capture_argument_spec,
+    validate_params,
+)
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_bytes, read_text, write_atomic
 
 RECORD_SPEC = dict(
@@ -238,19 +244,24 @@ def record_now(module, record, index):
     return {"path": record["path"], "in_sync": False, "differences": [], "changed": changed}
 
 
-def check_capture(module, params):
-    unknown = sorted(set(params) - set(OPTION_NAMES))
+def capture_differences(module, params):
+    """How the live capture rules differ from traffic_capture's ``params``; empty when in sync.
+
+    The options are typed and checked against traffic_capture's own argument
+    spec, so an error names ``capture.<option>`` and nothing on the host is read.
+    """
+    unknown = sorted(set(params) - set(capture_argument_spec()))
     if unknown:
         module.fail_json(
             msg="capture.%s: %r is not an option of hostmesh.sidecar.traffic_capture" % (unknown[0], params[unknown[0]])
         )
     try:
-        options, _warnings, _host, plan = plan_on_host(module, params)
-    except CaptureOptionError as error:
+        options = parse_options(validate_params(params), ssh_port_from_environment(os.environ))[0]
+        return check_capture(options, HostCommands.for_module(module, options.lock_wait), read_text)
+    except OptionError as error:
         module.fail_json(msg="capture.%s" % error, option="capture." + error.option, value=error.value)
-    except (CaptureError, CommandError) as error:
-        module.fail_json(msg="capture: %s" % error)
-    return capture_differences(options, plan)
+    except CaptureError as error:
+        module.fail_json(msg="capture: %s" % error, **error.details())
 
 
 def main():
@@ -274,7 +285,7 @@ def main():
     in_sync = all(result["in_sync"] for result in results)
     extra = {}
     if params["capture"] is not None:
-        found = check_capture(module, params["capture"])
+        found = capture_differences(module, params["capture"])
         extra = {"capture_in_sync": not found, "capture_differences": found}
         in_sync = in_sync and not found
     module.exit_json(changed=False, in_sync=in_sync, records=results, **extra)

@@ -288,43 +288,15 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_apply import CaptureError, apply_plan
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_commands import CommandError
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_host import plan_on_host
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import CaptureOptionError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CaptureError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import HostCommands
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import (
+    parse_options,
+    ssh_port_from_environment,
+)
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.run import run_capture
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.spec import capture_argument_spec
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_text, write_atomic
-
-ARGUMENT_SPEC = {
-    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-    "mode": {"type": "str", "choices": ["redirect", "tproxy"], "default": "redirect"},
-    "proxy_port": {"type": "int", "default": 15001},
-    "inbound_capture_port": {"type": "int", "default": 15006},
-    "proxy_uid": {"type": "list", "elements": "raw", "default": [1337]},
-    "proxy_gid": {"type": "list", "elements": "raw", "default": [1337]},
-    "inbound_ports": {"type": "list", "elements": "raw", "default": ["*"]},
-    "inbound_ports_exclude": {"type": "list", "elements": "raw", "default": [22, 15090, 15021, 15020]},
-    "outbound_cidrs": {"type": "list", "elements": "str", "default": ["*"]},
-    "outbound_cidrs_exclude": {"type": "list", "elements": "str", "default": []},
-    "outbound_ports": {"type": "list", "elements": "raw", "default": []},
-    "outbound_ports_exclude": {"type": "list", "elements": "raw", "default": []},
-    "exclude_interfaces": {"type": "list", "elements": "str", "default": []},
-    "ip_families": {"type": "raw", "default": "auto"},
-    "dns_redirect": {"type": "bool", "default": False},
-    "dns_capture_all": {"type": "bool", "default": False},
-    "dns_port": {"type": "int", "default": 15053},
-    "drop_invalid": {"type": "bool", "default": False},
-    "protect_established": {"type": "bool", "default": True},
-    "tproxy_mark": {"type": "int", "default": 1337},
-    "tproxy_route_table": {"type": "int", "default": 133},
-    "chain_prefix": {"type": "str", "default": "HOSTMESH_"},
-    "backend": {
-        "type": "str",
-        "choices": ["auto", "iptables-nft", "iptables-legacy", "nftables"],
-        "default": "auto",
-    },
-    "lock_wait": {"type": "int", "default": 30},
-    "rules_file": {"type": "path"},
-}
 
 
 def _sync_rules_file(module, path, content):
@@ -337,52 +309,35 @@ def _sync_rules_file(module, path, content):
     if content is None:
         os.unlink(path)
         return True
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        module.fail_json(msg="rules_file: %r is in a directory that does not exist" % path)
     # The boot unit runs it with sh, so it needs reading, not executing.
     write_atomic(path, content, 0o644)
     return True
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=capture_argument_spec(), supports_check_mode=True)
     try:
-        options, warnings, host, plan = plan_on_host(module, module.params)
-    except CaptureOptionError as error:
-        module.fail_json(msg=str(error), option=error.option, value=error.value)
-    except (CaptureError, CommandError) as error:
-        module.fail_json(msg=str(error))
-    for warning in warnings:
-        module.warn(warning)
-    try:
-        added, removed = plan.added_removed()
-        changed = bool(plan.changed_steps)
-        if not module.check_mode:
-            apply_plan(plan, options)
-            if options.state == "absent":
-                # Our rules may have been lifted already (e.g. by the rules file's
-                # `remove`), leaving empty tables iptables-nft made for them.
-                for family in ("ipv4", "ipv6"):
-                    for table in ("raw", "mangle", "nat"):
-                        changed = host.prune_empty_table("iptables-nft", family, table) or changed
-        result = {
-            "backend": plan.backend,
-            "families": list(plan.families),
-            "rules": plan.rules,
-            "added": added,
-            "removed": removed,
-            "ssh_port": options.ssh_port,
-        }
+        options, warnings = parse_options(module.params, ssh_port_from_environment(os.environ))
+        for warning in warnings:
+            module.warn(warning)
+        if options.rules_file and options.state == "present" and not os.path.isdir(os.path.dirname(options.rules_file)):
+            # Refused before anything on the host changes.
+            module.fail_json(
+                msg="rules_file: %r is in a directory that does not exist" % options.rules_file,
+                option="rules_file",
+                value=options.rules_file,
+            )
+        result = run_capture(options, HostCommands.for_module(module, options.lock_wait), module.check_mode)
+        script, diff = result.pop("script"), result.pop("diff")
         if options.rules_file:
-            content = plan.script if options.state == "present" else None
-            changed = _sync_rules_file(module, options.rules_file, content) or changed
+            content = script if options.state == "present" else None
+            result["changed"] = _sync_rules_file(module, options.rules_file, content) or result["changed"]
             result["rules_file"] = options.rules_file
-    except (CaptureError, CommandError) as error:
-        module.fail_json(msg=str(error))
+    except CaptureError as error:
+        module.fail_json(msg=str(error), **error.details())
     if module._diff:
-        result["diff"] = plan.diffs()
-    module.exit_json(changed=changed, **result)
+        result["diff"] = diff
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

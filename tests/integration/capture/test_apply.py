@@ -167,6 +167,25 @@ def test_ipv6_failure_puts_ipv4_back(lab, tmp_path):
     assert_same(before, lab.ruleset())
 
 
+def test_a_failed_first_apply_next_to_docker_leaves_the_host_exactly_as_it_was(lab, tmp_path):
+    """Putting IPv4 back also deletes the built-in chain iptables-nft made for our jump, not Docker's."""
+    lab.run(lab.host, ["iptables-nft", "-t", "nat", "-N", "DOCKER"])
+    lab.run(
+        lab.host,
+        ["iptables-nft", "-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"],
+    )
+    before = lab.ruleset()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    broken = fake_bin / "ip6tables-nft-restore"
+    broken.write_text("#!/bin/sh\necho 'ip6tables-restore: line 2 failed' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    result = lab.module(ip_families=["ipv4", "ipv6"], env={"PATH": "%s:%s" % (fake_bin, os.environ["PATH"])})
+    assert result.get("failed") is True
+    assert "nothing was changed" in result["msg"]
+    assert_same(before, lab.ruleset())
+
+
 def test_rules_file_restores_the_same_state(lab, tmp_path):
     rules_file = str(tmp_path / "capture.rules")
     args = {"rules_file": rules_file, "mode": "tproxy", "ip_families": ["ipv4", "ipv6"], "dns_redirect": True}

@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils import _capture_nft as nft
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft, nft_render
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family
 
 pytestmark = pytest.mark.netns
 
@@ -81,8 +81,9 @@ class NftLab:
         return self.run(self.host, ["nft", *nft.APPLY_ARGS], check=check, input=script)
 
     def listing(self, name):
-        proc = self.run(self.host, ["nft", *nft.list_args(name)], check=False)
-        return nft.listing_from_result(proc.returncode, proc.stdout, proc.stderr)
+        argv = ["nft", *nft.list_args(name)]
+        proc = self.run(self.host, argv, check=False)
+        return nft.listing_from_result(argv, proc.returncode, proc.stdout, proc.stderr)
 
     def ruleset(self, numeric=False):
         return self.run(self.host, ["nft", *(nft.LIST_FLAGS if numeric else ()), "list", "ruleset"]).stdout
@@ -145,7 +146,7 @@ def desired(families=("ipv4", "ipv6"), **params):
         servers = [ns for ns in NAMESERVERS if (":" in ns) == (family == "ipv6")]
         rules.append(build_family(opts, family, servers))
     name = nft.table_name(opts.chain_prefix)
-    return name, nft.render_table(name, rules)
+    return name, nft_render.render_table(name, rules)
 
 
 def _cidrs(count):
@@ -373,7 +374,7 @@ def test_dns_redirect_with_real_packets(lab):
     servers = {"ipv4": [PEER_V4], "ipv6": [PEER_V6]}
     opts = parse_options({"dns_redirect": True})[0]
     name = nft.table_name(opts.chain_prefix)
-    text = nft.render_table(name, [build_family(opts, family, servers[family]) for family in ("ipv4", "ipv6")])
+    text = nft_render.render_table(name, [build_family(opts, family, servers[family]) for family in ("ipv4", "ipv6")])
     lab.nft_apply(nft.plan_script(name, "", text))
 
     for server in (PEER_V4, PEER_V6):

@@ -1,8 +1,8 @@
 """Shared builders for the capture unit tests."""
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_iptables import desired_tables
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.iptables import desired_tables
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family
 
 
 def options(ssh_port=None, **params):

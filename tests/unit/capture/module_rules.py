@@ -4,9 +4,9 @@ The one place the Istio comparison touches the module's internals (which are bei
 reorganised): keep it small, and change only this when they move.
 """
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_iptables import desired_tables, render_full
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import DEFAULTS, parse_options
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.iptables import desired_tables, render_full
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import DEFAULTS, parse_options
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family
 
 
 def module_rules(options, family, nameservers=()):

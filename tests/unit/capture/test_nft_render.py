@@ -4,8 +4,9 @@ import re
 
 import pytest
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils import _capture_nft as nft
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft, nft_render
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CommandFailed
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     CT_ZONE,
     REDIRECT,
     RETURN,
@@ -13,8 +14,8 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model im
     FamilyRules,
     rule,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_rules import build_family
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family
 
 NAMESERVERS = {"ipv4": ("10.0.0.53",), "ipv6": ("fd00::53",)}
 
@@ -25,7 +26,7 @@ def families(families=("ipv4", "ipv6"), **params):
 
 
 def render(families_list, name="istio"):
-    return nft.render_table(name, families_list)
+    return nft_render.render_table(name, families_list)
 
 
 def tabs(text):
@@ -261,9 +262,9 @@ def test_one_family_limits_the_hook_jumps_and_nothing_else(family, number, other
 def test_each_family_sees_exactly_its_own_rules_in_order():
     """Projecting the merged table onto one family gives that family's table alone."""
     params = {**TPROXY_DNS_PARAMS, "mode": "redirect", "proxy_uid": [1337, 0], "inbound_ports": ["*"]}
-    both = nft.table_lines(families(**params))
+    both = nft_render.table_lines(families(**params))
     for index, family in enumerate(("ipv4", "ipv6")):
-        alone = nft.table_lines([families(**params)[index]])
+        alone = nft_render.table_lines([families(**params)[index]])
         for chain, (header, lines) in alone.items():
             assert both[chain][0] == header
             assert _project(both[chain][1], family) == _project(lines, family), (family, chain)
@@ -303,7 +304,7 @@ def test_a_chain_only_one_family_reaches_needs_no_limits():
 
 
 def test_no_rules_is_an_empty_table():
-    assert nft.render_table("hostmesh", []) == "table inet hostmesh {\n}\n"
+    assert nft_render.render_table("hostmesh", []) == "table inet hostmesh {\n}\n"
 
 
 def test_a_family_given_twice_is_refused():
@@ -359,12 +360,12 @@ def test_a_family_given_twice_is_refused():
     ],
 )
 def test_rule_forms(built, family, expected):
-    assert nft.render_rule(built, family) == expected
+    assert nft_render.render_rule(built, family) == expected
 
 
 def test_a_table_with_no_nftables_form_is_an_error():
     with pytest.raises(ValueError, match="filter"):
-        nft.render_table("x", [FamilyRules("ipv4", {("filter", "X"): (rule(RETURN),)}, {}, (), ())])
+        nft_render.render_table("x", [FamilyRules("ipv4", {("filter", "X"): (rule(RETURN),)}, {}, (), ())])
 
 
 # -- names and commands ----------------------------------------------------------------------
@@ -402,11 +403,12 @@ def test_list_args_are_numeric_and_name_only_our_table():
 
 
 def test_listing_from_result():
-    assert nft.listing_from_result(0, "table inet x {\n}\n", "") == "table inet x {\n}\n"
+    argv = ["nft", *nft.list_args("x")]
+    assert nft.listing_from_result(argv, 0, "table inet x {\n}\n", "") == "table inet x {\n}\n"
     missing = "Error: No such file or directory\nlist table inet x\n                 ^\n"
-    assert nft.listing_from_result(1, "", missing) == ""
-    with pytest.raises(nft.NftError, match="Operation not permitted"):
-        nft.listing_from_result(1, "", "Error: Operation not permitted")
+    assert nft.listing_from_result(argv, 1, "", missing) == ""
+    with pytest.raises(CommandFailed, match="Operation not permitted"):
+        nft.listing_from_result(argv, 1, "", "Error: Operation not permitted")
 
 
 # -- scripts --------------------------------------------------------------------------------

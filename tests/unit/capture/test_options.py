@@ -2,8 +2,8 @@
 
 import pytest
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import (
-    CaptureOptionError,
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import OptionError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import (
     parse_options,
     ssh_port_from_environment,
 )
@@ -54,7 +54,7 @@ BAD = [
 
 @pytest.mark.parametrize(("params", "option", "shown"), BAD, ids=[repr(case[0]) for case in BAD])
 def test_bad_value_names_option_and_value(params, option, shown):
-    with pytest.raises(CaptureOptionError) as caught:
+    with pytest.raises(OptionError) as caught:
         parse_options(params)
     message = str(caught.value)
     assert caught.value.option == option

@@ -6,7 +6,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.hostmesh.sidecar.plugins.filter.capture_options import capture_options
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_options import parse_options
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.options import parse_options
 
 ROLE = {
     "host": "vm0",

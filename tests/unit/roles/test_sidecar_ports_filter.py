@@ -10,6 +10,7 @@ import yaml
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.hostmesh.sidecar.plugins.filter.sidecar_ports import sidecar_ports
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.spec import capture_argument_spec
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._sidecar_ports import (
     AGENT_PORTS,
     CAPTURE_PORT_OPTIONS,
@@ -61,7 +62,7 @@ def test_each_role_documents_every_port_with_the_python_default(role: str, entry
 
 
 def test_traffic_capture_defaults_are_the_contracts() -> None:
-    spec = traffic_capture.ARGUMENT_SPEC
+    spec = capture_argument_spec()
     documented = yaml.safe_load(traffic_capture.DOCUMENTATION)["options"]
     for option, key in CAPTURE_PORT_OPTIONS.items():
         assert spec[option]["default"] == DEFAULT_PORTS[key], option

@@ -1,26 +1,19 @@
 # Copyright: contributors to hostmesh.sidecar
-# Apache License 2.0
-"""nftables: our rules as one native ``inet`` table, in the exact text ``nft`` lists.
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Our rules as one native ``inet`` table, in the exact text ``nft`` lists.
 
 Both families live in one table so they apply in one transaction. Each
 iptables chain becomes an nft chain named ``<table>_<chain>`` (for example
 ``nat_PREROUTING``, ``nat_ISTIO_OUTPUT``); base chains take the hook and
 priority of the iptables table they stand for. The table is rendered in the
-canonical form that ``nft`` prints with ``list_args``, so the host's listing
-and ours compare as text, and a change replaces the whole table atomically.
-Nothing outside our table is ever named in a script.
-
-The edge runs, with ``LC_ALL=C`` so errors read as this module expects:
-``nft *list_args(name)`` -> ``listing_from_result(rc, out, err)``; then
-``plan_script`` / ``absent_script``; a non-empty script is fed on standard
-input to ``nft *APPLY_ARGS``. Policy routing for TPROXY (``ip rule``/``ip
-route``) is not nftables' job and stays with the edge.
+canonical form that ``nft`` prints with ``nft.list_args``, so the host's
+listing and ours compare as text. Only the nftables backend needs it.
 """
 
 import ipaddress
-from collections import Counter
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     ACCEPT,
     CONNMARK_RESTORE,
     CONNMARK_SAVE,
@@ -36,14 +29,6 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model im
     TPROXY,
     negated,
 )
-
-# How we read our table back: numeric everything (protocols, ct states,
-# priorities), so the text does not depend on /etc/protocols, /etc/services
-# or /etc/passwd on the host. No -s: a counter someone adds shows as drift.
-LIST_FLAGS = ("-n", "-y")
-
-# nft reads the script from standard input; one file is one transaction.
-APPLY_ARGS = ("-f", "-")
 
 # nfproto and l4proto numbers, as ``nft -n`` prints them.
 _NFPROTO = {IPV4: 2, IPV6: 10}
@@ -69,70 +54,9 @@ BASE_CHAINS = {
 }
 
 
-# Words nft's parser takes as keywords where a table name is expected (nft
-# 1.0.6, plus ones later releases made keywords); a table cannot carry them.
-_KEYWORD_TEXT = (
-    "accept add ah all and arp bridge cgroup chain comment comp constant continue counter "
-    "cpu create ct day dccp define delete describe destroy device devices dnat drop dst "
-    "dup dynamic ecn element elements eq esp ether exists expires export exthdr fib flags "
-    "flow flowtable flush frag fwd ge geneve get goto gre gretap gt handle hbh hook hour "
-    "ibriport ibrname icmp icmpv6 igmp iif iifgroup iifname iiftype import include index "
-    "inet insert interval ip ip6 ipsec jhash jump last le limit list log lshift lt map "
-    "mark masquerade meta meter mh missing monitor ne netdev nftrace not notrack numgen "
-    "obriport obrname offload oif oifgroup oifname oiftype or osf pkttype policy position "
-    "priority queue quota random redefine redirect reject rename replace reset return "
-    "rshift rt rt0 rt2 rtclassid rule ruleset sctp secmark set size skgid skuid snat "
-    "socket srh symhash synproxy table tcp th time timeout tproxy tunnel type typeof udp "
-    "udplite undefine update vlan vmap vni vxlan xor xt "
-)
-_NFT_KEYWORDS = frozenset(_KEYWORD_TEXT.split())
-
-
-class NftError(RuntimeError):
-    """nft failed for a reason other than our table being absent."""
-
-
-def table_name(chain_prefix: str) -> str:
-    """The table for a chain prefix: ``HOSTMESH_`` -> ``hostmesh``, ``ISTIO_`` -> ``istio``."""
-    name = chain_prefix.rstrip("_").lower()
-    if not name or not (name[0].isalpha() and name.replace("_", "").isalnum() and name.isascii()):
-        raise ValueError("chain_prefix %r gives no usable nftables table name" % chain_prefix)
-    return name
-
-
-def table_name_problem(chain_prefix: str) -> str:
-    """Why nft could not hold the table for this prefix, or "" when it can.
-
-    For option validation with ``backend: nftables`` (raise it as the
-    chain_prefix error, before the host is touched): nft itself would only
-    answer with a syntax error. ``IP_`` or ``TPROXY_`` name nft keywords.
-    """
-    name = table_name(chain_prefix)
-    if name in _NFT_KEYWORDS:
-        return (
-            "with backend nftables it names the table %r, which nft reads as a keyword; "
-            "pick another prefix such as HOSTMESH_" % name
-        )
-    return ""
-
-
 def chain_name(table: str, chain: str) -> str:
     """The nft chain standing for iptables ``chain`` in ``table``."""
     return "%s_%s" % (table, chain)
-
-
-def list_args(name: str) -> list:
-    """The ``nft`` arguments that print our table in the form ``render_table`` writes."""
-    return [*LIST_FLAGS, "list", "table", "inet", name]
-
-
-def listing_from_result(rc: int, stdout: str, stderr: str) -> str:
-    """The listing from a ``nft list_args(name)`` run: "" when the table does not exist."""
-    if rc == 0:
-        return stdout
-    if "No such file or directory" in stderr:
-        return ""
-    raise NftError("nft could not list the table (rc=%d): %s" % (rc, stderr.strip()))
 
 
 # -- one rule ----------------------------------------------------------------------
@@ -431,70 +355,3 @@ def render_table(name: str, family_rules_list) -> str:
         body = ([header] if header else []) + lines
         blocks.append("\tchain %s {\n%s\t}\n" % (chain, "".join("\t\t%s\n" % line for line in body)))
     return "table inet %s {\n%s}\n" % (name, "\n".join(blocks))
-
-
-def table_entries(listing: str) -> list:
-    """A listing as ``"chain: line"`` entries (chain headers and rules), for diffs."""
-    entries = []
-    chain = None
-    for raw in listing.splitlines():
-        line = raw.strip()
-        if line.startswith("chain ") and line.endswith("{"):
-            chain = line[len("chain ") : -1].strip()
-            entries.append("%s:" % chain)
-        elif line == "}":
-            chain = None
-        elif line and chain is not None:
-            entries.append("%s: %s" % (chain, line))
-    return entries
-
-
-def changes(current_listing: str, desired_text: str) -> tuple:
-    """(added, removed) entries between the host's listing and ours, in their order."""
-    current = table_entries(current_listing)
-    desired = table_entries(desired_text)
-    return _minus(desired, current), _minus(current, desired)
-
-
-def _minus(entries, other):
-    left = Counter(other)
-    out = []
-    for entry in entries:
-        if left[entry]:
-            left[entry] -= 1
-        else:
-            out.append(entry)
-    return out
-
-
-# -- scripts -----------------------------------------------------------------------
-
-
-def _same(listing, desired):
-    return listing.rstrip() == desired.rstrip()
-
-
-def _replace_header(name):
-    # ``add`` makes sure the table exists so ``delete`` cannot fail; all in one
-    # transaction, so the host never sees the table missing or half built.
-    return "add table inet %s\ndelete table inet %s\n" % (name, name)
-
-
-def plan_script(name: str, current_listing: str, desired_text: str) -> str:
-    """An ``nft -f`` script that makes our table read ``desired_text``; "" if it already does.
-
-    ``current_listing``: what ``nft list_args(name)`` printed, "" when the table
-    is absent. The script replaces the table in one transaction: if any part
-    fails, nothing changes. With "" as the listing it is also the boot-time
-    restore script.
-    """
-    if _same(current_listing, desired_text):
-        return ""
-    return _replace_header(name) + desired_text.rstrip("\n") + "\n"
-
-
-def absent_script(name: str, current_listing: str) -> str:
-    """An ``nft -f`` script that removes our table; "" when it is not there."""
-    if not current_listing.strip():
-        return ""
-    return _replace_header(name)

@@ -8,7 +8,7 @@ host's state and ours compare as text. A plan touches only our chains (found
 by prefix) and the jumps into them; everything else in a table is left alone.
 """
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     ACCEPT,
     BUILTIN_CHAINS,
     CONNMARK_RESTORE,
@@ -165,6 +165,16 @@ def parse_save(text, prefix):
             state = tables.setdefault(table, TableState())
             state.jumps[chain] = (*state.jumps.get(chain, ()), spec)
     return {name: state for name, state in tables.items() if not state.is_empty()}
+
+
+def tables_in_save(text) -> frozenset:
+    """The tables an ``iptables-save`` text holds (for iptables-nft: the tables that exist)."""
+    return frozenset(line.strip()[1:] for line in text.splitlines() if line.startswith("*"))
+
+
+def our_lines(tables) -> list:
+    """{table: TableState} as ``*table -A ...`` lines, for diffs, read-backs and reports."""
+    return ["*%s %s" % (table, line) for table in sorted(tables) for line in tables[table].lines()]
 
 
 def _jump_target(spec):

@@ -13,6 +13,7 @@ from collections import namedtuple
 IPV4 = "ipv4"
 IPV6 = "ipv6"
 FAMILIES = (IPV4, IPV6)
+IPTABLES_VARIANTS = ("iptables-nft", "iptables-legacy")
 
 # Tables in the order iptables-save prints them and restore must apply them.
 TABLES = ("raw", "mangle", "nat")

@@ -10,7 +10,7 @@ chain is a jump into one of our chains, so ownership is plain from the
 target's name.
 """
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     ACCEPT,
     CONNMARK_RESTORE,
     CONNMARK_SAVE,
@@ -215,3 +215,17 @@ def _add_dns(options, names, family, nameservers, add_chain, add_jump):
 
 def _host_cidr(address):
     return address + ("/128" if ":" in address else "/32")
+
+
+def tables_used(options) -> frozenset:
+    """The tables ``build_family`` fills for these options, without building the rules.
+
+    The snapshot asks it which iptables-nft tables a change enters or leaves.
+    """
+    inbound = options.inbound_ports is None or bool(options.inbound_ports)
+    used = {"nat"}
+    if (inbound and options.mode == "tproxy") or options.drop_invalid:
+        used.add("mangle")
+    if options.dns_redirect:
+        used.add("raw")
+    return frozenset(used)

@@ -4,23 +4,23 @@
 """Validate traffic_capture's options into one immutable value.
 
 Every check happens here, before anything on the host is read or written, and
-every error names the option, the value and what would be accepted.
+every error names the option, the value and what would be accepted. Types and
+defaults come from the argument spec (spec.py); the values may also arrive
+unconverted (numeric strings, comma-separated lists), as tests and other
+callers give them.
 """
 
 import ipaddress
 import re
 from collections import namedtuple
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_model import (
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import OptionError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     IPV4,
     IPV6,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture_nft import table_name_problem
-
-STATES = ("present", "absent")
-MODES = ("redirect", "tproxy")
-BACKENDS = ("auto", "iptables-nft", "iptables-legacy", "nftables")
-FAMILY_CHOICES = ("auto", IPV4, IPV6)
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.nft import table_name_problem
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.spec import capture_argument_spec
 
 # Suffixes of every chain the builder may create; the longest bounds the prefix.
 CHAIN_SUFFIXES = (
@@ -39,84 +39,24 @@ _CHAIN_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 _RESERVED_ROUTE_TABLES = (0, 253, 254, 255)
 
-DEFAULTS = {
-    "state": "present",
-    "mode": "redirect",
-    "proxy_port": 15001,
-    "inbound_capture_port": 15006,
-    "proxy_uid": [1337],
-    "proxy_gid": [1337],
-    "inbound_ports": ["*"],
-    "inbound_ports_exclude": [22, 15090, 15021, 15020],
-    "outbound_cidrs": ["*"],
-    "outbound_cidrs_exclude": [],
-    "outbound_ports": [],
-    "outbound_ports_exclude": [],
-    "exclude_interfaces": [],
-    "ip_families": "auto",
-    "dns_redirect": False,
-    "dns_capture_all": False,
-    "dns_port": 15053,
-    "drop_invalid": False,
-    "protect_established": True,
-    "tproxy_mark": 1337,
-    "tproxy_route_table": 133,
-    "chain_prefix": "HOSTMESH_",
-    "backend": "auto",
-    "lock_wait": 30,
-    "rules_file": None,
-}
+_SPEC = capture_argument_spec()
+DEFAULTS = {name: entry.get("default") for name, entry in _SPEC.items()}
 
-CaptureOptions = namedtuple(
-    "CaptureOptions",
-    (
-        "state",
-        "mode",
-        "proxy_port",
-        "inbound_capture_port",
-        "proxy_uid",
-        "proxy_gid",
-        "inbound_ports",  # None means every port ("*"); else a tuple of ports
-        "inbound_ports_exclude",
-        "outbound_cidrs",  # {family: tuple of networks}, or None for every address
-        "outbound_cidrs_exclude",  # {family: tuple of networks}
-        "outbound_ports",
-        "outbound_ports_exclude",
-        "exclude_interfaces",
-        "ip_families",  # "auto" or a tuple of families
-        "dns_redirect",
-        "dns_capture_all",
-        "dns_port",
-        "drop_invalid",
-        "protect_established",
-        "tproxy_mark",
-        "tproxy_route_table",
-        "chain_prefix",
-        "backend",
-        "lock_wait",
-        "rules_file",
-        "ssh_port",  # the port of the SSH connection running us, always excluded
-    ),
-)
-
-
-class CaptureOptionError(ValueError):
-    """A bad option value; the message names the option, value and what is accepted."""
-
-    def __init__(self, option, value, accepted):
-        self.option = option
-        self.value = value
-        self.accepted = accepted
-        super().__init__("%s: %r is not valid; %s" % (option, value, accepted))
+# One field per option of the spec, plus the port of the SSH connection running
+# us (always excluded). Values are normalised: inbound_ports is None for every
+# port ("*"), else a tuple; outbound_cidrs is {family: tuple of networks}, or
+# None for every address; outbound_cidrs_exclude is {family: tuple};
+# ip_families is "auto" or a tuple of families.
+CaptureOptions = namedtuple("CaptureOptions", (*DEFAULTS, "ssh_port"))
 
 
 def _integer(option, value, low, high, accepted):
     if isinstance(value, bool):
-        raise CaptureOptionError(option, value, accepted)
+        raise OptionError(option, value, accepted)
     if isinstance(value, str) and re.match(r"^\s*\d+\s*$", value):
         value = int(value)
     if not isinstance(value, int) or not low <= value <= high:
-        raise CaptureOptionError(option, value, accepted)
+        raise OptionError(option, value, accepted)
     return value
 
 
@@ -132,7 +72,7 @@ def _boolean(option, value):
         return True
     if text in ("no", "false", "off", "0"):
         return False
-    raise CaptureOptionError(option, value, "expected true or false")
+    raise OptionError(option, value, "expected true or false")
 
 
 def _as_list(option, value):
@@ -142,7 +82,7 @@ def _as_list(option, value):
         return list(value)
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return [part.strip() for part in str(value).split(",") if part.strip()]
-    raise CaptureOptionError(option, value, "expected a list")
+    raise OptionError(option, value, "expected a list")
 
 
 def _unique(values):
@@ -157,7 +97,7 @@ def _ports(option, value, allow_star=False):
     items = _as_list(option, value)
     if allow_star and any(str(item).strip() == "*" for item in items):
         if len(items) != 1:
-            raise CaptureOptionError(option, value, "'*' means every port and stands alone")
+            raise OptionError(option, value, "'*' means every port and stands alone")
         return None
     return _unique(_port(option, item) for item in items)
 
@@ -172,16 +112,14 @@ def _networks(option, value, allow_star=False):
     items = _as_list(option, value)
     if allow_star and any(str(item).strip() == "*" for item in items):
         if len(items) != 1:
-            raise CaptureOptionError(option, value, "'*' means every address and stands alone")
+            raise OptionError(option, value, "'*' means every address and stands alone")
         return None
     by_family = {IPV4: [], IPV6: []}
     for item in items:
         try:
             network = ipaddress.ip_network(str(item).strip(), strict=False)
         except ValueError:
-            raise CaptureOptionError(
-                option, item, "expected an IPv4 or IPv6 address or CIDR such as 10.0.0.0/8"
-            ) from None
+            raise OptionError(option, item, "expected an IPv4 or IPv6 address or CIDR such as 10.0.0.0/8") from None
         family = IPV4 if network.version == 4 else IPV6
         by_family[family].append(str(network))
     return {family: _unique(nets) for family, nets in by_family.items()}
@@ -189,7 +127,7 @@ def _networks(option, value, allow_star=False):
 
 def _choice(option, value, choices):
     if value not in choices:
-        raise CaptureOptionError(option, value, "expected one of %s" % ", ".join(choices))
+        raise OptionError(option, value, "expected one of %s" % ", ".join(choices))
     return value
 
 
@@ -198,7 +136,7 @@ def _families(value):
         return "auto"
     items = _as_list("ip_families", value)
     if not items:
-        raise CaptureOptionError("ip_families", value, "expected 'auto' or a list of ipv4, ipv6")
+        raise OptionError("ip_families", value, "expected 'auto' or a list of ipv4, ipv6")
     for item in items:
         _choice("ip_families", item, (IPV4, IPV6))
     return tuple(family for family in (IPV4, IPV6) if family in items)
@@ -207,13 +145,13 @@ def _families(value):
 def _chain_prefix(value):
     longest = max(len(suffix) for suffix in CHAIN_SUFFIXES)
     if not isinstance(value, str) or not _CHAIN_PREFIX_RE.match(value):
-        raise CaptureOptionError(
+        raise OptionError(
             "chain_prefix",
             value,
             "expected letters, digits and '_', starting with a letter (e.g. HOSTMESH_)",
         )
     if len(value) + longest > MAX_CHAIN_NAME:
-        raise CaptureOptionError(
+        raise OptionError(
             "chain_prefix",
             value,
             "chain names are at most %d characters and the longest suffix is %d, "
@@ -226,7 +164,7 @@ def _interfaces(value):
     names = _as_list("exclude_interfaces", value)
     for name in names:
         if not isinstance(name, str) or not _IFACE_RE.match(name) or name in (".", ".."):
-            raise CaptureOptionError("exclude_interfaces", name, "expected an interface name of 1-15 characters")
+            raise OptionError("exclude_interfaces", name, "expected an interface name of 1-15 characters")
     return _unique(names)
 
 
@@ -241,28 +179,29 @@ def ssh_port_from_environment(environ):
 def parse_options(params, ssh_port=None):
     """Validate ``params`` (the module's parameters) into CaptureOptions.
 
-    Returns (options, warnings). Raises CaptureOptionError on the first bad value.
+    Returns (options, warnings). Raises OptionError on the first bad value.
+    Options missing from ``params`` (or None) take the spec's default.
     """
     values = dict(DEFAULTS)
     values.update({key: value for key, value in params.items() if value is not None and key in DEFAULTS})
     warnings = []
 
-    state = _choice("state", values["state"], STATES)
-    mode = _choice("mode", values["mode"], MODES)
+    state = _choice("state", values["state"], _SPEC["state"]["choices"])
+    mode = _choice("mode", values["mode"], _SPEC["mode"]["choices"])
     proxy_port = _port("proxy_port", values["proxy_port"])
     inbound_capture_port = _port("inbound_capture_port", values["inbound_capture_port"])
     if proxy_port == inbound_capture_port:
-        raise CaptureOptionError(
+        raise OptionError(
             "inbound_capture_port", inbound_capture_port, "it must differ from proxy_port (%d)" % proxy_port
         )
     dns_port = _port("dns_port", values["dns_port"])
     if dns_port in (proxy_port, inbound_capture_port):
-        raise CaptureOptionError("dns_port", dns_port, "it must differ from proxy_port and inbound_capture_port")
+        raise OptionError("dns_port", dns_port, "it must differ from proxy_port and inbound_capture_port")
 
     proxy_uid = _ids("proxy_uid", values["proxy_uid"])
     proxy_gid = _ids("proxy_gid", values["proxy_gid"])
     if not proxy_uid and not proxy_gid:
-        raise CaptureOptionError(
+        raise OptionError(
             "proxy_uid", list(proxy_uid), "proxy_uid or proxy_gid must name the proxy, or its own traffic would loop"
         )
 
@@ -271,12 +210,12 @@ def parse_options(params, ssh_port=None):
     if inbound_ports:
         both = [port for port in inbound_ports if port in inbound_ports_exclude]
         if both:
-            raise CaptureOptionError(
+            raise OptionError(
                 "inbound_ports", both[0], "the port is also in inbound_ports_exclude; list it in one of them"
             )
     for option, port in (("proxy_port", proxy_port), ("inbound_capture_port", inbound_capture_port)):
         if inbound_ports and port in inbound_ports:
-            raise CaptureOptionError("inbound_ports", port, "it is %s; capturing it would loop" % option)
+            raise OptionError("inbound_ports", port, "it is %s; capturing it would loop" % option)
 
     if ssh_port is not None:
         if inbound_ports is None and ssh_port not in inbound_ports_exclude:
@@ -298,7 +237,7 @@ def parse_options(params, ssh_port=None):
     outbound_ports_exclude = _ports("outbound_ports_exclude", values["outbound_ports_exclude"])
     both = [port for port in outbound_ports if port in outbound_ports_exclude]
     if both:
-        raise CaptureOptionError(
+        raise OptionError(
             "outbound_ports", both[0], "the port is also in outbound_ports_exclude; list it in one of them"
         )
 
@@ -313,7 +252,7 @@ def parse_options(params, ssh_port=None):
         "expected a routing table id from 1 to 4294967295 other than 253 (default), 254 (main), 255 (local)",
     )
     if tproxy_route_table in _RESERVED_ROUTE_TABLES:
-        raise CaptureOptionError(
+        raise OptionError(
             "tproxy_route_table",
             tproxy_route_table,
             "253 (default), 254 (main) and 255 (local) belong to the system; pick another table",
@@ -322,17 +261,17 @@ def parse_options(params, ssh_port=None):
     dns_redirect = _boolean("dns_redirect", values["dns_redirect"])
     dns_capture_all = _boolean("dns_capture_all", values["dns_capture_all"])
     if dns_capture_all and not dns_redirect:
-        raise CaptureOptionError("dns_capture_all", True, "it needs dns_redirect: true")
+        raise OptionError("dns_capture_all", True, "it needs dns_redirect: true")
 
     lock_wait = _integer("lock_wait", values["lock_wait"], 0, 3600, "expected seconds from 0 to 3600")
     rules_file = values["rules_file"]
     if rules_file is not None and (not isinstance(rules_file, str) or not rules_file.startswith("/")):
-        raise CaptureOptionError("rules_file", rules_file, "expected an absolute path")
+        raise OptionError("rules_file", rules_file, "expected an absolute path")
 
-    backend = _choice("backend", values["backend"], BACKENDS)
+    backend = _choice("backend", values["backend"], _SPEC["backend"]["choices"])
     chain_prefix = _chain_prefix(values["chain_prefix"])
     if backend == "nftables" and table_name_problem(chain_prefix):
-        raise CaptureOptionError("chain_prefix", chain_prefix, table_name_problem(chain_prefix))
+        raise OptionError("chain_prefix", chain_prefix, table_name_problem(chain_prefix))
 
     options = CaptureOptions(
         state=state,
