@@ -164,7 +164,7 @@ dist: venv
 	rm -rf $(dir $(TARBALL))
 	$(BIN)/ansible-galaxy collection build --output-path $(dir $(TARBALL))
 	tar -tzf $(TARBALL) > $(BUILD)/dist/files.txt
-	! grep -E '(^|/)(\.venv|\.build|__pycache__|\.hostmesh-ca)(/|$$)|\.pyc$$|^(molecule|tests/integration|tools/sandbox|\.ci)/' $(BUILD)/dist/files.txt
+	! grep -E '(^|/)(\.venv|\.build|__pycache__|\.hostmesh-ca)(/|$$)|\.pyc$$|^(extensions/molecule|tests/integration|tools/sandbox|\.ci)/' $(BUILD)/dist/files.txt
 
 # An execution environment gets exactly the controller's Python requirements
 # from the installed collection, and no system packages.

@@ -1,6 +1,6 @@
 """Run molecule scenarios on sandbox hosts, one after another, and say what failed.
 
-``python3 -m tools.sandbox.molecule_suite [SCENARIO...]`` (all of ``molecule/``
+``python3 -m tools.sandbox.molecule_suite [SCENARIO...]`` (all of ``extensions/molecule/``
 when none is named). The rootfs is built once up front. A failed scenario
 prints each host's diagnostics before its hosts are destroyed, and the recap
 repeats the lines that say why; molecule's output is printed with the
@@ -23,7 +23,7 @@ from pathlib import Path
 from tools.sandbox import rootfs
 from tools.sandbox.sandbox import DEFAULT_BASE, REPO_ROOT, Sandbox, stop_ssh_masters
 
-MOLECULE_DIR = REPO_ROOT / "molecule"
+MOLECULE_DIR = REPO_ROOT / "extensions" / "molecule"
 SCENARIO_TIMEOUT = 20 * 60
 # Printed by molecule only when the verifier really ran tests and they passed.
 VERIFIER_OK = "Verifier completed successfully"
@@ -54,7 +54,7 @@ def check_scenario(name: str) -> list[str]:
     """Problems that would let molecule skip a step instead of failing."""
     scenario = MOLECULE_DIR / name
     if not (scenario / "molecule.yml").exists():
-        return [f"no molecule/{name}/molecule.yml (scenarios: {', '.join(scenarios())})"]
+        return [f"no extensions/molecule/{name}/molecule.yml (scenarios: {', '.join(scenarios())})"]
     text = (scenario / "molecule.yml").read_text()
     problems = []
     for step in ("create", "destroy"):
@@ -153,7 +153,7 @@ def _interrupt(signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tools.sandbox.molecule_suite")
-    parser.add_argument("scenario", nargs="*", help="default: every scenario in molecule/")
+    parser.add_argument("scenario", nargs="*", help="default: every scenario in extensions/molecule/")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so each scenario's `finally` destroys its hosts.
     signal.signal(signal.SIGTERM, _interrupt)

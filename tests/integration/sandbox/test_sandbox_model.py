@@ -102,7 +102,7 @@ def test_molecule_suite_refuses_scenarios_molecule_would_half_skip() -> None:
     assert "capture" in molecule_suite.scenarios()
     for name in molecule_suite.scenarios():
         assert molecule_suite.check_scenario(name) == [], name
-    assert "no molecule/nope/molecule.yml" in molecule_suite.check_scenario("nope")[0]
+    assert "no extensions/molecule/nope/molecule.yml" in molecule_suite.check_scenario("nope")[0]
 
 
 def test_molecule_suite_names_a_missing_playbook_and_missing_tests(tmp_path, monkeypatch) -> None:

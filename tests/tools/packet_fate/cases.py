@@ -205,8 +205,9 @@ def write_recorded_fates(case: Case, fates: Mapping[str, str], source: str) -> b
     by_fate: Dict[str, list] = {}
     for packet in case.packets:  # grid order within each fate
         by_fate.setdefault(fates[packet.text], []).append(packet.text)
-    body = yaml.safe_dump(
+    body = yaml.dump(
         {"istio_source": source, "istio_fates": dict(sorted(by_fate.items()))},
+        Dumper=_IndentedDumper,
         default_flow_style=False,
         sort_keys=False,
         width=120,
@@ -217,6 +218,13 @@ def write_recorded_fates(case: Case, fates: Mapping[str, str], source: str) -> b
     with open(case.path, "w") as handle:
         handle.write(new)
     return True
+
+
+class _IndentedDumper(yaml.SafeDumper):
+    """Indents a list under its key, as the collection's YAML linter expects."""
+
+    def increase_indent(self, flow=False, indentless=False):
+        return super().increase_indent(flow, False)
 
 
 def _read(path):

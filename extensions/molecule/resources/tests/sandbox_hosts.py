@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 # The capture tests' probe, the same one the namespace tests run.
 PROBE_SRC = REPO_ROOT / "tests/tools/tcp_probe.py"
 PROBE_PATH = "/usr/local/lib/tcp_probe.py"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sandbox_hosts import PROBE, address_of, controller_of
 
-SEED_NAT = Path(__file__).resolve().parents[4] / "tests/unit/capture/seed_nat.txt"
+SEED_NAT = Path(__file__).resolve().parents[5] / "tests/unit/capture/seed_nat.txt"
 APP_PORT = 8080
 PROXY_UID = 1337
 

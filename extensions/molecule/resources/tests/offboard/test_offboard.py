@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sandbox_hosts import REPO_ROOT, address_of
 
-SNAPSHOT = REPO_ROOT / "molecule/resources/files/host_snapshot.sh"
+SNAPSHOT = REPO_ROOT / "extensions/molecule/resources/files/host_snapshot.sh"
 
 
 @pytest.mark.parametrize("name", ["host1", "host2"])
