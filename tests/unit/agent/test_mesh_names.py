@@ -270,11 +270,14 @@ def test_only_idempotent_methods_are_retried_unless_told():
     assert routes[0]["route"]["retry_policy"]["num_retries"] == 3
     assert routes[0]["route"]["retry_policy"]["per_try_timeout"] == "1s"
     assert "retry_policy" not in routes[1]["route"]
+    # Split into zones: a retry goes to the other priority, before an ejection.
+    assert routes[0]["route"]["retry_policy"]["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert routes[0]["route"]["timeout"] == routes[1]["route"]["timeout"] == "2.500s"
     retry_all = _svc(retries={"idempotent_only": False})
     hcm = _chain(render_dynamic(parse_config(retry_all), RUN), "outbound|8080||web")["filters"][0]["typed_config"]
     (route,) = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert "headers" not in route["match"] and route["route"]["retry_policy"]["num_retries"] == 2
+    assert "retry_priority" not in route["route"]["retry_policy"]  # no node.zone: one priority
     no_retry = _svc(retries={"attempts": 0}, request_timeout_s=0)
     hcm = _chain(render_dynamic(parse_config(no_retry), RUN), "outbound|8080||web")["filters"][0]["typed_config"]
     (route,) = hcm["route_config"]["virtual_hosts"][0]["routes"]
