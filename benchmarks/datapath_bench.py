@@ -18,6 +18,7 @@ The two alternate for ``--rounds`` rounds of ``--seconds`` each; the figures are
 every request of a kind. Numbers only, never assertions.
 
 Usage: .venv/bin/python benchmarks/datapath_bench.py [--seconds 10] [--rounds 2] [--rate 1000] [--connections 16]
+       [--telemetry on|off]
 """
 
 from __future__ import annotations
@@ -72,11 +73,13 @@ def workdir(base: Path, name: str) -> Path:
     return d
 
 
-def configs(envoy: str, base: Path) -> Dict[str, Dict[str, Any]]:
+def configs(envoy: str, base: Path, telemetry: bool) -> Dict[str, Dict[str, Any]]:
     ca = make_ca(base)
     web_cert, web_key = issue_cert(base, ca, "web", f"URI:{WEB_ID}")
     client_cert, client_key = issue_cert(base, ca, "client", f"URI:{CLIENT_ID}")
     dns = {"enabled": True, "upstreams": ["192.0.2.53"]}  # never asked: the load uses no names
+    # Off: no access-log line per request, so the agents read and count nothing.
+    extra = {} if telemetry else {"telemetry": {"enabled": False}}
     app = agent_config(
         envoy,
         workdir(base, "app"),
@@ -84,6 +87,7 @@ def configs(envoy: str, base: Path) -> Dict[str, Dict[str, Any]]:
         tls={"cert_file": web_cert, "key_file": web_key, "ca_file": ca["ca"]},
         inbound={"services": [{"name": "web", "port": 8080, "protocol": "http", "tls": True}]},
         dns=dns,
+        **extra,
     )
     client = agent_config(
         envoy,
@@ -106,6 +110,7 @@ def configs(envoy: str, base: Path) -> Dict[str, Dict[str, Any]]:
             ]
         },
         dns=dns,
+        **extra,
     )
     client["node"] = {**client["node"], "name": "client-1", "ip": PEER_IP, "service_account": "client"}
     return {"app": app, "client": client}
@@ -129,6 +134,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="direct/mesh phases, alternated")
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--telemetry", choices=("on", "off"), default="on", help="the agents' per-request telemetry")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("run as root: the benchmark creates network namespaces", file=sys.stderr)
@@ -143,7 +149,7 @@ def main() -> int:
         topo.up(capture=True, capture_peer=True)
         topo.start_app(8080, 22)
         run("ip", "-n", topo.peer, "route", "add", "240.240.0.0/16", "dev", topo._veth[1])
-        cfg = configs(envoy, base)
+        cfg = configs(envoy, base, args.telemetry == "on")
         app = AgentProcess(topo, base / "app", cfg["app"], {})
         agents.append(app)
         client = AgentProcess(topo, base / "client", cfg["client"], {}, ns=topo.peer)
@@ -167,7 +173,7 @@ def main() -> int:
     print(
         f"{os.cpu_count()} CPUs, load average {load_before:.1f} -> {load_after:.1f}; {args.rounds} rounds of "
         f"{args.seconds:.0f} s at {args.rate:.0f} requests/s over {args.connections} keep-alive connections, "
-        "direct / mesh alternated"
+        f"direct / mesh alternated; telemetry {args.telemetry}"
     )
     figures = {}
     for kind, runs in results.items():
