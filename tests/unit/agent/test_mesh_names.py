@@ -162,7 +162,10 @@ def _svc(**extra: Any) -> Dict[str, Any]:
             _svc(health_check={"type": "grpc"}),
             '\'outbound.services[0].health_check.type\': got "grpc"; expected one of "none", "tcp", "http"',
         ),
-        (_svc(health_check={"type": "http", "path": "healthz"}), "'outbound.services[0].health_check.path'"),
+        (
+            _svc(health_check={"type": "http", "path": "healthz"}),
+            "'outbound.services[0].health_check.path': got \"healthz\"; expected an absolute request path",
+        ),
         (
             _svc(outlier_detection={"max_ejection_percent": 101}),
             "'outbound.services[0].outlier_detection.max_ejection_percent': got 101; expected an integer from 0 to 100",
