@@ -371,3 +371,15 @@ def test_dns_port_taken_fails_the_start_and_keeps_the_old_server_on_reload(caplo
         dns.stop()
         blocker.close()
         upstream.close()
+
+
+def test_zone_is_the_nodes_locality_and_dns_changes_need_no_envoy_restart():
+    from hostmesh_agent.bootstrap import render_bootstrap
+    from hostmesh_agent.config import restart_relevant
+
+    cfg = parse_config(MESH)
+    assert render_bootstrap(cfg, RUN, "10.0.0.7")["node"]["locality"] == {"zone": "zone-a"}
+    assert "locality" not in render_bootstrap(parse_config({}), RUN, "10.0.0.7")["node"]
+    other_dns = parse_config({**MESH, "ports": {"dns": 5353}, "dns": {**MESH["dns"], "ttl_s": 60}})
+    assert restart_relevant(other_dns) == restart_relevant(cfg)
+    assert restart_relevant(parse_config({**MESH, "ports": {"inbound": 16006}})) != restart_relevant(cfg)

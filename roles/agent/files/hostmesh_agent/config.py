@@ -912,7 +912,7 @@ def restart_relevant(cfg: Config) -> List[Any]:
         cfg.inbound.interception,  # node metadata INTERCEPTION_MODE
         cfg.node,
         cfg.envoy,
-        cfg.ports,
+        replace(cfg.ports, dns=0),  # the DNS port is the agent's own listener, not Envoy's
         cfg.listen,
         cfg.xds,
         cfg.run_dir,
