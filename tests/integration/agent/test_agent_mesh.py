@@ -152,6 +152,28 @@ def test_tcp_service_tries_another_replica_when_one_is_down(envoy_binary, topo, 
     assert seen[0] == 0 and set(seen) == {8081, 8082}, seen
 
 
+def test_active_health_checks_alone_take_a_stopped_replica_out_and_back(
+    envoy_binary, topo, workdir, start_agent, replicas
+):
+    # tcp, one connect attempt, no outlier detection: only the health checks can avoid the dead replica.
+    service = web_service(
+        protocol="tcp",
+        outlier_detection={"enabled": False},
+        health_check={"type": "http", "path": "/healthz", "interval_s": 0.3, "timeout_s": 0.5},
+    )
+    agent = start_agent(agent_config(envoy_binary, workdir, outbound={"services": [service]}))
+    agent.wait_ready()
+    healthy = f"cluster.{CLUSTER}.membership_healthy"
+    wait_for(lambda: agent.stat(healthy) == 3, 10, "three healthy replicas")
+    replicas.stop(8082)
+    wait_for(lambda: agent.stat(healthy) == 2, 10, "the stopped replica marked unhealthy")
+    seen = served_by(topo, 30)
+    assert seen[0] == 0 and set(seen) == {8081, 8083}, seen
+    replicas.start(8082)
+    wait_for(lambda: agent.stat(healthy) == 3, 10, "the replica healthy again")
+    assert served_by(topo, 30)[8082] >= 5
+
+
 # --- DNS ----------------------------------------------------------------------------
 
 
