@@ -466,10 +466,6 @@ class Endpoint:
     port: int = field(metadata=_meta(PORT))
     zone: str = field(default="", metadata=_meta(_name_or_empty))
 
-    @property
-    def host_port(self) -> str:
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
-
 
 def _endpoint(key: str, value: Any) -> Endpoint:
     """A "host:port" string (the older form) or an object with address, port and zone."""
