@@ -1,14 +1,18 @@
 """Benchmark fleet onboarding on sandbox hosts, and the data path's added latency.
 
-In one run: boots N sandbox hosts (systemd-nspawn, reached over SSH), starts a
-small HTTP app on the first, measures the app's latency from the second
-direct, onboards every host with playbooks/onboard.yml (first run), runs it
-again (re-run, timing each step) and once more gathering every fact, runs a
-playbook that only gathers facts on the same hosts, and measures the same
-requests again, now through both sidecars with mTLS.
-Prints the figures; destroys the hosts. Run as root:
+For each fleet size in --hosts (e.g. 8,32), in one invocation: boots N sandbox
+hosts (systemd-nspawn, reached over SSH), starts a small HTTP app on the first,
+measures the app's latency from the second direct, onboards every host with
+playbooks/onboard.yml (first run), runs it again (re-run, timing each step) and
+once more gathering every fact, runs a playbook that only gathers facts on the
+same hosts, and measures the same requests again, now through both sidecars
+with mTLS. For each playbook it records the controller's peak memory (the
+ansible-playbook process tree) and the bytes each host received. Prints the
+figures per size; destroys the hosts. Run as root:
 
-    .venv/bin/python benchmarks/onboard_bench.py [--hosts 8] [--requests 500] [--suite bookworm]
+    .venv/bin/python benchmarks/onboard_bench.py [--hosts 8,32] [--requests 500] [--suite bookworm]
+
+Forks equal the hosts of the size being measured.
 
 A failed playbook prints, for each failed task, its host and name and the
 first lines of its msg, stderr and stdout: Ansible's error says what went
@@ -19,7 +23,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.process_tree import run_sampled  # noqa: E402
 from tools.sandbox import suites  # noqa: E402
 from tools.sandbox.sandbox import Sandbox  # noqa: E402
 
@@ -97,8 +101,41 @@ def failed_task_heads(output, head_lines=ERROR_HEAD_LINES, max_tasks=ERROR_MAX_T
     return lines
 
 
+# Bytes a host has received on its interfaces but loopback.
+RX_BYTES = "cat $(ls -d /sys/class/net/*/statistics/rx_bytes | grep -v /lo/)"
+
+
+def received(sandbox, names):
+    """Bytes each host has received so far, by name."""
+    counts = {}
+    for name in names:
+        proc = sandbox.ssh(name, ["sh", "-c", shlex.quote(RX_BYTES)], check=True, timeout=60)
+        counts[name] = sum(int(word) for word in proc.stdout.split())
+    return counts
+
+
+class Run:
+    """One timed playbook: seconds, changed tasks, controller peak bytes, bytes per host."""
+
+    def __init__(self, seconds, changed, peak, sent):
+        self.seconds, self.changed, self.peak, self.sent = seconds, changed, peak, sent
+
+    def sent_text(self):
+        values = sorted(self.sent.values())
+        return "mean %.1f MB, max %.1f MB" % (sum(values) / len(values) / 1e6, values[-1] / 1e6)
+
+
+def measured(sandbox, names, *args, **kwargs):
+    """``playbook()`` with the bytes each host received while it ran."""
+    before = received(sandbox, names)
+    seconds, changed, peak = playbook(*args, **kwargs)
+    after = received(sandbox, names)
+    return Run(seconds, changed, peak, {name: after[name] - before[name] for name in names})
+
+
 def playbook(inventory, extra_inventory, path, forks, extra_vars=(), times=None):
-    """Run a playbook; returns (seconds, changed). With ``times`` (a path) each task's duration is written there."""
+    """Run a playbook; returns (seconds, changed, peak bytes resident in the controller's
+    ansible-playbook process tree). With ``times`` (a path) each task's duration is written there."""
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"), ANSIBLE_NOCOLOR="1")
     if times:
         env.update(
@@ -115,7 +152,7 @@ def playbook(inventory, extra_inventory, path, forks, extra_vars=(), times=None)
         argv += ["-e", assignment]
     argv.append(path)
     start = time.monotonic()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    proc, peak = run_sampled(argv, env)
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         heads = failed_task_heads(proc.stdout)
@@ -131,7 +168,7 @@ def playbook(inventory, extra_inventory, path, forks, extra_vars=(), times=None)
         )
     recap = [line for line in proc.stdout.splitlines() if "changed=" in line]
     changed = sum(int(line.split("changed=")[1].split()[0]) for line in recap)
-    return elapsed, changed
+    return elapsed, changed, peak
 
 
 def percentile(samples, fraction):
@@ -146,19 +183,20 @@ def latencies(sandbox, client, url, count):
     return json.loads(proc.stdout)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hosts", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--steps", type=int, default=12, help="how many of the re-run's slowest steps to print")
-    parser.add_argument(
-        "--suite", default=suites.DEFAULT_SUITE, choices=list(suites.SUITES), help="Debian suite of the hosts"
-    )
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("run as root: the benchmark boots systemd-nspawn hosts")
+def sizes(text):
+    """--hosts: one size or several, "8,32"."""
+    try:
+        values = [int(word) for word in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("--hosts: expected sizes like 8 or 8,32, got %r" % text) from None
+    if any(value < 2 for value in values):
+        raise argparse.ArgumentTypeError("--hosts: every size must be 2 or more, got %r" % text)
+    return values
 
-    names = ["web"] + ["host%d" % index for index in range(2, args.hosts + 1)]
+
+def measure(count, args):
+    """Every figure for a fleet of ``count`` hosts."""
+    names = ["web"] + ["host%d" % index for index in range(2, count + 1)]
     sandbox = Sandbox("bench-onboard", log=lambda message: print(message, file=sys.stderr))
     try:
         try:
@@ -200,29 +238,40 @@ def main():
             direct = latencies(sandbox, names[1], url, args.requests)
 
             onboard = os.path.join(ROOT, "playbooks", "onboard.yml")
-            first, first_changed = playbook(inventory, extra, onboard, args.hosts)
+            first = measured(sandbox, names, inventory, extra, onboard, count)
             times = os.path.join(directory, "rerun-times.json")
-            rerun, rerun_changed = playbook(inventory, extra, onboard, args.hosts, times=times)
+            rerun = measured(sandbox, names, inventory, extra, onboard, count, times=times)
             with open(times) as handle:
                 steps = json.load(handle)
-            with_facts, with_facts_changed = playbook(
-                inventory, extra, onboard, args.hosts, extra_vars=["hostmesh_gather_facts=true"]
+            with_facts = measured(
+                sandbox, names, inventory, extra, onboard, count, extra_vars=["hostmesh_gather_facts=true"]
             )
-            facts_time, _changed = playbook(inventory, extra, facts, args.hosts)
+            facts_only = measured(sandbox, names, inventory, extra, facts, count)
             meshed = latencies(sandbox, names[1], url, args.requests)
     finally:
         sandbox.destroy(quiet=True)
+    return {"first": first, "rerun": rerun, "with_facts": with_facts, "facts": facts_only, "steps": steps,
+            "direct": direct, "meshed": meshed}  # fmt: skip
 
+
+def report(count, figures, args):
+    first, rerun, with_facts, facts = figures["first"], figures["rerun"], figures["with_facts"], figures["facts"]
+    direct, meshed = figures["direct"], figures["meshed"]
     print(
-        "onboarding %d sandbox hosts of Debian %s (seconds; ANSIBLE_PIPELINING=%s)"
-        % (args.hosts, args.suite, os.environ.get("ANSIBLE_PIPELINING", "True"))
+        "onboarding %d sandbox hosts of Debian %s (seconds; forks %d; ANSIBLE_PIPELINING=%s)"
+        % (count, args.suite, count, os.environ.get("ANSIBLE_PIPELINING", "True"))
     )
-    print("  first run                      %7.1f   (changed=%d)" % (first, first_changed))
-    print("  re-run                         %7.1f   (changed=%d)" % (rerun, rerun_changed))
-    print("  facts-only playbook            %7.1f" % facts_time)
-    print("  re-run / facts-only            %7.1fx" % (rerun / facts_time))
-    print("  re-run gathering all facts     %7.1f   (changed=%d)" % (with_facts, with_facts_changed))
+    rows = (("first run", first), ("re-run", rerun), ("facts-only playbook", facts),
+            ("re-run gathering all facts", with_facts))  # fmt: skip
+    for label, run in rows:
+        print(
+            "  %-28s %7.1f   (changed=%d)   controller peak %6.1f MB   received per host: %s"
+            % (label, run.seconds, run.changed, run.peak / 1e6, run.sent_text())
+        )
+    print("  first run per host           %7.2f" % (first.seconds / count))
+    print("  re-run / facts-only          %7.1fx" % (rerun.seconds / facts.seconds))
     print("re-run, slowest steps (seconds from a task's start to the next's)")
+    steps = figures["steps"]
     for seconds, name in sorted(steps, reverse=True)[: args.steps]:
         print("  %6.2f  %s" % (seconds, name))
     print("  %6.2f  all %d steps" % (sum(row[0] for row in steps), len(steps)))
@@ -233,6 +282,22 @@ def main():
         "  added             p50 %6.2f   p99 %6.2f"
         % (percentile(meshed, 0.5) - percentile(direct, 0.5), percentile(meshed, 0.99) - percentile(direct, 0.99))
     )
+    sys.stdout.flush()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", type=sizes, default=[8], help="fleet sizes, e.g. 8 or 8,32")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=12, help="how many of the re-run's slowest steps to print")
+    parser.add_argument(
+        "--suite", default=suites.DEFAULT_SUITE, choices=list(suites.SUITES), help="Debian suite of the hosts"
+    )
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark boots systemd-nspawn hosts")
+    for count in args.hosts:
+        report(count, measure(count, args), args)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     _require_machine()
     link = COLLECTIONS / "ansible_collections" / "hostmesh" / "sidecar"
     assert link.exists(), "run `make collection` first"
-    sb = Sandbox("pytest-roles", log=lambda m: print(m, file=sys.stderr))
+    # SANDBOX_NAME keeps runs on one machine apart.
+    sb = Sandbox(os.environ.get("SANDBOX_NAME", "pytest-roles"), log=lambda m: print(m, file=sys.stderr))
     atexit.register(sb.destroy, quiet=True)
     request.addfinalizer(lambda: sb.destroy(quiet=True))
     sb.create([HOST])

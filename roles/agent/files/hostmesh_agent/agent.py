@@ -21,6 +21,7 @@ from hostmesh_agent.admin import Admin, AdminError, EnvoyReadiness
 from hostmesh_agent.backoff import Backoff
 from hostmesh_agent.clock import Clock
 from hostmesh_agent.config import Config, ConfigError
+from hostmesh_agent.envoy_exit import describe_exit
 from hostmesh_agent.lifecycle import (
     CHECKS_TO_UNREADY,
     HEALTHY_POLL_S,
@@ -298,7 +299,7 @@ class Agent:
             log.error(
                 "envoy epoch %d exited with %s during hot restart; keeping epoch %d",
                 proc.epoch,
-                code,
+                describe_exit(code),
                 self.parents[-1].epoch,
             )
             self.metrics.errors += 1
@@ -312,7 +313,7 @@ class Agent:
             self._enter(State.STOPPED)
             log.error(
                 "envoy exited with %s; %d crashes in a row, giving up",
-                code,
+                describe_exit(code),
                 self.backoff.consecutive,
             )
             self.systemd.status(f"giving up: envoy crashed {self.backoff.consecutive} times in a row")
@@ -323,7 +324,7 @@ class Agent:
             "envoy epoch %d (pid %d) exited with %s; restarting in %.2fs",
             proc.epoch,
             proc.pid,
-            code,
+            describe_exit(code),
             delay,
         )
         self.systemd.status(f"envoy exited ({code}); restarting in {delay:.1f}s")

@@ -23,6 +23,7 @@ from hostmesh_agent.agent import EXIT_START_FAILED, Agent
 from hostmesh_agent.atomic_files import dump_json, write_atomic
 from hostmesh_agent.clock import SystemClock
 from hostmesh_agent.config import Config, ConfigError, load_config, with_node_defaults
+from hostmesh_agent.envoy_exit import OK, diagnose
 from hostmesh_agent.envoy_stdout import EnvoyStdout
 from hostmesh_agent.logs import setup_logging
 from hostmesh_agent.mesh_dns import MeshDns
@@ -38,6 +39,7 @@ from hostmesh_agent.telemetry import Telemetry
 log = logging.getLogger("hostmesh_agent")
 
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= can name it
+EXIT_ENVOY_CRASHED = 70  # EX_SOFTWARE: Envoy crashed during --mode validate; the config was not judged
 
 
 def detect_ip() -> str:
@@ -197,7 +199,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Config errors exit 78; with Envoy on PATH, the bootstrap must pass ``--mode validate``."""
+    """Config errors exit 78; with Envoy on PATH, the bootstrap must pass ``--mode validate``:
+    exit 1 when Envoy rejects it, 70 when Envoy crashed before it could judge it."""
     cfg = _load(args)
     print(f"config {args.config}: ok (mode {cfg.mode})")
     if not shutil.which(cfg.envoy.binary):
@@ -221,11 +224,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 text=True,
                 check=False,
             )
-            if result.returncode != 0:
+            verdict = diagnose(result.returncode, result.stdout + result.stderr)
+            if verdict.kind != OK:
                 sys.stderr.write(result.stdout + result.stderr)
-                print(f"{what}: rejected by envoy --mode validate", file=sys.stderr)
-                return 1
-            print(f"{what}: ok (envoy --mode validate)")
+                # Last, so a caller that shows only the end of the output shows this line.
+                print(verdict.summary(what), file=sys.stderr)
+                return EXIT_ENVOY_CRASHED if verdict.crashed else 1
+            print(verdict.summary(what))
     return 0
 
 

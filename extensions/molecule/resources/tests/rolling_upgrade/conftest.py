@@ -1,0 +1,19 @@
+"""The fixtures and hooks every scenario's tests share, from ../sandbox_hosts.py."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sandbox_hosts
+
+host1 = sandbox_hosts.host1
+host2 = sandbox_hosts.host2
+pytest_runtest_makereport = sandbox_hosts.pytest_runtest_makereport
+
+
+@pytest.fixture(scope="module")
+def host3():
+    return sandbox_hosts._host("host3")
