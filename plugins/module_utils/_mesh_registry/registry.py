@@ -52,7 +52,8 @@ def _mesh_defaults(records):
         counts[text] = counts.get(text, 0) + 1
     if not counts:
         return {}
-    common = max(sorted(counts), key=lambda text: counts[text])
+    # On a tie, the first host's value (counts keeps the order values first appear in).
+    common = max(counts, key=lambda text: counts[text])
     mesh = json.loads(common)
     for record in records:
         if shown(record["mesh_defaults"] or {}) != common:
@@ -60,7 +61,7 @@ def _mesh_defaults(records):
             raise RegistryError(
                 record["host"],
                 "hostmesh_mesh_defaults",
-                record["mesh_defaults"],
+                record["mesh_defaults"] or {},
                 "the same mesh defaults on every mesh host: %s, as on host %r" % (common, first),
             )
     owner = next(r["host"] for r in records if shown(r["mesh_defaults"] or {}) == common)
@@ -103,7 +104,8 @@ def _group(records, one_namespace):
                         record["host"],
                         "hostmesh_services (service %r).%s" % (offer["name"], key),
                         offer["settings"].get(key),
-                        "%s, as on host %r" % (shown(seen["settings"].get(key)), seen["host"]),
+                        "%s, as on host %r: every host of a service gives it the same settings"
+                        % (shown(seen["settings"][key]) if key in seen["settings"] else "it unset", seen["host"]),
                     )
             seen["offers"].append(dict(offer, host=record["host"], zone=record["zone"]))
     return [by_name[name] for name in sorted(by_name)]
