@@ -61,6 +61,13 @@ TLS_SOURCES = ("hostmesh_tls_cert_src", "hostmesh_tls_key_src", "hostmesh_tls_ca
 # hostmesh_services keys the agent's inbound.services takes; others stay in the inventory.
 SERVICE_KEYS = ("target_port", "allowed_spiffe_ids")
 XDS_ADDRESS = re.compile(r"^[^:\s]+:[0-9]+$")
+# Variables the role passes since mesh names came; a caller that leaves them out gets these.
+OPTIONAL = {
+    "hostmesh_locality": "",
+    "hostmesh_dns": False,
+    "hostmesh_mesh_domain": "mesh.internal",
+    "hostmesh_dns_upstreams": [],
+}
 
 
 class _Problems(list):
@@ -127,6 +134,8 @@ def _node(role_vars):
         "service_account": role_vars["hostmesh_service_account"],
         "labels": role_vars["hostmesh_node_labels"],
     }
+    if role_vars["hostmesh_locality"]:
+        node["zone"] = role_vars["hostmesh_locality"]
     for key, variable in (("name", "hostmesh_node_name"), ("ip", "hostmesh_node_ip")):
         if role_vars[variable]:
             node[key] = role_vars[variable]
@@ -160,6 +169,21 @@ def _xds(problems, role_vars):
     return xds
 
 
+def _dns(problems, role_vars):
+    """The agent's dns section: on with hostmesh_dns; the domain sent whenever it is not the default."""
+    enabled = _flag(problems, "hostmesh_dns", role_vars["hostmesh_dns"])
+    upstreams = role_vars["hostmesh_dns_upstreams"] or []
+    if isinstance(upstreams, str) or not isinstance(upstreams, list):
+        problems.add("hostmesh_dns_upstreams", upstreams, 'a list of resolvers, e.g. ["10.0.0.2", "[fd00::2]:53"]')
+        upstreams = []
+    dns = {}
+    if enabled or role_vars["hostmesh_mesh_domain"] != OPTIONAL["hostmesh_mesh_domain"]:
+        dns = {"enabled": enabled, "domain": role_vars["hostmesh_mesh_domain"]}
+    if upstreams:
+        dns["upstreams"] = upstreams
+    return dns
+
+
 def deep_merge(base, extra):
     """``base`` with ``extra`` merged in: mappings merge key by key, anything else replaces."""
     merged = dict(base)
@@ -174,6 +198,8 @@ def deep_merge(base, extra):
 def agent_config(role_vars) -> dict:
     """The agent's config for one host, checked; raises naming every problem found."""
     role_vars = plain(role_vars)
+    if isinstance(role_vars, dict):
+        role_vars = dict(OPTIONAL, **role_vars)
     if not isinstance(role_vars, dict) or any(key not in role_vars for key in REQUIRED):
         missing = [key for key in REQUIRED if not isinstance(role_vars, dict) or key not in role_vars]
         raise AnsibleFilterError("agent_config: expected a mapping of the agent role's variables; missing %s" % missing)
@@ -206,6 +232,9 @@ def agent_config(role_vars) -> dict:
     }
     if tls is not None:
         config["tls"] = tls
+    dns = _dns(problems, role_vars)
+    if dns:
+        config["dns"] = dns
     if role_vars["hostmesh_mode"] == "xds":
         config["xds"] = _xds(problems, role_vars)
     if problems:

@@ -6,7 +6,10 @@
 Documentation lives next to this file, in ``capture_options.yml``.
 """
 
+import json
+
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._plain_data import plain
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._sidecar_ports import (
@@ -17,7 +20,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._sidecar_ports im
     inbound_ports_exclude,
 )
 
-# The role's variables this filter reads; hostmesh_capture_options may be left out.
+# The role's variables this filter reads; hostmesh_capture_options and hostmesh_dns may be left out.
 REQUIRED = (
     "host",
     "hostmesh_ports",
@@ -49,6 +52,16 @@ def capture_options(role_vars) -> dict:
         "rules_file": role_vars["hostmesh_capture_rules_file"],
     }
     options.update(capture_port_options(ports))
+    try:
+        dns = boolean(role_vars.get("hostmesh_dns", False), strict=True)
+    except TypeError:
+        raise AnsibleFilterError(
+            "capture_options: host %r, hostmesh_dns: got %s; expected true or false"
+            % (role_vars["host"], json.dumps(role_vars["hostmesh_dns"]))
+        ) from None
+    # The agent answers DNS on the contract's dns port: the resolvers' queries go there.
+    if dns:
+        options["dns_redirect"] = True
     options.update(extra)
     return options
 

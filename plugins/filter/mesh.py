@@ -1,257 +1,68 @@
 # Copyright: contributors to hostmesh.sidecar
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Filters that turn the inventory into the standalone mesh's registry.
+"""Filters of the standalone mesh: a host's SPIFFE ID, and the older per-host upstreams (deprecated).
 
 Documentation for each filter lives next to this file, in ``<filter>.yml``.
 """
 
-import ipaddress
 import json
-from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
-from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_identity import NAME_EXPECTED, is_name, spiffe_id
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._plain_data import plain
-
-try:
-    import jmespath
-except ImportError:
-    jmespath = None
-
-PROTOCOLS = ("tcp", "http")
-DEFAULT_NAMESPACE = "default"
-DEFAULT_TRUST_DOMAIN = "cluster.local"
-HOST_KEYS = (
-    "hostmesh_services",
-    "hostmesh_address",
-    "hostmesh_namespace",
-    "hostmesh_service_account",
-    "ansible_host",
-    "ansible_default_ipv4",
+from ansible_collections.hostmesh.sidecar.plugins.filter.mesh_registry import records_of, trust_domain_of
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_registry.errors import RegistryError
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_registry.hosts import host_record
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_registry.registry import (
+    build_registry,
+    legacy_upstreams,
 )
-
-# Flatten every other host's offers into one list of records; the Python that
-# follows only groups and checks them.
-OFFERS_QUERY = "[?host != {me}].offers[]"
-
-
-def _bad(host, key, value, expected):
-    return AnsibleFilterError(
-        "mesh_upstreams: host %r, %s: got %s; expected %s" % (host, key, json.dumps(value, default=str), expected)
-    )
-
-
-def _name(host, key, value):
-    if not is_name(value):
-        raise _bad(host, key, value, NAME_EXPECTED)
-    return value
-
-
-def _port(host, key, value):
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise _bad(host, key, value, "a port from 1 to 65535")
-    return value
-
-
-def _address(host, hv):
-    for key in ("hostmesh_address", "ansible_host"):
-        value = hv.get(key)
-        if value:
-            return str(value)
-    facts = hv.get("ansible_default_ipv4") or {}
-    if isinstance(facts, Mapping) and facts.get("address"):
-        return str(facts["address"])
-    raise _bad(
-        host,
-        "hostmesh_address",
-        None,
-        "an address peers can reach: set hostmesh_address or ansible_host, or gather facts (ansible_default_ipv4)",
-    )
-
-
-def _host_vars(hv):
-    """Only the variables the mesh reads, templated once; a broken unrelated variable stays harmless."""
-    if not isinstance(hv, Mapping):
-        return {}
-    return {key: plain(hv[key]) for key in HOST_KEYS if key in hv}
-
-
-def _endpoint(address, port):
-    return "[%s]:%d" % (address, port) if ":" in address else "%s:%d" % (address, port)
-
-
-def host_record(host: str, hv, trust_domain: str) -> dict:
-    """One host's identity and the services it offers, checked and in plain data."""
-    hv = _host_vars(hv)
-    services = hv.get("hostmesh_services") or []
-    if not isinstance(services, list):
-        raise _bad(host, "hostmesh_services", services, "a list of {name, port, protocol}")
-    namespace = _name(host, "hostmesh_namespace", hv.get("hostmesh_namespace", DEFAULT_NAMESPACE))
-    account = _name(host, "hostmesh_service_account", hv.get("hostmesh_service_account", host))
-    identity = spiffe_id(trust_domain, namespace, account)
-    offers = []
-    names = {}
-    address = _address(host, hv) if services else None
-    for index, service in enumerate(services):
-        where = "hostmesh_services[%d]" % index
-        if not isinstance(service, dict):
-            raise _bad(host, where, service, "a mapping with name, port and optionally protocol")
-        if "name" not in service:
-            raise _bad(host, where + ".name", None, "a service name (required)")
-        if "port" not in service:
-            raise _bad(host, where + ".port", None, "a port from 1 to 65535 (required)")
-        name = _name(host, where + ".name", service["name"])
-        port = _port(host, where + ".port", service["port"])
-        protocol = service.get("protocol", "tcp")
-        if protocol not in PROTOCOLS:
-            raise _bad(host, where + ".protocol", protocol, "one of %s" % ", ".join(PROTOCOLS))
-        if name in names:
-            raise _bad(host, where + ".name", name, "each service once per host (also at %s)" % names[name])
-        # A service the agent serves in plain text (tls: false) is called in plain text.
-        try:
-            tls = boolean(service.get("tls", True), strict=True)
-        except TypeError:
-            raise _bad(host, where + ".tls", service["tls"], "true or false") from None
-        names[name] = where
-        offers.append(
-            {
-                "host": host,
-                "name": name,
-                "port": port,
-                "protocol": protocol,
-                "address": address,
-                "endpoint": _endpoint(address, port),
-                "spiffe_id": identity,
-                "tls": tls,
-            }
-        )
-    return {"host": host, "spiffe_id": identity, "offers": offers}
-
-
-def _group(offers):
-    """Merge offers by service name; one name with different ports, protocols or tls is an error naming both hosts."""
-    by_name = {}
-    for offer in offers:
-        first = by_name.get(offer["name"])
-        if first is None:
-            by_name[offer["name"]] = first = dict(offer, offers=[])
-        for key in ("port", "protocol", "tls"):
-            if offer[key] != first[key]:
-                raise _bad(
-                    offer["host"],
-                    "hostmesh_services (service %r).%s" % (offer["name"], key),
-                    offer[key],
-                    "%s, as on host %r" % (json.dumps(first[key]), first["host"]),
-                )
-        first["offers"].append(offer)
-    return list(by_name.values())
-
-
-def _host_cidr(offer, other):
-    """The host route of an offer's address, for a port it shares with another service."""
-    try:
-        address = ipaddress.ip_address(offer["address"])
-    except ValueError:
-        raise _bad(
-            offer["host"],
-            "hostmesh_address",
-            offer["address"],
-            "an IP address: service %r shares port %d with %r (host %r), and the sidecar tells them apart "
-            "by destination address" % (offer["name"], offer["port"], other["name"], other["host"]),
-        ) from None
-    return "%s/%d" % (address, address.max_prefixlen)
-
-
-def _match_cidrs(services):
-    """match_cidrs for services sharing a port: each one's own addresses, so the agent can tell them apart."""
-    by_port = {}
-    for service in services:
-        by_port.setdefault(service["port"], []).append(service)
-    cidrs = {}
-    for sharing in by_port.values():
-        if len(sharing) < 2:
-            continue
-        owner = {}
-        for service in sharing:
-            other = next(s for s in sharing if s is not service)
-            cidrs[service["name"]] = sorted({_host_cidr(offer, other) for offer in service["offers"]})
-            for cidr in cidrs[service["name"]]:
-                if owner.setdefault(cidr, service)["name"] != service["name"]:
-                    raise _bad(
-                        service["offers"][0]["host"],
-                        "hostmesh_services (service %r).port" % service["name"],
-                        service["port"],
-                        "a port that %r does not also use at %s" % (owner[cidr]["name"], cidr),
-                    )
-    return cidrs
-
-
-def _trust_domain(hostvars, host, given):
-    """The trust domain given, else the host's hostmesh_trust_domain from the inventory, else cluster.local."""
-    if given is None:
-        given = DEFAULT_TRUST_DOMAIN
-        # HostVars answers an unknown host with an undefined value, not KeyError.
-        if host in hostvars:
-            given = hostvars[host].get("hostmesh_trust_domain", DEFAULT_TRUST_DOMAIN)
-    return _name(str(host), "trust_domain", plain(given))
 
 
 def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=None):
-    """The agent's ``outbound.services`` for one host: every other mesh host's services, over mTLS."""
-    if jmespath is None:
-        raise AnsibleFilterError(
-            "mesh_upstreams needs the jmespath Python library on the controller: pip install jmespath"
+    """Deprecated: one host's upstreams in the older shape, from a registry built for this call alone.
+
+    Each call reads every host, so a play that calls it for every host grows
+    with the square of the fleet; use mesh_registry once and mesh_outbound per host.
+    """
+    trust_domain = trust_domain_of(hostvars, str(inventory_hostname), trust_domain, "mesh_upstreams")
+    records = records_of(hostvars, hosts, trust_domain, "mesh_upstreams")
+    me = str(inventory_hostname)
+    if me not in {record["host"] for record in records}:
+        records.append(
+            {
+                "host": me,
+                "spiffe_id": "",
+                "namespace": "",
+                "service_account": "",
+                "zone": "",
+                "mesh_defaults": None,
+                "offers": [],
+            }
         )
-    if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
-        raise AnsibleFilterError(
-            "mesh_upstreams: hosts: got %s; expected a list of inventory host names" % json.dumps(hosts, default=str)
-        )
-    trust_domain = _trust_domain(hostvars, inventory_hostname, trust_domain)
-    records = []
-    for host in sorted({str(host) for host in hosts}):
-        if host not in hostvars:
-            raise _bad(host, "hosts", host, "a host of the inventory")
-        records.append(host_record(host, hostvars[host], trust_domain))
-    offers = jmespath.search(OFFERS_QUERY.format(me=_literal(str(inventory_hostname))), records) or []
-    services = _group(offers)
-    cidrs = _match_cidrs(services)
-    upstreams = []
-    for service in services:
-        upstream = {
-            "name": service["name"],
-            "port": service["port"],
-            "protocol": service["protocol"],
-            "endpoints": sorted({offer["endpoint"] for offer in service["offers"]}),
-            "tls": service["tls"],
-        }
-        if service["tls"]:
-            upstream["spiffe_ids"] = sorted({offer["spiffe_id"] for offer in service["offers"]})
-        if service["name"] in cidrs:
-            upstream["match_cidrs"] = cidrs[service["name"]]
-        upstreams.append(upstream)
-    return sorted(upstreams, key=lambda upstream: (upstream["name"], upstream["port"]))
+    try:
+        registry = build_registry(records, trust_domain, one_namespace=False)
+        return legacy_upstreams(registry, me)
+    except RegistryError as error:
+        raise AnsibleFilterError("mesh_upstreams: %s" % error) from None
 
 
 def mesh_spiffe_id(hostvars, host, trust_domain=None):
     """The SPIFFE ID of one inventory host, from its hostmesh_namespace and hostmesh_service_account."""
     if host not in hostvars:
-        raise _bad(str(host), "host", str(host), "a host of the inventory")
-    trust_domain = _trust_domain(hostvars, host, trust_domain)
-    return host_record(str(host), _without_services(hostvars[host]), trust_domain)["spiffe_id"]
+        raise AnsibleFilterError(
+            "mesh_spiffe_id: host %r, host: got %s; expected a host of the inventory"
+            % (str(host), json.dumps(str(host)))
+        )
+    trust_domain = trust_domain_of(hostvars, host, trust_domain, "mesh_spiffe_id")
+    try:
+        return host_record(str(host), _without_services(hostvars[host]), trust_domain)["spiffe_id"]
+    except RegistryError as error:
+        raise AnsibleFilterError("mesh_spiffe_id: %s" % error) from None
 
 
 def _without_services(hv):
     return {key: hv[key] for key in ("hostmesh_namespace", "hostmesh_service_account") if key in hv}
-
-
-def _literal(text):
-    """A jmespath JSON literal holding text (backticks escaped)."""
-    return "`%s`" % json.dumps(text).replace("`", "\\`")
 
 
 class FilterModule:

@@ -5,6 +5,7 @@ create [--hosts a,b:trixie,c+resolved | -n N] [--suite S] [--profile P]
                              boot fresh hosts, write inventory and ssh config
 status                       hosts, addresses, running or not (--json)
 reboot HOST                  power off and boot the same rootfs again
+stop HOST / start HOST       power one host off (as a VM whose host died) / boot it again
 shell HOST [CMD...]          SSH in (interactive without CMD)
 diagnose [HOST...]           journal of our units, rulesets, logs
 destroy [--all]              remove every trace of the sandbox
@@ -82,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     r = sub.add_parser("reboot")
     r.add_argument("host")
+    for name in ("stop", "start"):
+        sub.add_parser(name).add_argument("host")
     sh = sub.add_parser("shell")
     sh.add_argument("host")
     sh.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -134,6 +137,12 @@ def _dispatch(args: argparse.Namespace, sb: Sandbox) -> int:
         return 0
     if args.command == "reboot":
         sb.reboot(args.host)
+        return 0
+    if args.command == "stop":
+        sb.stop_host(args.host)
+        return 0
+    if args.command == "start":
+        sb.start_host(args.host)
         return 0
     if args.command == "shell":
         sb.leader(args.host)

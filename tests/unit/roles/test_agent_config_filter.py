@@ -15,6 +15,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.hostmesh.sidecar.plugins.filter.agent_config import agent_config, deep_merge
+from ansible_collections.hostmesh.sidecar.plugins.filter.mesh_registry import mesh_outbound, mesh_registry
 from hostmesh_agent.config import parse_config
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -47,6 +48,10 @@ ROLE = {
     "hostmesh_envoy_bin": "/usr/local/bin/envoy",
     "hostmesh_agent_config_extra": {},
     "hostmesh_agent_run_dir": "/run/hostmesh",
+    "hostmesh_locality": "",
+    "hostmesh_dns": False,
+    "hostmesh_mesh_domain": "mesh.internal",
+    "hostmesh_dns_upstreams": [],
 }
 TLS_SOURCES = {
     "hostmesh_tls_cert_src": "/ca/hosts/web1/cert-chain.pem",
@@ -72,7 +77,31 @@ def role(**changes) -> dict:
     return values
 
 
+# A client in zone-a calling web (three replicas, two zones) by name.
+MESH = {
+    "client": {"ansible_host": "10.0.0.10", "hostmesh_locality": "zone-a"},
+    **{
+        "web%d" % i: {
+            "ansible_host": "10.0.0.1%d" % i,
+            "hostmesh_locality": "zone-a" if i == 1 else "zone-b",
+            "hostmesh_services": [{"name": "web", "port": 8080, "protocol": "http", "retries": {"attempts": 3}}],
+        }
+        for i in (1, 2, 3)
+    },
+    "db": {"ansible_host": "10.0.0.20", "hostmesh_services": [{"name": "db", "port": 5432, "connect_attempts": 2}]},
+}
+MESH = {host: dict(hv, hostmesh_mesh_defaults={"connect_timeout_s": 2}) for host, hv in MESH.items()}
+
 CASES = {
+    "mesh-names": role(
+        host="client",
+        hostmesh_service_account="client",
+        hostmesh_outbound_services=mesh_outbound(mesh_registry(MESH, list(MESH)), "client"),
+        hostmesh_locality="zone-a",
+        hostmesh_dns=True,
+        hostmesh_dns_upstreams=["10.0.0.2", "[fd00::2]:53"],
+        **TLS_SOURCES,
+    ),
     "standalone-tls": role(
         hostmesh_services=[
             {"name": "web", "port": 8080, "protocol": "http"},
@@ -161,6 +190,42 @@ def test_the_contract_reaches_the_agents_ports() -> None:
         "dns": 16053,
     }
     assert agent_config(role())["ports"]["outbound"] == 15001
+
+
+def test_mesh_names_reach_the_agent() -> None:
+    config = agent_config(CASES["mesh-names"])
+    assert config["node"]["zone"] == "zone-a"
+    assert config["dns"] == {"enabled": True, "domain": "mesh.internal", "upstreams": ["10.0.0.2", "[fd00::2]:53"]}
+    parsed = parse_config(config)
+    web = next(s for s in parsed.outbound.services if s.name == "web")
+    assert [(e.address, e.zone) for e in web.endpoints] == [
+        ("10.0.0.11", "zone-a"),
+        ("10.0.0.12", "zone-b"),
+        ("10.0.0.13", "zone-b"),
+    ]
+    assert web.retries.attempts == 3 and web.connect_timeout_s == 2 and len(web.vips) == 2
+    assert parsed.dns.enabled and parsed.node.zone == "zone-a"
+    # DNS off and the default domain: no dns section, as before names came.
+    assert "dns" not in agent_config(role()) and "zone" not in agent_config(role())["node"]
+    assert agent_config(role(hostmesh_mesh_domain="corp.internal"))["dns"] == {
+        "enabled": False,
+        "domain": "corp.internal",
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"hostmesh_dns": "maybe"}, 'hostmesh_dns: got "maybe"; expected true or false'),
+        (
+            {"hostmesh_dns_upstreams": "10.0.0.2"},
+            'hostmesh_dns_upstreams: got "10.0.0.2"; expected a list of resolvers',
+        ),
+    ],
+)
+def test_bad_dns_variables(changes, message) -> None:
+    with pytest.raises(AnsibleFilterError, match="host 'web1': .*" + message.replace("[", "\\[")):
+        agent_config(role(**changes))
 
 
 def test_services_take_the_tls_default_and_leave_other_keys_out() -> None:

@@ -88,3 +88,15 @@ def test_a_contract_port_among_the_users_own_exclusions_is_listed_once() -> None
 def test_missing_variables_are_named() -> None:
     with pytest.raises(AnsibleFilterError, match="expected a mapping with host, hostmesh_ports"):
         capture_options({"host": "vm0"})
+
+
+def test_mesh_dns_turns_on_the_modules_dns_redirect_to_the_contracts_port() -> None:
+    options = capture_options({**ROLE, "hostmesh_dns": True, "hostmesh_ports": {"dns": 16053}})
+    assert (options["dns_redirect"], options["dns_port"]) == (True, 16053)
+    parsed, _warnings = parse_options({**options, "state": "present"})
+    assert parsed.dns_redirect and parsed.dns_port == 16053
+    assert "dns_redirect" not in capture_options({**ROLE, "hostmesh_dns": "no"})
+    with pytest.raises(
+        AnsibleFilterError, match="capture_options: host 'vm0', hostmesh_dns: got \"maybe\"; expected true or false"
+    ):
+        capture_options({**ROLE, "hostmesh_dns": "maybe"})
