@@ -277,7 +277,8 @@ def mesh_identities(hostvars, hosts, trust_domain=None):
         if host not in hostvars:
             raise _bad(host, "hosts", host, "a host of the inventory")
         hv = hostvars[host]
-        record = host_record(host, hv, trust_domain)
+        # Names only: a host in xDS mode, or one whose address is learnt later, needs none here.
+        record = host_record(host, _without_services(hv), trust_domain)
         labels = _plain(hv.get("hostmesh_node_labels")) if "hostmesh_node_labels" in hv else {}
         identities.append(
             {
@@ -285,11 +286,26 @@ def mesh_identities(hostvars, hosts, trust_domain=None):
                 "namespace": record["namespace"],
                 "service_account": record["service_account"],
                 "spiffe_id": record["spiffe_id"],
-                "services": sorted({offer["name"] for offer in record["offers"]}),
+                "services": _service_names(host, hv),
                 "app": str(labels.get("app", "")) if isinstance(labels, Mapping) else "",
             }
         )
     return identity_view(trust_domain, identities)
+
+
+def _service_names(host, hv):
+    services = _plain(hv["hostmesh_services"]) if "hostmesh_services" in hv else []
+    services = services or []
+    if not isinstance(services, list):
+        raise _bad(host, "hostmesh_services", services, "a list of {name, port, protocol}")
+    names = set()
+    for index, service in enumerate(services):
+        if not isinstance(service, dict) or "name" not in service:
+            raise _bad(
+                host, "hostmesh_services[%d]" % index, service, "a mapping with name, port and optionally protocol"
+            )
+        names.add(_name(host, "hostmesh_services[%d].name" % index, service["name"]))
+    return sorted(names)
 
 
 def _without_services(hv):

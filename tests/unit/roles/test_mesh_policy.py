@@ -246,6 +246,14 @@ def test_numbers_given_as_template_strings_are_taken() -> None:
     assert config["tracing"]["sampling"] == 5.0
 
 
+def test_identities_need_no_address() -> None:
+    inventory = {"web1": {"hostmesh_services": [{"name": "web", "port": 80}]}, "client": {}}
+    view = mesh_identities(inventory, ["web1", "client"], TD)
+    assert view["services"] == {"web": ["spiffe://cluster.local/ns/default/sa/web1"]}
+    with pytest.raises(AnsibleFilterError, match=r"host 'web1', hostmesh_services\[0\]\.name: got \"Web\""):
+        mesh_identities({"web1": {"hostmesh_services": [{"name": "Web", "port": 80}]}}, ["web1"], TD)
+
+
 def test_bad_identity_data_fails_naming_the_host() -> None:
     inventory = dict(INVENTORY, admin={**INVENTORY["admin"], "hostmesh_namespace": "Ops"})
     with pytest.raises(AnsibleFilterError, match=r"host 'admin', hostmesh_namespace: got \"Ops\""):
