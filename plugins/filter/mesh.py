@@ -7,16 +7,20 @@ Documentation for each filter lives next to this file, in ``<filter>.yml``.
 """
 
 import json
+from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.hostmesh.sidecar.plugins.filter.mesh_registry import records_of, trust_domain_of
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_identity import NAME_EXPECTED, is_name
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_policy import identity_view
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_registry.errors import RegistryError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_registry.hosts import host_record
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_registry.registry import (
     build_registry,
     legacy_upstreams,
 )
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._plain_data import plain
 
 
 def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=None):
@@ -61,6 +65,58 @@ def mesh_spiffe_id(hostvars, host, trust_domain=None):
         raise AnsibleFilterError("mesh_spiffe_id: %s" % error) from None
 
 
+def mesh_identities(hostvars, hosts, trust_domain=None):
+    """Every mesh host's identity and the services it offers, as the allow-rule resolver reads them.
+
+    Built once per play (the onboard playbook sets it as a fact with run_once) and handed to
+    every host's agent_config, which resolves that host's ``allow`` rules with it.
+    """
+    if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError(
+            "mesh_identities: hosts: got %s; expected a list of inventory host names" % json.dumps(hosts, default=str)
+        )
+    hosts = sorted({str(host) for host in hosts})
+    trust_domain = trust_domain_of(hostvars, hosts[0] if hosts else "", trust_domain, "mesh_identities")
+    identities = []
+    try:
+        for host in hosts:
+            if host not in hostvars:
+                raise RegistryError(host, "hosts", host, "a host of the inventory")
+            hv = hostvars[host]
+            # Names only: a host in xDS mode, or one whose address is learnt later, needs none here.
+            record = host_record(host, _without_services(hv), trust_domain)
+            labels = plain(hv.get("hostmesh_node_labels")) if "hostmesh_node_labels" in hv else {}
+            identities.append(
+                {
+                    "host": host,
+                    "namespace": record["namespace"],
+                    "service_account": record["service_account"],
+                    "spiffe_id": record["spiffe_id"],
+                    "services": _service_names(host, hv),
+                    "app": str(labels.get("app", "")) if isinstance(labels, Mapping) else "",
+                }
+            )
+    except RegistryError as error:
+        raise AnsibleFilterError("mesh_identities: %s" % error) from None
+    return identity_view(trust_domain, identities)
+
+
+def _service_names(host, hv):
+    services = plain(hv["hostmesh_services"]) if "hostmesh_services" in hv else []
+    services = services or []
+    if not isinstance(services, list):
+        raise RegistryError(host, "hostmesh_services", services, "a list of {name, port, protocol}")
+    names = set()
+    for index, service in enumerate(services):
+        where = "hostmesh_services[%d]" % index
+        if not isinstance(service, dict) or "name" not in service:
+            raise RegistryError(host, where, service, "a mapping with name, port and optionally protocol")
+        if not is_name(service["name"]):
+            raise RegistryError(host, where + ".name", service["name"], NAME_EXPECTED)
+        names.add(service["name"])
+    return sorted(names)
+
+
 def _without_services(hv):
     return {key: hv[key] for key in ("hostmesh_namespace", "hostmesh_service_account") if key in hv}
 
@@ -69,4 +125,8 @@ class FilterModule:
     """hostmesh.sidecar mesh filters."""
 
     def filters(self):
-        return {"mesh_upstreams": mesh_upstreams, "mesh_spiffe_id": mesh_spiffe_id}
+        return {
+            "mesh_upstreams": mesh_upstreams,
+            "mesh_spiffe_id": mesh_spiffe_id,
+            "mesh_identities": mesh_identities,
+        }

@@ -52,6 +52,14 @@ ROLE = {
     "hostmesh_dns": False,
     "hostmesh_mesh_domain": "mesh.internal",
     "hostmesh_dns_upstreams": [],
+    "hostmesh_policy_default": "allow",
+    "hostmesh_mesh_identities": {},
+    "hostmesh_access_log_enabled": False,
+    "hostmesh_access_log_sampling": 1,
+    "hostmesh_access_log_destination": "journal",
+    "hostmesh_telemetry_enabled": True,
+    "hostmesh_tracing_collector": "",
+    "hostmesh_tracing_sampling": 1,
 }
 TLS_SOURCES = {
     "hostmesh_tls_cert_src": "/ca/hosts/web1/cert-chain.pem",
