@@ -225,20 +225,34 @@ def test_prefix_naming_an_nft_keyword_still_works_with_iptables(lab):
 
 def test_waits_for_the_xtables_lock_and_says_so_when_it_cannot(lab):
     """Another iptables user holding the lock: we wait up to lock_wait seconds."""
+    import contextlib
+    import os
+    import signal
     import subprocess
-    import time
+    import threading
 
-    holder = subprocess.Popen(["flock", "/run/xtables.lock", "sleep", "3"])
+    # The holder keeps the lock until it is killed (its whole process group: the
+    # sleep inherits the locked file), so a slow start of the module run cannot
+    # find it already free.
+    holder = subprocess.Popen(["flock", "/run/xtables.lock", "sleep", "120"], start_new_session=True)
+
+    def release():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+
     try:
-        time.sleep(0.3)
+        while subprocess.run(["flock", "-n", "/run/xtables.lock", "true"], check=False).returncode == 0:
+            assert holder.poll() is None, "the lock holder could not take the lock"
         before = lab.ruleset()
         refused = lab.module(backend="iptables-legacy", ip_families=["ipv4"], lock_wait=1)
-        assert refused.get("failed") is True
+        assert refused.get("failed") is True, refused
         assert "lock" in refused["msg"].lower()
         assert_same(before, lab.ruleset())
-        assert holder.poll() is None, "the lock holder ended before the second run started"
-        waited = lab.ok(backend="iptables-legacy", ip_families=["ipv4"], lock_wait=10)
+        assert holder.poll() is None, "the lock holder ended before the refused run"
+        # Freed while the next run waits for it: that run goes ahead.
+        threading.Timer(2.0, release).start()
+        waited = lab.ok(backend="iptables-legacy", ip_families=["ipv4"], lock_wait=60)
         assert waited["changed"] is True
     finally:
-        holder.kill()
+        release()
         holder.wait()
