@@ -240,6 +240,7 @@ class Reconciler:
         self.fail_mode = fail_mode
         self.log = log
         self.stamp: Tuple[int, int] = (0, 0)
+        self.holding = False  # a drift left alone while the sidecar is not ready (fail_mode open)
         self.expected = self.load()
 
     def load(self) -> Expected:
@@ -262,8 +263,13 @@ class Reconciler:
         if not found:
             return "in place"
         if self.fail_mode == "open" and not self.host.ready():
-            self.log("capture drifted but the sidecar is not ready: left off (fail_mode open): %s" % "; ".join(found))
+            if not self.holding:  # said once per wait, not at every poll
+                self.log(
+                    "capture drifted but the sidecar is not ready: left off (fail_mode open): %s" % "; ".join(found)
+                )
+            self.holding = True
             return "held"
+        self.holding = False
         started = time.monotonic()
         rc, output = self.host.repair()
         took = (time.monotonic() - started) * 1000
