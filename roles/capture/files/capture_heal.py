@@ -215,13 +215,15 @@ class Host:
         except Exception:
             return False
 
-    def count_repair(self) -> int:
-        """Add one to the counter file the agent serves as hostmesh_capture_repairs_total."""
+    def count_repair(self, add: int = 1) -> int:
+        """Add to the counter file the agent serves as hostmesh_capture_repairs_total (0: make it)."""
         try:
             with open(self.counter, encoding="ascii") as fh:
-                total = int(fh.read().strip() or 0) + 1
+                total = int(fh.read().strip() or 0) + add
         except (OSError, ValueError):
-            total = 1
+            total = add
+        if add == 0 and os.path.exists(self.counter):
+            return total
         part = self.counter + ".part"
         with open(part, "w", encoding="ascii") as fh:
             fh.write("%d\n" % total)
@@ -286,6 +288,7 @@ class Reconciler:
             "watching capture from %s: %s, a full check every %gs"
             % (self.host.rules_file, "nft monitor events" if monitor else "polling", wait)
         )
+        self.host.count_repair(0)  # the counter reads 0 from the start
         outcome = self.check()
         while True:
             # Drifted but held back or failed: look again soon.

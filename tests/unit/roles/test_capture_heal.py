@@ -226,7 +226,10 @@ def test_the_counter_file_counts_up_and_the_agent_serves_it(tmp_path: Path) -> N
     counter = str(tmp_path / "repairs")
     assert capture_repairs(counter) == ""
     host = heal.Host("/r", "http://127.0.0.1:1/", counter)
+    assert host.count_repair(0) == 0
+    assert capture_repairs(counter).endswith("hostmesh_capture_repairs_total 0\n")
     assert [host.count_repair() for _ in range(3)] == [1, 2, 3]
+    assert host.count_repair(0) == 3
     text = capture_repairs(counter)
     assert "# TYPE hostmesh_capture_repairs_total counter" in text
     assert text.endswith("hostmesh_capture_repairs_total 3\n")
