@@ -6,12 +6,17 @@ Prints, in one run on one host, for the seed's chains (chain_prefix ISTIO_):
     both as whole playbooks and as the task alone;
   - the same rules as ansible.builtin.iptables tasks (one task per rule),
   - a shell script of one iptables call per rule;
-and traffic_capture's apply and no-op times with 1,000 excluded CIDRs.
+and traffic_capture's apply and no-op times with 1,000 excluded CIDRs; then the
+capture role's reconciler (roles/capture/files/capture_heal.py) on those
+rules: its CPU while nothing drifts (percent of one CPU, over --idle seconds,
+the reconciler and its nft monitor together) and its time to repair (from a
+removal until capture reads as applied, median and worst of 10 removals:
+iptables -t nat -F, nft flush ruleset, an old file restored, in turns).
 
 Each figure is the median of --repeat runs, each in a fresh network namespace
 (so nothing outside them is touched); the ping and traffic_capture playbooks
 take turns, so both see the same machine. Run as root:
-    .venv/bin/python benchmarks/capture_bench.py [--repeat 5]
+    .venv/bin/python benchmarks/capture_bench.py [--repeat 5] [--ping-only | --heal-only] [--idle 60]
 """
 
 import argparse
@@ -19,6 +24,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -160,14 +166,88 @@ def _against_ping(ping, module, ping_samples, module_samples):
     )
 
 
+HEAL = os.path.join(ROOT, "roles", "capture", "files", "capture_heal.py")
+REMOVALS = (
+    "iptables-nft -w -t nat -F",
+    "nft flush ruleset",
+    "iptables-nft-save | grep -v HOSTMESH_ > {dir}/old.v4 && iptables-nft-restore -w < {dir}/old.v4",
+)
+
+
+def _cpu_seconds(pids):
+    """User + system CPU seconds of these processes so far (clock ticks from /proc)."""
+    total = 0
+    for pid in pids:
+        with open("/proc/%d/stat" % pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _capture_on(lab):
+    nat = lab.run(lab.host, ["iptables-nft", "-w", "-t", "nat", "-S"]).stdout
+    return "-A PREROUTING -p tcp -j HOSTMESH_INBOUND" in nat and "-A OUTPUT -p tcp -j HOSTMESH_OUTPUT" in nat
+
+
+def heal_figures(idle_s, removals=10):
+    """(idle CPU in percent of one CPU, [seconds to repair each removal]) in a fresh namespace."""
+    lab = Lab().up()
+    directory = tempfile.mkdtemp(prefix="hm-heal-")
+    rules_file = os.path.join(directory, "capture.rules")
+    proc = None
+    try:
+        lab.ok(rules_file=rules_file, ip_families=["ipv4"], backend="iptables-nft")
+        argv = ["ip", "netns", "exec", lab.host, "/usr/bin/python3", HEAL, "--rules-file", rules_file]
+        argv += ["--counter", os.path.join(directory, "repairs")]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(2)  # started, first check made, nft monitor running
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        pids = [proc.pid, *map(int, children)]
+        before = _cpu_seconds(pids)
+        time.sleep(idle_s)
+        idle = 100 * (_cpu_seconds(pids) - before) / idle_s
+        took = []
+        for index in range(removals):
+            removal = REMOVALS[index % len(REMOVALS)].format(dir=directory)
+            lab.run(lab.host, ["sh", "-c", removal])
+            start = time.monotonic()
+            while not _capture_on(lab):
+                if time.monotonic() - start > 30:
+                    raise SystemExit("capture not back within 30 s after: %s" % removal)
+                time.sleep(0.01)
+            took.append(time.monotonic() - start)
+            time.sleep(0.5)
+        return idle, took
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
+        lab.down()
+        subprocess.run(["rm", "-rf", directory], check=False)
+
+
+def print_heal(idle_s):
+    idle, took = heal_figures(idle_s)
+    print("capture reconciler (iptables-nft, nft monitor events):")
+    print("  idle CPU over %3d s, %% of one CPU            %7.3f" % (idle_s, idle))
+    print(
+        "  time to repair, median / worst of %2d         %7.3f / %.3f" % (len(took), statistics.median(took), max(took))
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cidrs", type=int, default=1000)
     parser.add_argument("--ping-only", action="store_true", help="only traffic_capture against ansible.builtin.ping")
+    parser.add_argument("--heal-only", action="store_true", help="only the reconciler's idle CPU and time to repair")
+    parser.add_argument("--idle", type=int, default=60, help="seconds over which the reconciler's idle CPU is taken")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark creates network namespaces")
+    if args.heal_only:
+        print_heal(args.idle)
+        return
 
     rules, chains = seed_rules()
     module_task = (
@@ -241,6 +321,7 @@ def main():
     print("%d excluded CIDRs, module run on the host:" % args.cidrs)
     print("  apply                                        %7.3f" % apply_time)
     print("  no-op (second run)                           %7.3f" % noop_time)
+    print_heal(args.idle)
 
 
 if __name__ == "__main__":

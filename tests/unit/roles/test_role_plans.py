@@ -109,7 +109,10 @@ def test_the_contract_reaches_capture_the_agent_and_the_readiness_urls(tmp_path:
         "/etc/hostmesh/capture-unit",
         "/etc/systemd/system/hostmesh-capture.service",
         "/etc/hostmesh/capture.rules",
+        "/etc/hostmesh/capture-heal",
+        "/etc/systemd/system/hostmesh-capture-heal.service",
     ]
+    assert default["records"][1]["units"] == ["hostmesh-capture.service", "hostmesh-capture-heal.service"]
 
     # A second run on an unchanged controller asks for the same state.
     (tmp_path / "again").mkdir()

@@ -21,6 +21,7 @@ from hostmesh_agent.admin import EnvoyAdmin
 from hostmesh_agent.admin_command import READS, AdminCommandError, run_admin
 from hostmesh_agent.agent import EXIT_START_FAILED, Agent
 from hostmesh_agent.atomic_files import dump_json, write_atomic
+from hostmesh_agent.capture_repairs import capture_repairs
 from hostmesh_agent.clock import SystemClock
 from hostmesh_agent.config import Config, ConfigError, load_config, with_node_defaults
 from hostmesh_agent.envoy_exit import OK, diagnose
@@ -83,12 +84,13 @@ def admin_for(cfg: Config) -> EnvoyAdmin:
 
 def mesh_metrics(telemetry: Telemetry, stdout: EnvoyStdout, dns: Optional[MeshDns] = None) -> Callable[[Config], str]:
     """What the merged metrics add after the agent's own: service telemetry, the access-log
-    pipeline's counts, the DNS server's counters, policy counters, the certificate's expiry."""
+    pipeline's counts, the DNS server's counters, policy counters, the certificate's expiry,
+    capture's repairs."""
 
     def render(cfg: Config) -> str:
         parts = [telemetry.render() if cfg.telemetry.enabled else "", stdout.render_metrics()]
         parts.append(dns.render_metrics() if dns is not None else "")
-        return "".join([*parts, rbac_metrics(cfg, admin_for(cfg)), certificate_expiry(cfg)])
+        return "".join([*parts, rbac_metrics(cfg, admin_for(cfg)), certificate_expiry(cfg), capture_repairs()])
 
     return render
 

@@ -1,0 +1,12 @@
+"""The fixtures and hooks every scenario's tests share, from ../sandbox_hosts.py."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sandbox_hosts
+
+host1 = sandbox_hosts.host1
+host2 = sandbox_hosts.host2
+pytest_runtest_makereport = sandbox_hosts.pytest_runtest_makereport
