@@ -95,7 +95,8 @@ def test_switching_mode_drops_stale_chains():
         build_family(options(chain_prefix="ISTIO_", mode="tproxy", protect_established=False), "ipv4")
     )
     text = plan_restore(parse_save(host_save(redirect), "ISTIO_"), tproxy)
-    assert "-X ISTIO_IN_REDIRECT" in text and "-X ISTIO_INBOUND" in text
+    # IN_REDIRECT stays: in tproxy mode it takes the proxy's own calls to this host (as in Istio).
+    assert "-X ISTIO_INBOUND" in text and "-X ISTIO_IN_REDIRECT" not in text
     assert "*mangle" in text and ":ISTIO_TPROXY - [0:0]" in text
 
 
