@@ -243,3 +243,19 @@ def test_waits_for_the_xtables_lock_and_says_so_when_it_cannot(lab):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("backend", [*VARIANTS, "nftables"])
+def test_tproxy_with_lo_down_fails_once_and_leaves_the_host_as_it_was(lab, backend):
+    lab.run(lab.host, ["ip", "link", "set", "lo", "down"])
+    before = lab.ruleset()
+    result = lab.module(mode="tproxy", backend=backend, ip_families=["ipv4", "ipv6"])
+    assert result.get("failed") is True
+    message = result["msg"]
+    assert "needs the loopback interface up" in message and message.count("Nexthop device is not up") == 1
+    assert "also failed" not in message and "No such file" not in message
+    assert message.endswith("nothing was changed (every step applied so far was put back)")
+    assert_same(before, lab.ruleset())
+    # With lo up the same options apply.
+    lab.run(lab.host, ["ip", "link", "set", "lo", "up"])
+    assert lab.ok(mode="tproxy", backend=backend, ip_families=["ipv4", "ipv6"])["changed"] is True
