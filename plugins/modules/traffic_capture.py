@@ -25,8 +25,13 @@ description:
     C(SSH_CONNECTION)) is never captured, even if O(inbound_ports_exclude)
     forgets it; a warning says so.
   - With O(chain_prefix=ISTIO_), Istio's defaults and
-    O(protect_established=false), C(iptables -t nat -S) reads exactly as a
-    pod's does.
+    O(protect_established=false), C(iptables -t nat -S) reads as the listing
+    of a pod under Istio 1.6 (the seed's layout) plus today's tunnel-port
+    rules and the rule that leaves forwarded traffic alone. Packets are
+    decided as today's C(istio-iptables) decides them, except for the
+    deliberate differences C(docs/capture.md) lists.
+  - Traffic the host only forwards (for containers, VMs) is never captured
+    as inbound.
 author:
   - hostmesh.sidecar maintainers (@hostmesh)
 options:
