@@ -3,11 +3,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Turn validated options into the rule set for one address family.
 
-Pure: the same options give the same rules. The layout follows istio-iptables
-(``tools/istio-iptables``): with ``chain_prefix: ISTIO_`` and Istio's defaults
-the nat table reads exactly as a pod's does. Every rule we put in a built-in
-chain is a jump into one of our chains, so ownership is plain from the
-target's name.
+Pure: the same options give the same rules. The layout is Istio 1.6's (the
+seed's listing, plus today's tunnel-port rules and the forward guard); packets
+are decided as today's istio-iptables decides them, except where
+docs/capture.md says otherwise. Every rule we put in a built-in chain is a
+jump into one of our chains, so ownership is plain from the target's name.
 """
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
