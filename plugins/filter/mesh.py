@@ -14,6 +14,7 @@ from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_identity import NAME_EXPECTED, is_name, spiffe_id
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._plain_data import plain
 
 try:
     import jmespath
@@ -35,21 +36,6 @@ HOST_KEYS = (
 # Flatten every other host's offers into one list of records; the Python that
 # follows only groups and checks them.
 OFFERS_QUERY = "[?host != {me}].offers[]"
-
-
-def _plain(value):
-    """Copy template results into plain dicts, lists and scalars, for jmespath and JSON."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    return str(value)
 
 
 def _bad(host, key, value, expected):
@@ -92,7 +78,7 @@ def _host_vars(hv):
     """Only the variables the mesh reads, templated once; a broken unrelated variable stays harmless."""
     if not isinstance(hv, Mapping):
         return {}
-    return {key: _plain(hv[key]) for key in HOST_KEYS if key in hv}
+    return {key: plain(hv[key]) for key in HOST_KEYS if key in hv}
 
 
 def _endpoint(address, port):
@@ -212,7 +198,7 @@ def _trust_domain(hostvars, host, given):
         # HostVars answers an unknown host with an undefined value, not KeyError.
         if host in hostvars:
             given = hostvars[host].get("hostmesh_trust_domain", DEFAULT_TRUST_DOMAIN)
-    return _name(str(host), "trust_domain", _plain(given))
+    return _name(str(host), "trust_domain", plain(given))
 
 
 def mesh_upstreams(hostvars, hosts, inventory_hostname, trust_domain=None):

@@ -26,7 +26,7 @@ DEFAULT_PORTS = {
 }
 
 # The ports of the agent's config (its "ports" section).
-AGENT_PORTS = ("admin", "outbound", "inbound", "status", "health", "prometheus")
+AGENT_PORTS = ("admin", "outbound", "inbound", "status", "health", "prometheus", "dns")
 
 # traffic_capture option -> contract key, for the options the capture role passes.
 CAPTURE_PORT_OPTIONS = {

@@ -45,7 +45,7 @@ def test_standalone_example_matches_the_issue():
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"colour": "blue"}, "unknown config key 'colour'; accepted keys: access_log, envoy, inbound"),
+        ({"colour": "blue"}, "unknown config key 'colour'; accepted keys: access_log, dns, envoy, inbound"),
         ({"envoy": {"concurency": 2}}, "unknown config key 'envoy.concurency'"),
         ({"mode": "mesh"}, 'config key \'mode\': got "mesh"; expected one of "standalone", "xds"'),
         ({"envoy": {"concurrency": -1}}, "'envoy.concurrency': got -1; expected an integer from 0"),

@@ -158,6 +158,7 @@ def test_the_contract_reaches_the_agents_ports() -> None:
         "status": 16020,
         "health": 15021,
         "prometheus": 15090,
+        "dns": 16053,
     }
     assert agent_config(role())["ports"]["outbound"] == 15001
 

@@ -19,12 +19,13 @@ from typing import Any, Callable, Dict, List, Optional
 from hostmesh_agent import __version__
 from hostmesh_agent.admin import EnvoyAdmin
 from hostmesh_agent.admin_command import READS, AdminCommandError, run_admin
-from hostmesh_agent.agent import Agent
+from hostmesh_agent.agent import EXIT_START_FAILED, Agent
 from hostmesh_agent.atomic_files import dump_json, write_atomic
 from hostmesh_agent.clock import SystemClock
 from hostmesh_agent.config import Config, ConfigError, load_config, with_node_defaults
 from hostmesh_agent.envoy_stdout import EnvoyStdout
 from hostmesh_agent.logs import setup_logging
+from hostmesh_agent.mesh_dns import MeshDns
 from hostmesh_agent.mesh_metrics import certificate_expiry, rbac_metrics
 from hostmesh_agent.proxy import EnvoyProxy, ProxyError
 from hostmesh_agent.resources import render_dynamic
@@ -56,11 +57,16 @@ def node_ip(cfg: Config) -> str:
     return detect_ip() if cfg.node.ip == "auto" else cfg.node.ip
 
 
-def proxy_factory(detected_ip: str, stdout: Optional[EnvoyStdout] = None) -> Callable[[Config], EnvoyProxy]:
+def proxy_factory(
+    detected_ip: str, stdout: Optional[EnvoyStdout] = None, dns: Optional[MeshDns] = None
+) -> Callable[[Config], EnvoyProxy]:
     """The Proxy of a reloaded config: ``node.ip`` "auto" keeps the address found at start;
-    ``stdout`` reads every Envoy's access-log lines and takes each config on."""
+    ``stdout`` reads every Envoy's access-log lines and takes each config on, and so does
+    the DNS server (its zone changes in place: no Envoy restart)."""
 
     def make(cfg: Config) -> EnvoyProxy:
+        if dns is not None:
+            dns.configure(cfg)
         if stdout is None:
             return EnvoyProxy(cfg, detected_ip if cfg.node.ip == "auto" else cfg.node.ip)
         stdout.configure(cfg)
@@ -73,12 +79,13 @@ def admin_for(cfg: Config) -> EnvoyAdmin:
     return EnvoyAdmin(RunDir(cfg.run_dir).admin_socket)
 
 
-def mesh_metrics(telemetry: Telemetry, stdout: EnvoyStdout) -> Callable[[Config], str]:
+def mesh_metrics(telemetry: Telemetry, stdout: EnvoyStdout, dns: Optional[MeshDns] = None) -> Callable[[Config], str]:
     """What the merged metrics add after the agent's own: service telemetry, the access-log
-    pipeline's counts, policy counters, the certificate's expiry."""
+    pipeline's counts, the DNS server's counters, policy counters, the certificate's expiry."""
 
     def render(cfg: Config) -> str:
         parts = [telemetry.render() if cfg.telemetry.enabled else "", stdout.render_metrics()]
+        parts.append(dns.render_metrics() if dns is not None else "")
         return "".join([*parts, rbac_metrics(cfg, admin_for(cfg)), certificate_expiry(cfg)])
 
     return render
@@ -146,7 +153,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     telemetry = Telemetry(cfg)
     stdout = EnvoyStdout(cfg, telemetry, sys.stdout.buffer, time.monotonic)
-    new_proxy = proxy_factory(node_ip(cfg), stdout)
+    dns = MeshDns()
+    try:
+        dns.configure(cfg, strict=True)  # before Envoy: capture may send the host's queries here
+    except OSError as exc:
+        log.error("%s (config keys 'dns.address', 'ports.dns')", exc)
+        return EXIT_START_FAILED
+    new_proxy = proxy_factory(node_ip(cfg), stdout, dns)
     agent = Agent(
         cfg,
         new_proxy(cfg),
@@ -157,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         clock=SystemClock(),
         signals=SignalInbox(),
         status_server=StatusServer,
-        extra_metrics=mesh_metrics(telemetry, stdout),
+        extra_metrics=mesh_metrics(telemetry, stdout, dns),
     )
     log.info(
         "hostmesh-agent %s starting: mode %s, %s interception, run dir %s",
@@ -172,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return agent.run()
     finally:
         stdout.stop()
+        dns.stop()
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:

@@ -21,6 +21,28 @@ POLICY_DEFAULTS = ("allow", "deny")
 JOURNAL = "journal"
 # How the capture rules hand inbound connections to Envoy (traffic_capture's ``mode``).
 INTERCEPTIONS = ("redirect", "tproxy")
+LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash")
+HEALTH_CHECK_TYPES = ("none", "tcp", "http")
+# Envoy's router retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on values).
+RETRY_ON = (
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+)
+DNS_PORT = 53
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _COMPONENT_LEVEL_RE = re.compile(r"^[a-z0-9_]+:[a-z]+(,[a-z0-9_]+:[a-z]+)*$")
 # spiffe://<trust domain>/<path> with the SPIFFE spec's characters: an exact ID, or, ending
@@ -164,10 +186,47 @@ def _path_prefix(key: str, value: Any) -> str:
     return value
 
 
+def _http_path(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value) or "#" in value:
+        raise _fail(key, value, 'an absolute request path such as "/healthz" (no spaces, no fragment)')
+    return value
+
+
 def _log_destination(key: str, value: Any) -> str:
     if value == JOURNAL or (isinstance(value, str) and value.startswith("/") and not value.endswith("/")):
         return value
     raise _fail(key, value, f'"{JOURNAL}" (the agent\'s standard output) or the absolute path of a file')
+
+
+def _retry_on(key: str, value: Any) -> str:
+    words = value.split(",") if isinstance(value, str) else []
+    if not words or any(w not in RETRY_ON for w in words) or len(set(words)) != len(words):
+        raise _fail(key, value, "a comma-separated list of distinct retry conditions from " + ", ".join(RETRY_ON))
+    return value
+
+
+def dns_upstream(value: str) -> Tuple[str, int]:
+    """A DNS upstream's (address, port): "ip" (port 53), "ip:port" or "[v6]:port"."""
+    try:
+        return str(ipaddress.ip_address(value)), DNS_PORT
+    except ValueError:
+        pass
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ValueError(value)
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(value)
+    return str(ipaddress.ip_address(host.strip("[]"))), int(port)
+
+
+def _dns_upstream(key: str, value: Any) -> str:
+    try:
+        dns_upstream(value)
+    except (ValueError, TypeError, AttributeError):
+        raise _fail(
+            key, value, 'an IP address, "ip:port" or "[ipv6]:port", such as "10.0.0.2" or "10.0.0.2:53"'
+        ) from None
+    return value
 
 
 def _host_port_or_empty(key: str, value: Any) -> str:
@@ -278,6 +337,7 @@ class NodeConfig:
     ip: str = field(default="auto", metadata=_meta(_ip_or_auto))
     service_account: str = field(default="default", metadata=_meta(_name))
     labels: Dict[str, str] = field(default_factory=dict, metadata=_meta(_str_map))
+    zone: str = field(default="", metadata=_meta(_name_or_empty))
 
 
 @dataclass(frozen=True)
@@ -306,6 +366,7 @@ class PortsConfig:
     status: int = field(default=15020, metadata=_meta(PORT))
     health: int = field(default=15021, metadata=_meta(PORT))
     prometheus: int = field(default=15090, metadata=_meta(PORT))
+    dns: int = field(default=15053, metadata=_meta(PORT))
 
 
 @dataclass(frozen=True)
@@ -398,20 +459,96 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """One replica of an outbound service; ``zone`` is its locality (see ``node.zone``)."""
+
+    address: str = field(metadata=_meta(_nonempty_str))
+    port: int = field(metadata=_meta(PORT))
+    zone: str = field(default="", metadata=_meta(_name_or_empty))
+
+
+def _endpoint(key: str, value: Any) -> Endpoint:
+    """A "host:port" string (the older form) or an object with address, port and zone."""
+    if isinstance(value, dict):
+        return _section(Endpoint)(key, value)
+    host, _sep, port = _host_port(key, value).rpartition(":")
+    return Endpoint(host.strip("[]"), int(port))
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """Passive health: an endpoint that fails ``consecutive_errors`` times in a row (connect
+    failures, resets, 5xx) is ejected for ``base_ejection_s`` (longer each time again)."""
+
+    enabled: bool = field(default=True, metadata=_meta(_bool))
+    consecutive_errors: int = field(default=5, metadata=_meta(_int_range(1, 1000)))
+    interval_s: float = field(default=5.0, metadata=_meta(_float_range(0.1, 3600)))
+    base_ejection_s: float = field(default=30.0, metadata=_meta(_float_range(0.1, 86400)))
+    max_ejection_percent: int = field(default=50, metadata=_meta(_int_range(0, 100)))
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Active health checks by Envoy: none, a TCP connect, or an HTTP GET of ``path``."""
+
+    type: str = field(default="none", metadata=_meta(_choice(*HEALTH_CHECK_TYPES)))
+    path: str = field(default="/", metadata=_meta(_http_path))
+    interval_s: float = field(default=5.0, metadata=_meta(_float_range(0.1, 3600)))
+    timeout_s: float = field(default=2.0, metadata=_meta(_float_range(0.01, 3600)))
+    unhealthy_threshold: int = field(default=2, metadata=_meta(_int_range(1, 100)))
+    healthy_threshold: int = field(default=1, metadata=_meta(_int_range(1, 100)))
+
+
+@dataclass(frozen=True)
+class Retries:
+    """HTTP retries (ignored for tcp): ``attempts`` retries on ``retry_on``; with
+    ``idempotent_only`` only GET, HEAD, OPTIONS, PUT, DELETE and TRACE are retried."""
+
+    attempts: int = field(default=2, metadata=_meta(_int_range(0, 10)))
+    retry_on: str = field(default="connect-failure,refused-stream,unavailable,5xx,reset", metadata=_meta(_retry_on))
+    per_try_timeout_s: float = field(default=0.0, metadata=_meta(_float_range(0, 86400)))
+    idempotent_only: bool = field(default=True, metadata=_meta(_bool))
+
+
+@dataclass(frozen=True)
+class CircuitBreakers:
+    """Envoy's per-cluster limits (default priority and the failover priority alike)."""
+
+    max_connections: int = field(default=1024, metadata=_meta(_int_range(1, 1_000_000_000)))
+    max_pending_requests: int = field(default=1024, metadata=_meta(_int_range(1, 1_000_000_000)))
+    max_requests: int = field(default=1024, metadata=_meta(_int_range(1, 1_000_000_000)))
+    max_retries: int = field(default=3, metadata=_meta(_int_range(0, 1_000_000_000)))
+
+
+@dataclass(frozen=True)
 class OutboundService:
     name: str = field(metadata=_meta(_name))
     port: int = field(metadata=_meta(PORT))
-    endpoints: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_host_port)))
+    endpoints: Tuple[Endpoint, ...] = field(default=(), metadata=_meta(_list_of(_endpoint), Endpoint))
     match_cidrs: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_cidr)))
     protocol: str = field(default="tcp", metadata=_meta(_choice(*PROTOCOLS)))
     tls: bool = field(default=False, metadata=_meta(_bool))
     spiffe_ids: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_nonempty_str)))
     namespace: str = field(default="", metadata=_meta(_name_or_empty))
+    vips: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_ip)))
+    lb_policy: str = field(default="round_robin", metadata=_meta(_choice(*LB_POLICIES)))
+    connect_timeout_s: float = field(default=10.0, metadata=_meta(_float_range(0.01, 3600)))
+    outlier_detection: OutlierDetection = field(
+        default_factory=OutlierDetection, metadata=_meta(_section(OutlierDetection), OutlierDetection)
+    )
+    health_check: HealthCheck = field(default_factory=HealthCheck, metadata=_meta(_section(HealthCheck), HealthCheck))
+    request_timeout_s: float = field(default=15.0, metadata=_meta(_float_range(0, 86400)))
+    retries: Retries = field(default_factory=Retries, metadata=_meta(_section(Retries), Retries))
+    idle_timeout_s: float = field(default=3600.0, metadata=_meta(_float_range(0, 86400 * 7)))
+    connect_attempts: int = field(default=1, metadata=_meta(_int_range(1, 10)))
+    circuit_breakers: CircuitBreakers = field(
+        default_factory=CircuitBreakers, metadata=_meta(_section(CircuitBreakers), CircuitBreakers)
+    )
 
 
 def _outbound_services(key: str, value: Any) -> Tuple[OutboundService, ...]:
-    # Two upstreams may share a port when their destination networks tell them apart.
-    return _services(key, value, OutboundService, lambda svc: (svc.port, svc.match_cidrs))
+    # Two upstreams may share a port when their destination networks or VIPs tell them apart.
+    return _services(key, value, OutboundService, lambda svc: (svc.port, svc.match_cidrs, svc.vips))
 
 
 @dataclass(frozen=True)
@@ -428,6 +565,17 @@ def _outbound(key: str, value: Any) -> OutboundConfig:
                 f"config key '{key}.services[{i}].endpoints' is required; expected at least one \"host:port\""
             )
     return parsed
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """The agent's DNS server for mesh names, on ``address``:``ports.dns`` (UDP and TCP)."""
+
+    enabled: bool = field(default=False, metadata=_meta(_bool))
+    domain: str = field(default="mesh.internal", metadata=_meta(_name))
+    address: str = field(default="127.0.0.1", metadata=_meta(_ip))
+    upstreams: Tuple[str, ...] = field(default=(), metadata=_meta(_list_of(_dns_upstream)))
+    ttl_s: int = field(default=30, metadata=_meta(_int_range(0, 86400)))
 
 
 @dataclass(frozen=True)
@@ -500,6 +648,7 @@ class Config:
     inbound: InboundConfig = field(default_factory=InboundConfig, metadata=_meta(_section(InboundConfig)))
     outbound: OutboundConfig = field(default_factory=OutboundConfig, metadata=_meta(_outbound))
     xds: XdsConfig = field(default_factory=XdsConfig, metadata=_meta(_section(XdsConfig)))
+    dns: DnsConfig = field(default_factory=DnsConfig, metadata=_meta(_section(DnsConfig)))
     policy: PolicyConfig = field(default_factory=PolicyConfig, metadata=_meta(_section(PolicyConfig)))
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig, metadata=_meta(_section(AccessLogConfig)))
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig, metadata=_meta(_section(TelemetryConfig)))
@@ -523,13 +672,16 @@ def _section_keys(prefix: str, section: type) -> List[str]:
         keys.append(f"{prefix}.{f.name}")
         items = f.metadata["items"]
         if items:
-            keys += _section_keys(f"{prefix}.{f.name}[]", items)
+            nested = f.default_factory is items  # a section inside, not a list of them
+            keys += _section_keys(f"{prefix}.{f.name}" + ("" if nested else "[]"), items)
     return keys
 
 
 def parse_config(data: Any, run_dir: Optional[str] = None) -> Config:
     """Turn decoded JSON into a Config, checking every key and the whole."""
     cfg = Config(**_object("", data, _checks(Config)))
+    if "domain" not in data.get("telemetry", {}):
+        cfg = replace(cfg, telemetry=replace(cfg.telemetry, domain=cfg.dns.domain))
     if run_dir is not None:
         cfg = replace(cfg, run_dir=run_dir)
     _check_whole(cfg)
@@ -585,6 +737,8 @@ def _check_whole(cfg: Config) -> None:
             raise ConfigError(f"config keys 'xds.cert_file' and 'xds.key_file' go together; got only 'xds.{given[0]}'")
     _check_interception(cfg.inbound)
     _check_policies(cfg.inbound)
+    _check_vips(cfg.outbound)
+    _check_dns(cfg)
     wants_tls = [f"inbound.services[{i}]" for i, s in enumerate(cfg.inbound.services) if s.tls]
     wants_tls += [f"outbound.services[{i}]" for i, s in enumerate(cfg.outbound.services) if s.tls]
     if wants_tls and not cfg.tls.configured:
@@ -598,6 +752,90 @@ def _check_whole(cfg: Config) -> None:
             f"config key 'tls.{given[0]}' is set but not all of 'tls.cert_file', 'tls.key_file',"
             " 'tls.ca_file' are; expected all three or none"
         )
+
+
+def _check_vips(outbound: OutboundConfig) -> None:
+    """A listener's filter chain matches a VIP and port: two services cannot share one."""
+    seen: Dict[Tuple[str, int], int] = {}
+    for i, svc in enumerate(outbound.services):
+        for j, vip in enumerate(svc.vips):
+            if (vip, svc.port) in seen:
+                raise ConfigError(
+                    f"config key 'outbound.services[{i}].vips[{j}]': {json.dumps(vip)} with port {svc.port} is "
+                    f"already used by 'outbound.services[{seen[(vip, svc.port)]}]'; expected each service "
+                    "to have its own virtual IPs"
+                )
+            seen[(vip, svc.port)] = i
+
+
+def mesh_names(cfg: Config) -> Dict[str, Tuple[List[str], List[str]]]:
+    """The mesh zone: ``<name>.<domain>`` and ``<name>.<namespace>.<domain>`` of every outbound
+    service that has virtual IPs -> (IPv4 VIPs, IPv6 VIPs)."""
+    zone: Dict[str, Tuple[List[str], List[str]]] = {}
+    for svc in cfg.outbound.services:
+        if not svc.vips:
+            continue
+        ipv4 = [v for v in svc.vips if ipaddress.ip_address(v).version == 4]
+        ipv6 = [v for v in svc.vips if ipaddress.ip_address(v).version == 6]
+        for fqdn in service_fqdns(svc, cfg.dns.domain):
+            zone[fqdn] = (ipv4, ipv6)
+    return zone
+
+
+def service_fqdns(svc: OutboundService, domain: str) -> List[str]:
+    """The names a service answers to: ``<name>.<domain>``, and with a namespace
+    ``<name>.<namespace>.<domain>`` too."""
+    names = [svc.name] + ([f"{svc.name}.{svc.namespace}"] if svc.namespace else [])
+    return [f"{name}.{domain}" for name in names]
+
+
+def _check_dns(cfg: Config) -> None:
+    """The DNS server answers on one address (UDP replies leave from where the query went),
+    never forwards to itself, and every mesh name must be a name it can answer."""
+    if not cfg.dns.enabled:
+        return
+    if ipaddress.ip_address(cfg.dns.address).is_unspecified:
+        raise _fail("dns.address", cfg.dns.address, 'one address such as "127.0.0.1", not a wildcard')
+    own = {_canonical_ip(cfg.dns.address), "127.0.0.1", "::1"}
+    if cfg.node.ip != "auto":
+        own.add(_canonical_ip(cfg.node.ip))
+    for i, text in enumerate(cfg.dns.upstreams):
+        address, port = dns_upstream(text)
+        if port == cfg.ports.dns and _canonical_ip(address) in own:
+            raise _fail(
+                f"dns.upstreams[{i}]",
+                text,
+                f"a resolver other than the agent itself (port {cfg.ports.dns} on this host is the agent's DNS)",
+            )
+    seen: Dict[str, int] = {}
+    for i, svc in enumerate(cfg.outbound.services):
+        if not svc.vips:
+            continue
+        for fqdn in service_fqdns(svc, cfg.dns.domain):
+            if fqdn in seen and seen[fqdn] != i:
+                raise ConfigError(
+                    f"config key 'outbound.services[{i}].name': {json.dumps(svc.name)} gives the mesh name "
+                    f"{fqdn!r}, which 'outbound.services[{seen[fqdn]}]' has already; expected distinct names"
+                )
+            seen[fqdn] = i
+            for label in fqdn.split("."):
+                if len(label) > 63:
+                    raise ConfigError(
+                        f"config key 'outbound.services[{i}].name': the mesh name {fqdn!r} has a label longer "
+                        "than 63 characters; expected DNS labels of 1 to 63 characters"
+                    )
+            if len(fqdn) > 253:
+                raise ConfigError(
+                    f"config key 'outbound.services[{i}].name': the mesh name {fqdn!r} is longer than 253 "
+                    "characters; expected a shorter name or dns.domain"
+                )
+
+
+def _canonical_ip(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
 
 
 def _check_policies(inbound: InboundConfig) -> None:
@@ -670,7 +908,7 @@ def restart_relevant(cfg: Config) -> List[Any]:
         cfg.inbound.interception,  # node metadata INTERCEPTION_MODE
         cfg.node,
         cfg.envoy,
-        cfg.ports,
+        replace(cfg.ports, dns=0),  # the DNS port is the agent's own listener, not Envoy's
         cfg.listen,
         cfg.xds,
         cfg.run_dir,

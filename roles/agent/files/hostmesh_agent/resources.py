@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from hostmesh_agent import policy
 from hostmesh_agent.access_log import INBOUND, OUTBOUND, stdout_logger, tcp_log_options
 from hostmesh_agent.bootstrap import listen_address, socket_address
-from hostmesh_agent.config import Config, InboundService, OutboundService
+from hostmesh_agent.config import Config, Endpoint, InboundService, OutboundService
 from hostmesh_agent.rundir import RunDir
 from hostmesh_agent.tracing import collector_cluster, hcm_tracing
 
@@ -36,6 +36,14 @@ CA_SECRET = "ROOTCA"
 # As Istio's default: a SYN lost to a busy application's full backlog is retried
 # after 1 s, so a 1 s timeout would turn a slow accept into a reset.
 CONNECT_TIMEOUT = "10s"
+# Retried when retries.idempotent_only: the methods RFC 9110 calls idempotent.
+IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")
+LB_POLICIES = {
+    "round_robin": "ROUND_ROBIN",
+    "least_request": "LEAST_REQUEST",
+    "random": "RANDOM",
+    "ring_hash": "RING_HASH",
+}
 # Listeners whose connections a stop waits for (by stat prefix): the inbound ones it drains.
 DRAINED_STAT_PREFIXES = ("inbound",)
 
@@ -107,7 +115,76 @@ _ORIGINAL_DST_FILTER = {
 }
 
 
-def _http_proxy(stat_prefix: str, cluster: str, http_filters: Tuple[Json, ...] = (), **extra: Any) -> Json:
+def _seconds(value: float) -> str:
+    """A protobuf Duration in JSON: whole seconds stay short ("10s"), fractions keep ms."""
+    return f"{int(value)}s" if float(value).is_integer() else f"{value:.3f}s"
+
+
+def _routes(cluster: str, svc: Optional[OutboundService], zone: str = "") -> List[Json]:
+    """One route to the cluster, with no timeout (inbound); for an outbound service, its
+    request timeout and retries: with ``idempotent_only`` a first route for the idempotent
+    methods carries the retry policy and a second one, for the rest, has none."""
+    if svc is None:
+        return [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]
+    action: Json = {"cluster": cluster, "timeout": _seconds(svc.request_timeout_s)}
+    if svc.retries.attempts == 0:
+        return [{"match": {"prefix": "/"}, "route": action}]
+    retrying = {**action, "retry_policy": _retry_policy(svc, zone)}
+    if not svc.retries.idempotent_only:
+        return [{"match": {"prefix": "/"}, "route": retrying}]
+    methods = {"name": ":method", "string_match": {"safe_regex": {"regex": f"^({'|'.join(IDEMPOTENT_METHODS)})$"}}}
+    return [
+        {"name": "idempotent", "match": {"prefix": "/", "headers": [methods]}, "route": retrying},
+        {"name": "other", "match": {"prefix": "/"}, "route": action},
+    ]
+
+
+def _retry_policy(svc: OutboundService, zone: str) -> Json:
+    """Retry on another replica (previous_hosts), and on the other priority when the cluster
+    has one (previous_priorities), so that a retry after the local zone's replica failed
+    goes to another zone even before outlier detection has ejected it."""
+    r = svc.retries
+    policy: Json = {
+        "retry_on": r.retry_on,
+        "num_retries": r.attempts,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+    }
+    if r.per_try_timeout_s:
+        policy["per_try_timeout"] = _seconds(r.per_try_timeout_s)
+    if _prefers_zone(svc, zone):
+        policy["retry_priority"] = {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3."
+                "PreviousPrioritiesConfig",
+                "update_frequency": 1,
+            },
+        }
+    return policy
+
+
+def _prefers_zone(svc: OutboundService, zone: str) -> bool:
+    """Whether the service's endpoints are split into this zone's (priority 0) and the rest."""
+    zones = {e.zone for e in svc.endpoints}
+    return bool(zone) and zone in zones and len(zones) > 1
+
+
+def _http_proxy(
+    stat_prefix: str,
+    cluster: str,
+    http_filters: Tuple[Json, ...] = (),
+    outbound: Optional[OutboundService] = None,
+    zone: str = "",
+    **extra: Any,
+) -> Json:
     """HTTP-aware proxying: while draining, Envoy answers with ``Connection: close`` so that
     keep-alive clients move to the new epoch between requests instead of losing one."""
     return {
@@ -123,7 +200,7 @@ def _http_proxy(stat_prefix: str, cluster: str, http_filters: Tuple[Json, ...] =
                     {
                         "name": stat_prefix,
                         "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}],
+                        "routes": _routes(cluster, outbound, zone),
                     }
                 ],
             },
@@ -140,10 +217,17 @@ def _http_proxy(stat_prefix: str, cluster: str, http_filters: Tuple[Json, ...] =
 
 
 def _filters(
-    cfg: Config, direction: str, service: str, protocol: str, cluster: str, inbound: Optional[InboundService] = None
+    cfg: Config,
+    direction: str,
+    service: str,
+    protocol: str,
+    cluster: str,
+    inbound: Optional[InboundService] = None,
+    outbound: Optional[OutboundService] = None,
 ) -> List[Json]:
     """A filter chain's filters: the proxy with its access log and tracing, after the
-    service's policy (inbound services only, see policy.py)."""
+    service's policy (inbound services only, see policy.py); an outbound service's
+    timeouts and retries (http) or idle timeout and connect attempts (tcp)."""
     guarded = inbound if inbound is not None and policy.has_policy(cfg, inbound) else None
     logs = [stdout_logger(direction, service, protocol)] if cfg.telemetry.enabled or cfg.access_log.enabled else []
     extra: Json = {}
@@ -154,11 +238,13 @@ def _filters(
         if tracing:
             extra["tracing"] = tracing
         if guarded is None:
-            return [_http_proxy(cluster, cluster, **extra)]
+            return [_http_proxy(cluster, cluster, outbound=outbound, zone=cfg.node.zone, **extra)]
         extra.update(policy.path_normalisation(guarded))
         return [_http_proxy(cluster, cluster, (policy.http_filter(guarded),), **extra)]
     if logs:
         extra.update(access_log=logs, access_log_options=tcp_log_options())
+    if outbound is not None:
+        extra.update(idle_timeout=_seconds(outbound.idle_timeout_s), max_connect_attempts=outbound.connect_attempts)
     if guarded is None:
         return [_tcp_proxy(cluster, cluster, **extra)]
     extra.update(policy.tcp_proxy_options(guarded))
@@ -222,16 +308,20 @@ def _prefix_range(cidr: str) -> Json:
 
 
 def _outbound_listener(cfg: Config) -> Json:
+    """One filter chain per service, matching its port and its VIPs (a /32 or /128 each) or
+    ``match_cidrs``: services that share a port are told apart by where the client dialed."""
     chains = []
     for svc in cfg.outbound.services:
         match: Json = {"destination_port": svc.port}
-        if svc.match_cidrs:
-            match["prefix_ranges"] = [_prefix_range(c) for c in svc.match_cidrs]
+        ranges = [_prefix_range(v) for v in svc.vips] + [_prefix_range(c) for c in svc.match_cidrs]
+        if ranges:
+            match["prefix_ranges"] = ranges
+        name = outbound_cluster_name(svc)
         chains.append(
             {
-                "name": outbound_cluster_name(svc),
+                "name": name,
                 "filter_chain_match": match,
-                "filters": _filters(cfg, OUTBOUND, svc.name, svc.protocol, outbound_cluster_name(svc)),
+                "filters": _filters(cfg, OUTBOUND, svc.name, svc.protocol, name, outbound=svc),
             }
         )
     fallback = OUTBOUND_PASSTHROUGH if cfg.outbound.passthrough else BLACKHOLE
@@ -254,9 +344,73 @@ def _bind_source(address: str) -> Json:
     return {"upstream_bind_config": {"source_address": {"address": address, "port_value": 0}}}
 
 
-def _endpoint(host_port: str) -> Json:
-    host, _sep, port = host_port.rpartition(":")
-    return {"endpoint": {"address": socket_address(host.strip("[]"), int(port))}}
+def _locality_endpoints(svc: OutboundService, zone: str) -> List[Json]:
+    """The endpoints grouped by zone; with ``node.zone`` set, its own zone's at priority 0 and
+    the others' at priority 1, so Envoy sends to the others only when too few of its own
+    are healthy. No preference when this host has no zone or the service none there."""
+    zones: Dict[str, List[Endpoint]] = {}
+    for e in svc.endpoints:
+        zones.setdefault(e.zone, []).append(e)
+    prefer = _prefers_zone(svc, zone)
+    groups = []
+    for name in sorted(zones, key=lambda z: (not (prefer and z == zone), z)):
+        group: Json = {
+            "lb_endpoints": [{"endpoint": {"address": socket_address(e.address, e.port)}} for e in zones[name]]
+        }
+        if name:
+            group["locality"] = {"zone": name}
+        if prefer and name != zone:
+            group["priority"] = 1
+        groups.append(group)
+    return groups
+
+
+def _resilience(svc: OutboundService) -> Json:
+    """A cluster's load balancing, outlier detection, active health checks and limits."""
+    out: Json = {
+        "lb_policy": LB_POLICIES[svc.lb_policy],
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": svc.circuit_breakers.max_connections,
+                    "max_pending_requests": svc.circuit_breakers.max_pending_requests,
+                    "max_requests": svc.circuit_breakers.max_requests,
+                    "max_retries": svc.circuit_breakers.max_retries,
+                }
+            ]
+        },
+    }
+    od = svc.outlier_detection
+    if od.enabled:
+        # Connect failures count as 5xx (split_external_local_origin_errors is off), so a
+        # stopped tcp replica is ejected as a failing http one is. Success-rate ejection is
+        # off, as in Istio: it needs many hosts and requests to mean anything.
+        out["outlier_detection"] = {
+            "consecutive_5xx": od.consecutive_errors,
+            "consecutive_gateway_failure": od.consecutive_errors,
+            "interval": _seconds(od.interval_s),
+            "base_ejection_time": _seconds(od.base_ejection_s),
+            "max_ejection_percent": od.max_ejection_percent,
+            "enforcing_consecutive_5xx": 100,
+            "enforcing_consecutive_gateway_failure": 100,
+            "enforcing_success_rate": 0,
+        }
+    hc = svc.health_check
+    if hc.type != "none":
+        check: Json = {
+            "timeout": _seconds(hc.timeout_s),
+            "interval": _seconds(hc.interval_s),
+            "no_traffic_interval": _seconds(hc.interval_s),
+            "unhealthy_threshold": hc.unhealthy_threshold,
+            "healthy_threshold": hc.healthy_threshold,
+        }
+        if hc.type == "tcp":
+            check["tcp_health_check"] = {}
+        else:
+            check["http_health_check"] = {"path": hc.path}
+        out["health_checks"] = [check]
+    return out
 
 
 def _is_ip(host: str) -> bool:
@@ -323,15 +477,13 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
     clusters, inbound_passthrough = _inbound_clusters(cfg)
     for svc in cfg.outbound.services:
         name = outbound_cluster_name(svc)
-        static = all(_is_ip(e.rpartition(":")[0].strip("[]")) for e in svc.endpoints)
+        static = all(_is_ip(e.address) for e in svc.endpoints)
         cluster: Json = {
             "name": name,
             "type": "STATIC" if static else "STRICT_DNS",
-            "connect_timeout": CONNECT_TIMEOUT,
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [{"lb_endpoints": [_endpoint(e) for e in svc.endpoints]}],
-            },
+            "connect_timeout": _seconds(svc.connect_timeout_s),
+            "load_assignment": {"cluster_name": name, "endpoints": _locality_endpoints(svc, cfg.node.zone)},
+            **_resilience(svc),
         }
         if svc.tls:
             cluster["transport_socket"] = {
