@@ -29,11 +29,15 @@ DEFAULT_PORTS = {
 AGENT_PORTS = ("admin", "outbound", "inbound", "status", "health", "prometheus", "dns")
 
 # traffic_capture option -> contract key, for the options the capture role passes.
-CAPTURE_PORT_OPTIONS = {"proxy_port": "outbound", "inbound_capture_port": "inbound", "dns_port": "dns"}
+CAPTURE_PORT_OPTIONS = {
+    "proxy_port": "outbound",
+    "inbound_capture_port": "inbound",
+    "dns_port": "dns",
+    "inbound_tunnel_port": "tunnel",
+}
 
-# traffic_capture options that may not say otherwise than the contract
-# (inbound_tunnel_port: for a traffic_capture that has that option).
-CONTRACT_OPTIONS = dict(CAPTURE_PORT_OPTIONS, inbound_tunnel_port="tunnel")
+# traffic_capture options that may not say otherwise than the contract.
+CONTRACT_OPTIONS = dict(CAPTURE_PORT_OPTIONS)
 
 # Inbound ports never captured besides the user's own (SSH): the sidecar's
 # listeners that peers and monitoring reach directly, in Istio's order.

@@ -25,8 +25,13 @@ description:
     C(SSH_CONNECTION)) is never captured, even if O(inbound_ports_exclude)
     forgets it; a warning says so.
   - With O(chain_prefix=ISTIO_), Istio's defaults and
-    O(protect_established=false), C(iptables -t nat -S) reads exactly as a
-    pod's does.
+    O(protect_established=false), C(iptables -t nat -S) reads as the listing
+    of a pod under Istio 1.6 (the seed's layout) plus today's tunnel-port
+    rules and the rule that leaves forwarded traffic alone. Packets are
+    decided as today's C(istio-iptables) decides them, except for the
+    deliberate differences C(docs/capture.md) lists.
+  - Traffic the host only forwards (for containers, VMs) is never captured
+    as inbound.
 author:
   - hostmesh.sidecar maintainers (@hostmesh)
 options:
@@ -114,6 +119,47 @@ options:
     type: list
     elements: str
     default: []
+  virtual_interfaces:
+    description:
+      - Interfaces whose arriving traffic is captured as outbound (sent to
+        O(proxy_port)), as if this host's own processes had sent it; for the
+        bridges of containers or VMs (C(docker0), C(cni-podman0), C(virbr0)).
+        Only TCP to what O(outbound_cidrs) and O(outbound_ports) capture, minus
+        O(outbound_cidrs_exclude) and O(outbound_ports_exclude); what arrives on
+        them is never captured as inbound. Istio's C(-k).
+      - Traffic the host only forwards (for containers, VMs) is never captured
+        as inbound, whatever this says.
+    type: list
+    elements: str
+    default: []
+  outbound_owner_groups:
+    description:
+      - Capture outbound traffic only of processes whose primary group is one
+        of these (names or ids); empty captures every group. Istio's
+        C(--include-outbound-owner-groups). Not together with
+        O(outbound_owner_groups_exclude).
+    type: list
+    elements: raw
+    default: []
+  outbound_owner_groups_exclude:
+    description:
+      - Never capture outbound traffic of processes whose primary group is one
+        of these (names or ids). Istio's C(--exclude-outbound-owner-groups).
+    type: list
+    elements: raw
+    default: []
+  inbound_tunnel_port:
+    description:
+      - The proxy's tunnel port (HBONE). Never captured inbound, and the
+        proxy's own connections to this host on it are left alone. Istio's C(-e).
+    type: int
+    default: 15008
+  host_loopback_cidr:
+    description:
+      - The loopback range the loopback rules treat as this host's own
+        (IPv4; inside 127.0.0.0/8). Istio's host loopback CIDR.
+    type: str
+    default: 127.0.0.1/32
   ip_families:
     description:
       - Families to capture. V(auto) means IPv4, plus IPv6 where the host has
@@ -125,7 +171,8 @@ options:
     description:
       - Send DNS (UDP and TCP port 53) to O(dns_port), with the conntrack-zone
         split Istio uses in the raw table. Without O(dns_capture_all), only
-        queries to the resolvers in C(/etc/resolv.conf) are captured.
+        queries to the resolvers in C(/etc/resolv.conf) are captured; with none
+        there, DNS is not captured at all and a warning says so (as Istio does).
         Istio's C(--redirect-dns).
     type: bool
     default: false
@@ -329,6 +376,8 @@ def main():
             )
         result = run_capture(options, HostCommands.for_module(module, options.lock_wait), module.check_mode)
         script, diff = result.pop("script"), result.pop("diff")
+        for warning in result.pop("warnings"):
+            module.warn(warning)
         if options.rules_file:
             content = script if options.state == "present" else None
             result["changed"] = _sync_rules_file(module, options.rules_file, content) or result["changed"]

@@ -46,6 +46,13 @@ def explain_failure(error: CaptureError, options) -> CaptureError:
     text = "%s %s" % (error.err, error.out)
     if error.rc == _LOCK_EXIT and "xtables lock" in text:
         return LockHeld(options.lock_wait, error)
+    if "Nexthop device is not up" in text:
+        return MissingFeature(
+            "mode",
+            options.mode,
+            "mode: %r routes marked packets with `local default dev lo`, which needs the loopback interface up "
+            "(ip link set lo up) (%s)" % (options.mode, str(error).strip()),
+        )
     for word, option, feature in _FEATURES:
         if ("`%s'" % word in text or "'%s'" % word in text or "%s " % word in text) and (
             "load" in text or "not supported" in text or "No such file" in text or "Could not" in text

@@ -28,7 +28,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model im
     IpRoute,
     IpRule,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import tables_used
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import dns_captured, tables_used
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._host_files import read_text
 
 _VERSION_TAG = {"iptables-nft": "nf_tables", "iptables-legacy": "legacy"}
@@ -235,7 +235,8 @@ def observe(host: HostCommands, options) -> Snapshot:
     read = host.read_file
     tools, saves = _iptables_saves(host)
     ipv6 = has_ipv6(read("/proc/net/if_inet6"), read("/proc/sys/net/ipv6/conf/all/disable_ipv6"))
-    found = Snapshot(tools, saves, host.binary("nft"), "", {}, host.binary("ip"), {}, ipv6, {})
+    servers = nameservers(read("/etc/resolv.conf"))
+    found = Snapshot(tools, saves, host.binary("nft"), "", {}, host.binary("ip"), {}, ipv6, servers)
     if found.nft and not nft.table_name_problem(options.chain_prefix):
         found = found._replace(nft_table=host.nft_list(nft.table_name(options.chain_prefix)))
     if found.nft:
@@ -245,7 +246,7 @@ def observe(host: HostCommands, options) -> Snapshot:
             family: host.ip_routing(family, options.tproxy_mark, options.tproxy_route_table) for family in FAMILIES
         }
         found = found._replace(routing=routing)
-    return found._replace(nameservers=nameservers(read("/etc/resolv.conf")))
+    return found
 
 
 def _iptables_saves(host):
@@ -274,7 +275,7 @@ def _iptables_nft_tables(host, options, found):
         if save is None:
             continue
         chosen = options.state == "present" and backend == "iptables-nft" and family in families
-        used = tables_used(options) if chosen else frozenset()
+        used = tables_used(options, dns_captured(options, found.nameservers)) if chosen else frozenset()
         moving = set(parse_save(save, options.chain_prefix)).symmetric_difference(used)
         for table in TABLES:
             if table in tables_in_save(save) and (table in moving or options.state == "absent"):

@@ -52,16 +52,23 @@ def render_rule(rule):
             parts.append(_flag("--dport", rule.dport))
         if rule.syn is not None:
             parts.append(("" if rule.syn else "! ") + "--tcp-flags FIN,SYN,RST,ACK SYN")
+    if rule.dports is not None:
+        parts.append("-m multiport " + _flag("--dports", rule.dports))
     if rule.mark is not None:
-        parts.append("-m mark --mark %s" % hex(rule.mark))
+        is_negated, mark = negated(rule.mark)
+        parts.append("-m mark %s--mark %s" % ("! " if is_negated else "", hex(int(mark))))
     if rule.connmark is not None:
         parts.append("-m connmark --mark %s" % hex(rule.connmark))
     if rule.ctstate is not None:
         parts.append("-m conntrack --ctstate %s" % rule.ctstate)
+    if rule.dst_type is not None:
+        parts.append("-m addrtype " + _flag("--dst-type", rule.dst_type))
     if rule.uid_owner is not None:
         parts.append("-m owner " + _flag("--uid-owner", rule.uid_owner))
     if rule.gid_owner is not None:
         parts.append("-m owner " + _flag("--gid-owner", rule.gid_owner))
+    for group in rule.gid_owner_none or ():
+        parts.append("-m owner ! --gid-owner %d" % group)
     parts.append(_render_target(rule))
     return " ".join(parts)
 

@@ -19,6 +19,10 @@ IPTABLES_VARIANTS = ("iptables-nft", "iptables-legacy")
 TABLES = ("raw", "mangle", "nat")
 BUILTIN_CHAINS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
+# The mark tproxy mode sets on the proxy's own packets to this host over lo
+# (Istio's OutboundMark): such packets may be captured as inbound, others on lo not.
+OUTBOUND_MARK = 1338
+
 # Verbs (targets that are not a jump to one of our chains).
 RETURN = "RETURN"
 ACCEPT = "ACCEPT"
@@ -40,13 +44,16 @@ _RULE_FIELDS = (
     "out_iface",
     "proto",  # "tcp" / "udp"
     "dport",  # int, or "!53" to negate
+    "dports",  # tuple of ints (multiport), or "!" + "53,15008" to negate
     "sport",  # int
     "syn",  # False: TCP packets that are not a connection's first (SYN without ACK/RST/FIN)
     "uid_owner",  # int, or "!1337" to negate
     "gid_owner",  # int, or "!1337" to negate
+    "gid_owner_none",  # tuple of ints: the sender's group is none of these
     "mark",  # int: packet mark equals
     "connmark",  # int: connection mark equals
     "ctstate",  # e.g. "INVALID", "RELATED,ESTABLISHED"
+    "dst_type",  # "LOCAL": to one of this host's addresses; "!LOCAL": anything else
 )
 
 

@@ -34,6 +34,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model im
 _NFPROTO = {IPV4: 2, IPV6: 10}
 _L4PROTO = {"tcp": 6, "udp": 17}
 _ADDRESS_MATCH = {IPV4: "ip", IPV6: "ip6"}
+_ADDRESS_TYPES = {"LOCAL": 2}
 _CT_STATE_BITS = {"INVALID": 0x1, "ESTABLISHED": 0x2, "RELATED": 0x4, "NEW": 0x8, "UNTRACKED": 0x40}
 
 # (iptables table, built-in chain) -> (nft chain type, hook, priority): where
@@ -90,6 +91,13 @@ def _compare(value):
     return ("!= " if is_negated else "") + str(value)
 
 
+def _port_set(value):
+    is_negated, ports = negated(value)
+    if not isinstance(ports, str):
+        ports = ",".join(str(port) for port in ports)
+    return "%s{ %s }" % ("!= " if is_negated else "", ", ".join(ports.split(",")))
+
+
 def _mark(value):
     return "0x%08x" % value
 
@@ -122,7 +130,7 @@ def render_rule(rule, family: str, chain_of=None) -> list:
         parts.append('iifname "%s"' % rule.in_iface)
     if rule.out_iface is not None:
         parts.append('oifname "%s"' % rule.out_iface)
-    if rule.sport is None and rule.dport is None and rule.syn is None:
+    if rule.sport is None and rule.dport is None and rule.syn is None and rule.dports is None:
         if rule.proto is not None:
             parts.append("meta l4proto %d" % _L4PROTO[rule.proto])
     else:
@@ -133,12 +141,19 @@ def render_rule(rule, family: str, chain_of=None) -> list:
             parts.append("%s dport %s" % (rule.proto, _compare(rule.dport)))
         if rule.syn is not None:
             parts.append("tcp flags %s0x2 / 0x1,0x2,0x4,0x10" % ("" if rule.syn else "!= "))
+    if rule.dports is not None:
+        parts.append("%s dport %s" % (rule.proto, _port_set(rule.dports)))
     if rule.mark is not None:
-        parts.append("meta mark %s" % _mark(rule.mark))
+        is_negated, mark = negated(rule.mark)
+        parts.append("meta mark %s%s" % ("!= " if is_negated else "", _mark(int(mark))))
     if rule.connmark is not None:
         parts.append("ct mark %s" % _mark(rule.connmark))
     if rule.ctstate is not None:
         parts.append("ct state %s" % _ct_states(rule.ctstate))
+    if rule.dst_type is not None:
+        is_negated, kind = negated(rule.dst_type)
+        # nft -n lists the address type as its number (RTN_LOCAL).
+        parts.append("fib daddr type %s%d" % ("!= " if is_negated else "", _ADDRESS_TYPES[kind]))
     # Unlike the owner match, meta skuid/skgid never match a packet without a
     # socket, negated or not; our owner rules sit in OUTPUT on new TCP/UDP
     # flows, which always have one.
@@ -146,6 +161,8 @@ def render_rule(rule, family: str, chain_of=None) -> list:
         parts.append("meta skuid %s" % _compare(rule.uid_owner))
     if rule.gid_owner is not None:
         parts.append("meta skgid %s" % _compare(rule.gid_owner))
+    for group in rule.gid_owner_none or ():
+        parts.append("meta skgid != %d" % group)
     if rule.target == TPROXY and not is_family_bound(rule):
         # tproxy names its family; say so in the match too.
         parts.insert(0, "meta nfproto %d" % _NFPROTO[family])

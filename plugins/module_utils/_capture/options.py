@@ -18,6 +18,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors i
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     IPV4,
     IPV6,
+    OUTBOUND_MARK,
 )
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.nft import table_name_problem
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.spec import capture_argument_spec
@@ -33,6 +34,7 @@ CHAIN_SUFFIXES = (
     "DROP_INVALID",
     "DNS_OUTPUT",
     "DNS_PREROUTING",
+    "VIRTUAL",
 )
 MAX_CHAIN_NAME = 28
 _CHAIN_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -160,12 +162,47 @@ def _chain_prefix(value):
     return value
 
 
-def _interfaces(value):
-    names = _as_list("exclude_interfaces", value)
+def _interfaces(value, option="exclude_interfaces"):
+    names = _as_list(option, value)
     for name in names:
         if not isinstance(name, str) or not _IFACE_RE.match(name) or name in (".", ".."):
-            raise OptionError("exclude_interfaces", name, "expected an interface name of 1-15 characters")
+            raise OptionError(option, name, "expected an interface name of 1-15 characters")
     return _unique(names)
+
+
+def _group_id_from_host(name):
+    import grp  # only when a group is named, not numbered
+
+    return grp.getgrnam(name).gr_gid
+
+
+def _groups(option, value, group_id):
+    """Group ids, a name looked up with ``group_id`` (iptables-save prints numbers)."""
+    accepted = "expected group names or numeric ids from 0 to 4294967294"
+    ids = []
+    for item in _as_list(option, value):
+        if isinstance(item, str) and not re.match(r"^\s*\d+\s*$", item):
+            name = item.strip()
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*[$]?$", name):
+                raise OptionError(option, item, accepted)
+            try:
+                ids.append(group_id(name))
+            except (KeyError, LookupError):
+                raise OptionError(option, item, "no group of that name on this host; " + accepted) from None
+        else:
+            ids.append(_integer(option, item, 0, 4294967294, accepted))
+    return _unique(ids)
+
+
+def _host_loopback(value):
+    accepted = "expected an IPv4 loopback CIDR inside 127.0.0.0/8, such as 127.0.0.1/32"
+    try:
+        network = ipaddress.ip_network(str(value).strip(), strict=False)
+    except ValueError:
+        raise OptionError("host_loopback_cidr", value, accepted) from None
+    if network.version != 4 or not network.subnet_of(ipaddress.ip_network("127.0.0.0/8")):
+        raise OptionError("host_loopback_cidr", value, accepted)
+    return str(network)
 
 
 def ssh_port_from_environment(environ):
@@ -176,11 +213,13 @@ def ssh_port_from_environment(environ):
     return None
 
 
-def parse_options(params, ssh_port=None):
+def parse_options(params, ssh_port=None, group_id=None):
     """Validate ``params`` (the module's parameters) into CaptureOptions.
 
     Returns (options, warnings). Raises OptionError on the first bad value.
     Options missing from ``params`` (or None) take the spec's default.
+    ``group_id`` maps a group name to its id (KeyError if unknown); by
+    default the host's group database.
     """
     values = dict(DEFAULTS)
     values.update({key: value for key, value in params.items() if value is not None and key in DEFAULTS})
@@ -197,6 +236,13 @@ def parse_options(params, ssh_port=None):
     dns_port = _port("dns_port", values["dns_port"])
     if dns_port in (proxy_port, inbound_capture_port):
         raise OptionError("dns_port", dns_port, "it must differ from proxy_port and inbound_capture_port")
+    inbound_tunnel_port = _port("inbound_tunnel_port", values["inbound_tunnel_port"])
+    if inbound_tunnel_port in (proxy_port, inbound_capture_port, dns_port):
+        raise OptionError(
+            "inbound_tunnel_port",
+            inbound_tunnel_port,
+            "it must differ from proxy_port, inbound_capture_port and dns_port",
+        )
 
     proxy_uid = _ids("proxy_uid", values["proxy_uid"])
     proxy_gid = _ids("proxy_gid", values["proxy_gid"])
@@ -213,7 +259,11 @@ def parse_options(params, ssh_port=None):
             raise OptionError(
                 "inbound_ports", both[0], "the port is also in inbound_ports_exclude; list it in one of them"
             )
-    for option, port in (("proxy_port", proxy_port), ("inbound_capture_port", inbound_capture_port)):
+    for option, port in (
+        ("proxy_port", proxy_port),
+        ("inbound_capture_port", inbound_capture_port),
+        ("inbound_tunnel_port", inbound_tunnel_port),
+    ):
         if inbound_ports and port in inbound_ports:
             raise OptionError("inbound_ports", port, "it is %s; capturing it would loop" % option)
 
@@ -244,6 +294,13 @@ def parse_options(params, ssh_port=None):
     tproxy_mark = _integer(
         "tproxy_mark", values["tproxy_mark"], 1, 0xFFFFFFFF, "expected a firewall mark from 1 to 4294967295"
     )
+    if tproxy_mark == OUTBOUND_MARK:
+        raise OptionError(
+            "tproxy_mark",
+            tproxy_mark,
+            "%d marks the proxy's own connections to this host in tproxy mode (as in Istio); pick another mark"
+            % OUTBOUND_MARK,
+        )
     tproxy_route_table = _integer(
         "tproxy_route_table",
         values["tproxy_route_table"],
@@ -273,6 +330,23 @@ def parse_options(params, ssh_port=None):
     if backend == "nftables" and table_name_problem(chain_prefix):
         raise OptionError("chain_prefix", chain_prefix, table_name_problem(chain_prefix))
 
+    exclude_interfaces = _interfaces(values["exclude_interfaces"])
+    virtual_interfaces = _interfaces(values["virtual_interfaces"], "virtual_interfaces")
+    both = [name for name in virtual_interfaces if name in exclude_interfaces]
+    if both:
+        raise OptionError(
+            "virtual_interfaces", both[0], "the interface is also in exclude_interfaces; list it in one of them"
+        )
+    lookup = group_id or _group_id_from_host
+    owner_groups = _groups("outbound_owner_groups", values["outbound_owner_groups"], lookup)
+    owner_groups_exclude = _groups("outbound_owner_groups_exclude", values["outbound_owner_groups_exclude"], lookup)
+    if owner_groups and owner_groups_exclude:
+        raise OptionError(
+            "outbound_owner_groups_exclude",
+            list(values["outbound_owner_groups_exclude"]),
+            "outbound_owner_groups already limits capture to its groups; set one of the two",
+        )
+
     options = CaptureOptions(
         state=state,
         mode=mode,
@@ -286,7 +360,12 @@ def parse_options(params, ssh_port=None):
         outbound_cidrs_exclude=outbound_cidrs_exclude,
         outbound_ports=outbound_ports,
         outbound_ports_exclude=outbound_ports_exclude,
-        exclude_interfaces=_interfaces(values["exclude_interfaces"]),
+        exclude_interfaces=exclude_interfaces,
+        virtual_interfaces=virtual_interfaces,
+        outbound_owner_groups=owner_groups,
+        outbound_owner_groups_exclude=owner_groups_exclude,
+        inbound_tunnel_port=inbound_tunnel_port,
+        host_loopback_cidr=_host_loopback(values["host_loopback_cidr"]),
         ip_families=_families(values["ip_families"]),
         dns_redirect=dns_redirect,
         dns_capture_all=dns_capture_all,

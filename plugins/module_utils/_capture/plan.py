@@ -33,7 +33,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model im
     TABLES,
     empty_family,
 )
-from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.rules import build_family, dns_captured
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.script import render_script
 
 # The change an iptables step makes: restore text ("" for none) for
@@ -75,11 +75,14 @@ class Step(
 
 
 class CapturePlan(
-    namedtuple("CapturePlan", ("options", "backend", "families", "desired", "steps", "script", "rules", "tools"))
+    namedtuple(
+        "CapturePlan", ("options", "backend", "families", "desired", "steps", "script", "rules", "tools", "warnings")
+    )
 ):
     """Every step of one run, and what the user reads: ``rules`` ({family or "inet": text}) and
     ``script`` (the rules file, for state present). ``tools``: the iptables tools
-    the steps run, {(variant, family): (save path, restore path)}."""
+    the steps run, {(variant, family): (save path, restore path)}. ``warnings``:
+    what the user should know about how the options were read on this host."""
 
     __slots__ = ()
 
@@ -113,9 +116,18 @@ def plan_capture(options, snapshot) -> CapturePlan:
     families = capture_families(options, snapshot.has_ipv6)
     require_families(backend, families, snapshot)
     present = options.state == "present"
+    dns = dns_captured(options, snapshot.nameservers)
+    warnings = []
+    if present and options.dns_redirect and not dns:
+        warnings.append(
+            "dns_redirect is true, but dns_capture_all is false and /etc/resolv.conf names no nameserver: "
+            "DNS is not captured (as istio-iptables does)"
+        )
     desired = {
         family: (
-            build_family(options, family, snapshot.nameservers.get(family, ())) if present else empty_family(family)
+            build_family(options, family, snapshot.nameservers.get(family, ()), dns)
+            if present
+            else empty_family(family)
         )
         for family in families
     }
@@ -178,7 +190,7 @@ def plan_capture(options, snapshot) -> CapturePlan:
     script = None
     if present:
         script = render_script(options.rules_file or "FILE", script_iptables, nft_part, routing, options.lock_wait)
-    return CapturePlan(options, backend, families, desired, steps, script, rules, snapshot.iptables)
+    return CapturePlan(options, backend, families, desired, steps, script, rules, snapshot.iptables, tuple(warnings))
 
 
 # -- iptables ---------------------------------------------------------------------------

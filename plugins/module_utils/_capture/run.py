@@ -35,6 +35,7 @@ def run_capture(options, host, check_mode: bool) -> dict:
         "ssh_port": options.ssh_port,
         "script": plan.script,
         "diff": plan.diffs(),
+        "warnings": list(plan.warnings),
     }
 
 

@@ -138,6 +138,12 @@ CASES = {
         "setup": [],
         "options": {"mode": "tproxy"},
     },
+    "tproxy_with_lo_down_is_put_back": {
+        "about": "mode tproxy on a host whose loopback interface is down: IPv6's route fails (Nexthop device "
+        "is not up); one error saying lo must be up, and every step applied before it is put back.",
+        "setup": [shell(["ip", "link", "set", "lo", "down"])],
+        "options": dict(ADDRESS_FAMILY, mode="tproxy"),
+    },
     "rollback_whose_undo_fails": {
         "about": "IPv6's restore fails and putting IPv4 back fails too: both failures, each once.",
         "setup": [apply({})],

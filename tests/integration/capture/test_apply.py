@@ -6,7 +6,8 @@ import pytest
 from netlab import assert_same
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SEED = os.path.join(os.path.dirname(os.path.dirname(HERE)), "unit", "capture", "seed_nat.txt")
+# The seed's layout with today's Istio rules (tests/unit/capture/test_rules.py says which).
+SEED = os.path.join(os.path.dirname(os.path.dirname(HERE)), "unit", "capture", "seed_nat_today.txt")
 
 VARIANTS = ["iptables-nft", "iptables-legacy"]
 
@@ -256,3 +257,54 @@ def test_waits_for_the_xtables_lock_and_says_so_when_it_cannot(lab):
     finally:
         release()
         holder.wait()
+
+
+@pytest.mark.parametrize("backend", [*VARIANTS, "nftables"])
+def test_tproxy_with_lo_down_fails_once_and_leaves_the_host_as_it_was(lab, backend):
+    lab.run(lab.host, ["ip", "link", "set", "lo", "down"])
+    before = lab.ruleset()
+    result = lab.module(mode="tproxy", backend=backend, ip_families=["ipv4", "ipv6"])
+    assert result.get("failed") is True
+    message = result["msg"]
+    assert "needs the loopback interface up" in message and message.count("Nexthop device is not up") == 1
+    assert "also failed" not in message and "No such file" not in message
+    assert message.endswith("nothing was changed (every step applied so far was put back)")
+    assert_same(before, lab.ruleset())
+    # With lo up the same options apply.
+    lab.run(lab.host, ["ip", "link", "set", "lo", "up"])
+    assert lab.ok(mode="tproxy", backend=backend, ip_families=["ipv4", "ipv6"])["changed"] is True
+
+
+TODAYS_OPTIONS = [
+    dict(
+        virtual_interfaces=["docker0", "virbr0"],
+        outbound_owner_groups=[0, 1100],
+        host_loopback_cidr="127.0.0.1/8",
+        dns_redirect=True,
+        dns_capture_all=True,
+    ),
+    dict(
+        mode="tproxy",
+        virtual_interfaces=["docker0"],
+        outbound_owner_groups_exclude=[888, 21],
+        outbound_cidrs=["10.0.0.0/8", "127.1.2.3/32", "fd00::/8"],
+        outbound_ports_exclude=[3306],
+        inbound_tunnel_port=15009,
+        dns_redirect=True,
+        dns_capture_all=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", [*VARIANTS, "nftables"])
+@pytest.mark.parametrize("params", TODAYS_OPTIONS, ids=["groups-virtual", "tproxy-exclude-groups"])
+def test_todays_options_read_back_and_a_second_run_writes_nothing(lab, backend, params):
+    ssh = {"SSH_CONNECTION": "10.231.0.2 40022 10.231.0.1 22"}
+    first = lab.module(env=ssh, backend=backend, ip_families=["ipv4", "ipv6"], **params)
+    assert not first.get("failed"), first.get("msg")
+    assert first["changed"] is True
+    before = lab.ruleset()
+    again = lab.module(env=ssh, backend=backend, ip_families=["ipv4", "ipv6"], **params)
+    assert again["changed"] is False and again["added"] == [] and again["removed"] == []
+    assert_same(before, lab.ruleset())
+    assert lab.ok(state="absent")["changed"] is True

@@ -72,7 +72,13 @@ CHECKS = [
             "uid1337 tcp 192.0.2.10:8080 from=127.0.0.6",
             "gid1337 tcp 127.0.0.2:80",
             "proxy tcp 127.0.0.1:80",
+            "proxy tcp 192.0.2.10:15008",
         ],
+    ),
+    (
+        "loopback-outbound-iprange",
+        {},
+        ["app tcp 127.1.2.3:80", "app tcp 192.0.2.10:80", "gid1337 tcp 192.0.2.10:80"],
     ),
     (
         "kube-virt-interfaces",
@@ -269,6 +275,11 @@ def test_the_evaluator_predicts_where_real_connections_land(lab, resolver_file, 
         packet = parse_packet(lab_text(text, lab), PROCESSES)
         predicted = decide(rulesets, host, packet).fate
         landed = observed(lab, packet, send(lab, host, packet))
-        if str(Fate(predicted.action, predicted.port, predicted.iface)) != landed:
+        expected = str(Fate(predicted.action, predicted.port, predicted.iface))
+        if predicted.action == "forward":
+            # This lab's host does not forward: not captured, the packet dies there. Real
+            # forwarding is proven on the Docker-like host (test_docker_like.py).
+            expected = "drop"
+        if expected != landed:
             wrong.append("%s (grid: %s): predicted %s, landed %s" % (packet.text, text, predicted, landed))
     assert not wrong, "%s: the evaluator mispredicted:\n  %s" % (name, "\n  ".join(wrong))

@@ -31,7 +31,7 @@ def our_rules(name):
     case = CASES[name]
     rulesets, routes = {}, []
     for family in FAMILIES:
-        text, ip_rules = module_rules(case.options, family, case.nameservers[family])
+        text, ip_rules = module_rules(case.options, family, case.nameservers, HOST.group_id)
         rulesets[family] = parse_rules(text)
         routes += [PolicyRoute(family, fwmark, table) for fwmark, table in ip_rules]
     return rulesets, HOST.with_policy_routes(routes)

@@ -48,6 +48,8 @@ table inet istio {
     }
 
     chain nat_ISTIO_INBOUND {
+        tcp dport 15008 return
+        fib daddr type != 2 return
         tcp dport 22 return
         tcp dport 15090 return
         tcp dport 15021 return
@@ -61,13 +63,13 @@ table inet istio {
 
     chain nat_ISTIO_OUTPUT {
         ip saddr 127.0.0.6 oifname "lo" return
-        ip daddr != 127.0.0.1 oifname "lo" meta skuid 1337 jump nat_ISTIO_IN_REDIRECT
+        ip daddr != 127.0.0.1 oifname "lo" tcp dport != 15008 meta skuid 1337 jump nat_ISTIO_IN_REDIRECT
         ip6 saddr ::6 oifname "lo" return
-        ip6 daddr != ::1 oifname "lo" meta skuid 1337 jump nat_ISTIO_IN_REDIRECT
+        ip6 daddr != ::1 oifname "lo" tcp dport != 15008 meta skuid 1337 jump nat_ISTIO_IN_REDIRECT
         oifname "lo" meta skuid != 1337 return
         meta skuid 1337 return
-        ip daddr != 127.0.0.1 oifname "lo" meta skgid 1337 jump nat_ISTIO_IN_REDIRECT
-        ip6 daddr != ::1 oifname "lo" meta skgid 1337 jump nat_ISTIO_IN_REDIRECT
+        ip daddr != 127.0.0.1 oifname "lo" tcp dport != 15008 meta skgid 1337 jump nat_ISTIO_IN_REDIRECT
+        ip6 daddr != ::1 oifname "lo" tcp dport != 15008 meta skgid 1337 jump nat_ISTIO_IN_REDIRECT
         oifname "lo" meta skgid != 1337 return
         meta skgid 1337 return
         ip daddr 127.0.0.1 return
@@ -137,10 +139,12 @@ table inet istio {
 
     chain mangle_ISTIO_INBOUND {
         meta l4proto 6 meta mark 0x00000539 ct mark set meta mark
-        iifname "lo" meta l4proto 6 meta mark 0x00000539 return
+        meta l4proto 6 meta mark 0x00000539 return
         ip saddr 127.0.0.6 iifname "lo" meta l4proto 6 return
         ip6 saddr ::6 iifname "lo" meta l4proto 6 return
+        iifname "lo" meta l4proto 6 meta mark != 0x0000053a return
         iifname "eth1" return
+        fib daddr type != 2 return
         tcp dport 8080 ct state 0x2,0x4 jump mangle_ISTIO_DIVERT
         tcp dport 8080 jump mangle_ISTIO_TPROXY
         tcp dport 9090 ct state 0x2,0x4 jump mangle_ISTIO_DIVERT
@@ -148,7 +152,13 @@ table inet istio {
     }
 
     chain mangle_ISTIO_OUTPUT {
-        ct mark 0x00000539 meta mark set ct mark
+        oifname "eth1" return
+        oifname "lo" meta l4proto 6 meta mark 0x00000539 return
+        ip daddr != 127.0.0.1 oifname "lo" meta l4proto 6 meta skuid 1337 meta mark set 0x0000053a
+        ip daddr != 127.0.0.1 oifname "lo" meta l4proto 6 meta skgid 1337 meta mark set 0x0000053a
+        ip6 daddr != ::1 oifname "lo" meta l4proto 6 meta skuid 1337 meta mark set 0x0000053a
+        ip6 daddr != ::1 oifname "lo" meta l4proto 6 meta skgid 1337 meta mark set 0x0000053a
+        meta l4proto 6 ct mark 0x00000539 meta mark set ct mark
     }
 
     chain mangle_ISTIO_TPROXY {
@@ -165,17 +175,21 @@ table inet istio {
         ip6 daddr fd00::53 udp dport 53 redirect to :15053
     }
 
+    chain nat_ISTIO_IN_REDIRECT {
+        meta l4proto 6 redirect to :15006
+    }
+
     chain nat_ISTIO_OUTPUT {
         tcp dport 3306 return
         oifname "eth1" return
         ip saddr 127.0.0.6 oifname "lo" return
-        ip daddr != 127.0.0.1 oifname "lo" tcp dport != 53 meta skuid 1337 return
+        ip daddr != 127.0.0.1 oifname "lo" tcp dport != { 53, 15008 } meta skuid 1337 jump nat_ISTIO_IN_REDIRECT
         ip6 saddr ::6 oifname "lo" return
-        ip6 daddr != ::1 oifname "lo" tcp dport != 53 meta skuid 1337 return
+        ip6 daddr != ::1 oifname "lo" tcp dport != { 53, 15008 } meta skuid 1337 jump nat_ISTIO_IN_REDIRECT
         oifname "lo" tcp dport != 53 meta skuid != 1337 return
         meta skuid 1337 return
-        ip daddr != 127.0.0.1 oifname "lo" tcp dport != 53 meta skgid 1337 return
-        ip6 daddr != ::1 oifname "lo" tcp dport != 53 meta skgid 1337 return
+        ip daddr != 127.0.0.1 oifname "lo" tcp dport != { 53, 15008 } meta skgid 1337 jump nat_ISTIO_IN_REDIRECT
+        ip6 daddr != ::1 oifname "lo" tcp dport != { 53, 15008 } meta skgid 1337 jump nat_ISTIO_IN_REDIRECT
         oifname "lo" tcp dport != 53 meta skgid != 1337 return
         meta skgid 1337 return
         ip daddr 10.0.0.53 tcp dport 53 redirect to :15053

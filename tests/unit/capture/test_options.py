@@ -49,6 +49,21 @@ BAD = [
     ({"outbound_ports": [443], "outbound_ports_exclude": [443]}, "outbound_ports", "443"),
     ({"rules_file": "relative/path"}, "rules_file", "'relative/path'"),
     ({"backend": "nftables", "chain_prefix": "TPROXY_"}, "chain_prefix", "'TPROXY_'"),
+    ({"virtual_interfaces": ["eth 0"]}, "virtual_interfaces", "'eth 0'"),
+    ({"virtual_interfaces": ["docker0"], "exclude_interfaces": ["docker0"]}, "virtual_interfaces", "'docker0'"),
+    ({"outbound_owner_groups": [-3]}, "outbound_owner_groups", "-3"),
+    ({"outbound_owner_groups": ["no-such-group-here"]}, "outbound_owner_groups", "'no-such-group-here'"),
+    ({"outbound_owner_groups": ["bad name"]}, "outbound_owner_groups", "'bad name'"),
+    ({"outbound_owner_groups_exclude": [True]}, "outbound_owner_groups_exclude", "True"),
+    ({"outbound_owner_groups": [10], "outbound_owner_groups_exclude": [20]}, "outbound_owner_groups_exclude", "[20]"),
+    ({"inbound_tunnel_port": 0}, "inbound_tunnel_port", "0"),
+    ({"inbound_tunnel_port": "tunnel"}, "inbound_tunnel_port", "'tunnel'"),
+    ({"inbound_tunnel_port": 15001}, "inbound_tunnel_port", "15001"),
+    ({"inbound_ports": [15008]}, "inbound_ports", "15008"),
+    ({"host_loopback_cidr": "10.0.0.0/8"}, "host_loopback_cidr", "'10.0.0.0/8'"),
+    ({"host_loopback_cidr": "::1/128"}, "host_loopback_cidr", "'::1/128'"),
+    ({"host_loopback_cidr": "127.0.0.0/33"}, "host_loopback_cidr", "'127.0.0.0/33'"),
+    ({"tproxy_mark": 1338}, "tproxy_mark", "1338"),
 ]
 
 
@@ -71,6 +86,8 @@ def test_bad_value_names_option_and_value(params, option, shown):
             or "keyword" in message
             or "belong" in message
             or "prefix may" in message
+            or "set one of" in message
+            or "pick another" in message
         )
     )
 
@@ -113,3 +130,20 @@ def test_ssh_port_already_excluded_gives_no_warning():
 )
 def test_ssh_port_from_environment(value, port):
     assert ssh_port_from_environment({"SSH_CONNECTION": value}) == port
+
+
+def test_owner_groups_by_name_or_id_become_ids():
+    groups = {"java": 1100, "ftp": 21}
+    opts, _ = parse_options({"outbound_owner_groups": ["java", 202, "21"]}, group_id=groups.__getitem__)
+    assert opts.outbound_owner_groups == (1100, 202, 21)
+    opts, _ = parse_options({"outbound_owner_groups_exclude": "ftp,888"}, group_id=groups.__getitem__)
+    assert opts.outbound_owner_groups_exclude == (21, 888)
+
+
+def test_new_options_default_as_the_product_says():
+    opts, _ = parse_options({})
+    assert opts.virtual_interfaces == ()
+    assert opts.outbound_owner_groups == () and opts.outbound_owner_groups_exclude == ()
+    assert opts.inbound_tunnel_port == 15008
+    assert opts.host_loopback_cidr == "127.0.0.1/32"
+    assert parse_options({"host_loopback_cidr": "127.0.0.1/8"})[0].host_loopback_cidr == "127.0.0.0/8"

@@ -95,7 +95,8 @@ def test_switching_mode_drops_stale_chains():
         build_family(options(chain_prefix="ISTIO_", mode="tproxy", protect_established=False), "ipv4")
     )
     text = plan_restore(parse_save(host_save(redirect), "ISTIO_"), tproxy)
-    assert "-X ISTIO_IN_REDIRECT" in text and "-X ISTIO_INBOUND" in text
+    # IN_REDIRECT stays: in tproxy mode it takes the proxy's own calls to this host (as in Istio).
+    assert "-X ISTIO_INBOUND" in text and "-X ISTIO_IN_REDIRECT" not in text
     assert "*mangle" in text and ":ISTIO_TPROXY - [0:0]" in text
 
 
@@ -103,3 +104,25 @@ def test_render_full_builds_from_nothing():
     text = render_full(seed_desired())
     assert text.startswith("*nat\n:ISTIO_INBOUND - [0:0]\n")
     assert text.endswith("COMMIT\n")
+
+
+def _snapshot(nameservers):
+    from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host import Snapshot
+
+    tools = {("iptables-nft", "ipv4"): ("/usr/sbin/iptables-nft-save", "/usr/sbin/iptables-nft-restore")}
+    return Snapshot(tools, {("iptables-nft", "ipv4"): ""}, None, "", {}, None, {}, False, nameservers)
+
+
+def test_dns_redirect_without_a_resolver_warns_and_captures_no_dns():
+    from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.plan import plan_capture
+
+    opts = options(dns_redirect=True, ip_families=["ipv4"], backend="iptables-nft")
+    plan = plan_capture(opts, _snapshot({"ipv4": [], "ipv6": []}))
+    assert len(plan.warnings) == 1 and "names no nameserver" in plan.warnings[0]
+    assert "53" not in plan.rules["ipv4"] and "*raw" not in plan.rules["ipv4"]
+    with_resolver = plan_capture(opts, _snapshot({"ipv4": ["192.0.2.53"], "ipv6": []}))
+    assert with_resolver.warnings == ()
+    assert "-d 192.0.2.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053" in with_resolver.rules["ipv4"]
+    # capture-all needs no resolver.
+    everything = plan_capture(options(dns_redirect=True, dns_capture_all=True, ip_families=["ipv4"]), _snapshot({}))
+    assert everything.warnings == () and "*raw" in everything.rules["ipv4"]

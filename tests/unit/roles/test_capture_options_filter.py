@@ -28,15 +28,25 @@ def test_the_defaults_give_istios_listing() -> None:
         "proxy_port": 15001,
         "inbound_capture_port": 15006,
         "dns_port": 15053,
+        "inbound_tunnel_port": 15008,
         "inbound_ports_exclude": [22, 15090, 15021, 15020],
         "rules_file": "/etc/hostmesh/capture.rules",
     }
 
 
 def test_moved_ports_move_capture_and_its_exclusions() -> None:
-    moved = {"outbound": 16001, "inbound": 16006, "dns": 16053, "status": 16020, "health": 16021, "prometheus": 16090}
+    moved = {
+        "outbound": 16001,
+        "inbound": 16006,
+        "dns": 16053,
+        "status": 16020,
+        "health": 16021,
+        "prometheus": 16090,
+        "tunnel": 16008,
+    }
     options = capture_options({**ROLE, "hostmesh_ports": moved, "hostmesh_capture_inbound_ports_exclude": [2222]})
     assert (options["proxy_port"], options["inbound_capture_port"], options["dns_port"]) == (16001, 16006, 16053)
+    assert options["inbound_tunnel_port"] == 16008
     assert options["inbound_ports_exclude"] == [2222, 16090, 16021, 16020]
     # The module takes them as they are.
     parsed, _warnings = parse_options({**options, "state": "present"})
