@@ -91,6 +91,13 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             enable_units=("systemd-resolved.service",),
             links=MappingProxyType({"etc/resolv.conf": "../run/systemd/resolve/stub-resolv.conf"}),
         ),
+        # The hosts have no route to a mirror: a monitoring host gets Debian's
+        # Prometheus in its tree, as a host with a local mirror would install it.
+        "prometheus": Profile(
+            "prometheus",
+            "Debian's prometheus package installed (its unit enabled, as the package leaves it)",
+            packages=MappingProxyType({s: ("prometheus",) for s in ("bullseye", "bookworm", "trixie")}),
+        ),
     }
 )
 
