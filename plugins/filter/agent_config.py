@@ -17,6 +17,13 @@ import re
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_identity import spiffe_id
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_policy import (
+    PolicyError,
+    identity_view,
+    policy_default,
+    resolve_allow,
+)
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._plain_data import plain
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._sidecar_ports import (
     PortContractError,
@@ -56,11 +63,20 @@ REQUIRED = (
     "hostmesh_agent_run_dir",
     "hostmesh_agent_tls_files",
     "hostmesh_agent_xds_files",
+    "hostmesh_policy_default",
+    "hostmesh_mesh_identities",
+    "hostmesh_access_log_enabled",
+    "hostmesh_access_log_sampling",
+    "hostmesh_access_log_destination",
+    "hostmesh_telemetry_enabled",
+    "hostmesh_tracing_collector",
+    "hostmesh_tracing_sampling",
 )
 TLS_SOURCES = ("hostmesh_tls_cert_src", "hostmesh_tls_key_src", "hostmesh_tls_ca_src")
 # hostmesh_services keys the agent's inbound.services takes; others stay in the inventory.
-SERVICE_KEYS = ("target_port", "allowed_spiffe_ids")
+SERVICE_KEYS = ("target_port", "allowed_spiffe_ids", "server_first")
 XDS_ADDRESS = re.compile(r"^[^:\s]+:[0-9]+$")
+NUMBER = re.compile(r"^[0-9]+(\.[0-9]*)?$")
 
 
 class _Problems(list):
@@ -78,7 +94,7 @@ def _flag(problems, variable, value):
         return False
 
 
-def _inbound_service(problems, index, service, tls_enabled):
+def _inbound_service(problems, index, service, tls_enabled, policy_view):
     where = "hostmesh_services[%d]" % index
     if not isinstance(service, dict) or "name" not in service or "port" not in service:
         problems.add(where, service, "a mapping with a name and a port")
@@ -96,16 +112,90 @@ def _inbound_service(problems, index, service, tls_enabled):
     for key in SERVICE_KEYS:
         if key in service and key not in entry:
             entry[key] = service[key]
+    if "allow" in service:
+        described = {"protocol": entry["protocol"], "tls": entry["tls"], "where": where + ".tls"}
+        try:
+            entry["allow"] = resolve_allow(
+                policy_view, where + ".allow", service["allow"], described, policy_view["own_namespace"]
+            )
+        except PolicyError as error:
+            problems.append(str(error))
     return entry
 
 
-def _inbound(problems, role_vars, tls_enabled, capture_options):
+def _policy_view(role_vars):
+    """The mesh's identities the onboard playbook built once for the play; alone, this host's own."""
+    view = role_vars["hostmesh_mesh_identities"] or {}
+    if not view:
+        services = role_vars["hostmesh_services"] if isinstance(role_vars["hostmesh_services"], list) else []
+        own = {
+            "host": role_vars["host"],
+            "namespace": role_vars["hostmesh_namespace"],
+            "service_account": role_vars["hostmesh_service_account"],
+            "spiffe_id": spiffe_id(
+                role_vars["hostmesh_trust_domain"],
+                role_vars["hostmesh_namespace"],
+                role_vars["hostmesh_service_account"],
+            ),
+            "services": sorted({s["name"] for s in services if isinstance(s, dict) and "name" in s}),
+            "app": (role_vars["hostmesh_node_labels"] or {}).get("app", ""),
+        }
+        view = identity_view(role_vars["hostmesh_trust_domain"], [own])
+    return dict(view, own_namespace=role_vars["hostmesh_namespace"])
+
+
+def _number(problems, variable, value, low, high):
+    if isinstance(value, str) and NUMBER.match(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        problems.add(variable, value, "a number from %s to %s" % (low, high))
+        return low
+    return value
+
+
+def _observability(problems, role_vars, policy_view):
+    """The agent's policy, access_log, telemetry and tracing sections."""
+    sections = {}
+    try:
+        sections["policy"] = {
+            "default": policy_default("hostmesh_policy_default", role_vars["hostmesh_policy_default"])
+        }
+    except PolicyError as error:
+        problems.append(str(error))
+    destination = role_vars["hostmesh_access_log_destination"]
+    if destination != "journal" and not (
+        isinstance(destination, str) and destination.startswith("/") and not destination.endswith("/")
+    ):
+        problems.add("hostmesh_access_log_destination", destination, '"journal" or the absolute path of a file')
+    sections["access_log"] = {
+        "enabled": _flag(problems, "hostmesh_access_log_enabled", role_vars["hostmesh_access_log_enabled"]),
+        "sampling": _number(problems, "hostmesh_access_log_sampling", role_vars["hostmesh_access_log_sampling"], 0, 1),
+        "destination": destination,
+    }
+    sections["telemetry"] = {
+        "enabled": _flag(problems, "hostmesh_telemetry_enabled", role_vars["hostmesh_telemetry_enabled"]),
+        "workloads": policy_view.get("workloads", {}),
+    }
+    collector = role_vars["hostmesh_tracing_collector"]
+    if collector != "" and not (isinstance(collector, str) and XDS_ADDRESS.match(collector)):
+        problems.add("hostmesh_tracing_collector", collector, '"" (no tracing) or host:port of an OTLP/gRPC collector')
+    sections["tracing"] = {
+        "collector": collector,
+        "sampling": _number(problems, "hostmesh_tracing_sampling", role_vars["hostmesh_tracing_sampling"], 0, 100),
+    }
+    return sections
+
+
+def _inbound(problems, role_vars, tls_enabled, capture_options, policy_view):
     services = role_vars["hostmesh_services"] or []
     if not isinstance(services, list):
         problems.add("hostmesh_services", services, "a list of {name, port, protocol}")
         services = []
     inbound = {
-        "services": [_inbound_service(problems, index, service, tls_enabled) for index, service in enumerate(services)],
+        "services": [
+            _inbound_service(problems, index, service, tls_enabled, policy_view)
+            for index, service in enumerate(services)
+        ],
         "passthrough": _flag(problems, "hostmesh_inbound_passthrough", role_vars["hostmesh_inbound_passthrough"]),
         "interception": role_vars["hostmesh_capture_mode"],
     }
@@ -191,6 +281,7 @@ def agent_config(role_vars) -> dict:
     except PortContractError as error:
         problems.append(str(error))
     tls = _tls(problems, role_vars)
+    policy_view = _policy_view(role_vars)
     config = {
         "mode": role_vars["hostmesh_mode"],
         "run_dir": role_vars["hostmesh_agent_run_dir"],
@@ -198,12 +289,13 @@ def agent_config(role_vars) -> dict:
         "node": _node(role_vars),
         "envoy": {"binary": role_vars["hostmesh_envoy_bin"]},
         "ports": agent_ports(ports) if ports else {},
-        "inbound": _inbound(problems, role_vars, tls is not None, capture_options),
+        "inbound": _inbound(problems, role_vars, tls is not None, capture_options, policy_view),
         "outbound": {
             "services": role_vars["hostmesh_outbound_services"] or [],
             "passthrough": _flag(problems, "hostmesh_outbound_passthrough", role_vars["hostmesh_outbound_passthrough"]),
         },
     }
+    config.update(_observability(problems, role_vars, policy_view))
     if tls is not None:
         config["tls"] = tls
     if role_vars["hostmesh_mode"] == "xds":

@@ -14,6 +14,7 @@ from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_identity import NAME_EXPECTED, is_name, spiffe_id
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_policy import identity_view
 
 try:
     import jmespath
@@ -144,7 +145,7 @@ def host_record(host: str, hv, trust_domain: str) -> dict:
                 "tls": tls,
             }
         )
-    return {"host": host, "spiffe_id": identity, "offers": offers}
+    return {"host": host, "namespace": namespace, "service_account": account, "spiffe_id": identity, "offers": offers}
 
 
 def _group(offers):
@@ -259,6 +260,38 @@ def mesh_spiffe_id(hostvars, host, trust_domain=None):
     return host_record(str(host), _without_services(hostvars[host]), trust_domain)["spiffe_id"]
 
 
+def mesh_identities(hostvars, hosts, trust_domain=None):
+    """Every mesh host's identity and the services it offers, as the allow-rule resolver reads them.
+
+    Built once per play (the onboard playbook sets it as a fact with run_once) and handed to
+    every host's agent_config, which resolves that host's ``allow`` rules with it.
+    """
+    if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError(
+            "mesh_identities: hosts: got %s; expected a list of inventory host names" % json.dumps(hosts, default=str)
+        )
+    hosts = sorted({str(host) for host in hosts})
+    trust_domain = _trust_domain(hostvars, hosts[0] if hosts else "", trust_domain)
+    identities = []
+    for host in hosts:
+        if host not in hostvars:
+            raise _bad(host, "hosts", host, "a host of the inventory")
+        hv = hostvars[host]
+        record = host_record(host, hv, trust_domain)
+        labels = _plain(hv.get("hostmesh_node_labels")) if "hostmesh_node_labels" in hv else {}
+        identities.append(
+            {
+                "host": host,
+                "namespace": record["namespace"],
+                "service_account": record["service_account"],
+                "spiffe_id": record["spiffe_id"],
+                "services": sorted({offer["name"] for offer in record["offers"]}),
+                "app": str(labels.get("app", "")) if isinstance(labels, Mapping) else "",
+            }
+        )
+    return identity_view(trust_domain, identities)
+
+
 def _without_services(hv):
     return {key: hv[key] for key in ("hostmesh_namespace", "hostmesh_service_account") if key in hv}
 
@@ -272,4 +305,8 @@ class FilterModule:
     """hostmesh.sidecar mesh filters."""
 
     def filters(self):
-        return {"mesh_upstreams": mesh_upstreams, "mesh_spiffe_id": mesh_spiffe_id}
+        return {
+            "mesh_upstreams": mesh_upstreams,
+            "mesh_spiffe_id": mesh_spiffe_id,
+            "mesh_identities": mesh_identities,
+        }

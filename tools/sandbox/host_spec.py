@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from tools.sandbox import suites
 
-HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+# At most 12 characters: the host's veth is "h-NAME", and a link name has at most 15.
+HOST_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,10}[a-z0-9])?$")
 _SPEC = re.compile(r"^(?P<name>[^:+]+)(?::(?P<suite>[^:+]+))?(?P<profiles>(?:\+[^:+]+)*)$")
 
 
@@ -38,7 +39,7 @@ def parse(text: str, suite: str = suites.DEFAULT_SUITE, profiles: Sequence[str] 
     if not match or not HOST_NAME.match(match["name"]):
         raise HostSpecError(
             f"host {text!r} is invalid: write NAME[:SUITE][+PROFILE...], NAME a lowercase letter "
-            f"then up to 11 lowercase letters or digits, SUITE one of {', '.join(suites.SUITES)}, "
+            f"then up to 11 lowercase letters, digits or inner dashes, SUITE one of {', '.join(suites.SUITES)}, "
             f"PROFILE one of {', '.join(suites.PROFILES)}"
         )
     own_profiles = tuple(p for p in match["profiles"].split("+") if p)

@@ -56,6 +56,7 @@ STATUS_TRIXIE = """\
 
 def test_host_specs_name_suite_and_profiles_with_defaults() -> None:
     assert host_spec.parse("web") == HostSpec("web", "bookworm", ())
+    assert host_spec.parse("client-a") == HostSpec("client-a", "bookworm", ())
     assert host_spec.parse("web:trixie") == HostSpec("web", "trixie", ())
     assert host_spec.parse("dns+resolved") == HostSpec("dns", "bookworm", ("resolved",))
     assert host_spec.parse("dns:bullseye+resolved") == HostSpec("dns", "bullseye", ("resolved",))
@@ -73,6 +74,8 @@ def test_host_specs_name_suite_and_profiles_with_defaults() -> None:
         ("web+ldap", "profile 'ldap' is not one the sandbox knows; use any of: resolved"),
         ("web:trixie:x", "is invalid"),
         ("averyveryverylongname", "is invalid"),
+        ("client-", "is invalid"),
+        ("-client", "is invalid"),
     ],
 )
 def test_bad_host_specs_say_what_is_wrong(text: str, says: str) -> None:

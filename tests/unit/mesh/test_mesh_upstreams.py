@@ -141,7 +141,7 @@ def test_ipv6_endpoint_in_brackets_and_odd_host_names():
 def test_spiffe_id_filter_and_registration():
     assert mesh_spiffe_id(INVENTORY, "web2") == "spiffe://cluster.local/ns/prod/sa/web2"
     assert mesh_spiffe_id(INVENTORY, "db1", "example.org") == "spiffe://example.org/ns/default/sa/postgres"
-    assert set(FilterModule().filters()) == {"mesh_upstreams", "mesh_spiffe_id"}
+    assert set(FilterModule().filters()) == {"mesh_upstreams", "mesh_spiffe_id", "mesh_identities"}
 
 
 def with_services(**hosts):

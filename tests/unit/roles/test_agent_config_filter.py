@@ -47,6 +47,14 @@ ROLE = {
     "hostmesh_envoy_bin": "/usr/local/bin/envoy",
     "hostmesh_agent_config_extra": {},
     "hostmesh_agent_run_dir": "/run/hostmesh",
+    "hostmesh_policy_default": "allow",
+    "hostmesh_mesh_identities": {},
+    "hostmesh_access_log_enabled": False,
+    "hostmesh_access_log_sampling": 1,
+    "hostmesh_access_log_destination": "journal",
+    "hostmesh_telemetry_enabled": True,
+    "hostmesh_tracing_collector": "",
+    "hostmesh_tracing_sampling": 1,
 }
 TLS_SOURCES = {
     "hostmesh_tls_cert_src": "/ca/hosts/web1/cert-chain.pem",
