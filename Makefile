@@ -13,7 +13,7 @@ COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/hostmesh/sidecar
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := $(BUILD)/dist/hostmesh-sidecar-$(VERSION).tar.gz
 APT_PACKAGES := iptables nftables iproute2 debootstrap systemd-container dnsutils shellcheck \
-	openssh-client rsync curl ca-certificates python3-venv
+	openssh-client rsync curl ca-certificates python3-venv prometheus
 PIP := pip install -q --disable-pip-version-check
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export ANSIBLE_NOCOLOR := 1

@@ -91,6 +91,14 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             enable_units=("systemd-resolved.service",),
             links=MappingProxyType({"etc/resolv.conf": "../run/systemd/resolve/stub-resolv.conf"}),
         ),
+        # The hosts have no route to a mirror: a monitoring host gets Debian's
+        # Prometheus in its tree, as a host with a local mirror would install it,
+        # and python3-apt, which Ansible's apt module needs to see it there.
+        "prometheus": Profile(
+            "prometheus",
+            "Debian's prometheus package (its unit enabled, as the package leaves it) and python3-apt",
+            packages=MappingProxyType({s: ("prometheus", "python3-apt") for s in ("bullseye", "bookworm", "trixie")}),
+        ),
     }
 )
 
