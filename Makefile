@@ -46,6 +46,11 @@ venv: $(BIN)/.installed
 $(BIN)/.installed: requirements.txt requirements-test.txt tests/unit/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/$(PIP) -r requirements.txt -r requirements-test.txt
+	# xds-protos carries its own, older copy of the opentelemetry.proto modules
+	# (no scope_spans), and whichever package pip installs last wins the files:
+	# put opentelemetry-proto's back, as the OTLP test receiver needs them.
+	$(BIN)/$(PIP) --no-deps --force-reinstall $$(grep '^opentelemetry-proto==' requirements-test.txt)
+	$(BIN)/python -c "from opentelemetry.proto.trace.v1 import trace_pb2; trace_pb2.ResourceSpans.DESCRIPTOR.fields_by_name['scope_spans']"
 	touch $@
 
 collection:

@@ -2,7 +2,8 @@
 
 Everything runs on 127.0.0.1; no root needed. Three processes, so that no two of them
 share an interpreter lock: this client, the DNS server (the host's python3 with the agent
-package, as on a VM), and a fake outside resolver (tests/unit/agent/fake_dns.py). Prints:
+package, as on a VM, configured as the agent configures it: a parsed config's outbound
+services with VIPs, through ``MeshDns``), and a fake outside resolver (tests/unit/agent/fake_dns.py). Prints:
 
 - p50/p99 answer time of a mesh name (from the zone), over UDP and TCP;
 - p50/p99 of a forwarded name, against asking the same fake resolver directly: the
@@ -38,30 +39,36 @@ sys.path.insert(0, str(FAKES))
 from fake_dns import make_query  # noqa: E402 (the fake lives with the tests)
 
 SERVER_SCRIPT = r"""
-import json, sys
+import json, socket, sys
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
 out = {"python": rss()}
-import hostmesh_agent.cli, hostmesh_agent.agent, hostmesh_agent.status_server  # the agent as it runs today
+import hostmesh_agent.cli, hostmesh_agent.agent, hostmesh_agent.status_server  # the agent as it runs
 out["agent_modules"] = rss()
-import hostmesh_agent.dns_server, hostmesh_agent.dns_upstreams
+import hostmesh_agent.dns_server, hostmesh_agent.dns_upstreams, hostmesh_agent.mesh_dns
 out["dns_modules"] = rss()
-from hostmesh_agent.dns_server import DnsServer
-zone = {f"svc{i}.ns{i % 20}.mesh.internal": ([f"240.240.{i // 250}.{i % 250 + 1}"], [f"fd00:240::{i:x}"])
-        for i in range(int(sys.argv[1]))}
-zone["api.mesh.internal"] = (["240.240.255.1"], ["fd00:240::ffff"])
-upstream = ("127.0.0.1", int(sys.argv[2]))
-server = DnsServer("127.0.0.1", 0, lambda: zone, lambda: [upstream])
-server.start()
+from hostmesh_agent.config import parse_config
+from hostmesh_agent.mesh_dns import MeshDns
+# The zone as the agent builds it from its config: outbound services with VIPs, each
+# answering <name>.mesh.internal and <name>.<namespace>.mesh.internal.
+services = [{"name": f"svc{i}", "namespace": f"ns{i % 20}", "port": 8080, "endpoints": ["10.0.0.1:8080"],
+             "vips": [f"240.240.{i // 250}.{i % 250 + 1}", f"2001:2::{i:x}"]} for i in range(int(sys.argv[1]))]
+services.append({"name": "api", "port": 8080, "endpoints": ["10.0.0.1:8080"], "vips": ["240.240.255.1"]})
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:  # a port free for both
+    u.bind(("127.0.0.1", 0)); port = u.getsockname()[1]; t.bind(("127.0.0.1", port))
+cfg = parse_config({"ports": {"dns": port}, "outbound": {"services": services},
+                    "dns": {"enabled": True, "upstreams": [f"127.0.0.1:{sys.argv[2]}"]}})
+dns = MeshDns()
+dns.configure(cfg, strict=True)
 out["server_started"] = rss()
-print(json.dumps({"port": server.port}), flush=True)
+print(json.dumps({"port": port}), flush=True)
 for line in sys.stdin:
     out["after_load"] = rss()
-    out["counters"] = server.counters.__dict__
+    out["counters"] = dns.server.counters.__dict__
     print(json.dumps(out), flush=True)
-server.stop()
+dns.stop()
 """
 
 UPSTREAM_SCRIPT = r"""

@@ -162,7 +162,10 @@ def _svc(**extra: Any) -> Dict[str, Any]:
             _svc(health_check={"type": "grpc"}),
             '\'outbound.services[0].health_check.type\': got "grpc"; expected one of "none", "tcp", "http"',
         ),
-        (_svc(health_check={"type": "http", "path": "healthz"}), "'outbound.services[0].health_check.path'"),
+        (
+            _svc(health_check={"type": "http", "path": "healthz"}),
+            "'outbound.services[0].health_check.path': got \"healthz\"; expected an absolute request path",
+        ),
         (
             _svc(outlier_detection={"max_ejection_percent": 101}),
             "'outbound.services[0].outlier_detection.max_ejection_percent': got 101; expected an integer from 0 to 100",
@@ -270,11 +273,14 @@ def test_only_idempotent_methods_are_retried_unless_told():
     assert routes[0]["route"]["retry_policy"]["num_retries"] == 3
     assert routes[0]["route"]["retry_policy"]["per_try_timeout"] == "1s"
     assert "retry_policy" not in routes[1]["route"]
+    # Split into zones: a retry goes to the other priority, before an ejection.
+    assert routes[0]["route"]["retry_policy"]["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert routes[0]["route"]["timeout"] == routes[1]["route"]["timeout"] == "2.500s"
     retry_all = _svc(retries={"idempotent_only": False})
     hcm = _chain(render_dynamic(parse_config(retry_all), RUN), "outbound|8080||web")["filters"][0]["typed_config"]
     (route,) = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert "headers" not in route["match"] and route["route"]["retry_policy"]["num_retries"] == 2
+    assert "retry_priority" not in route["route"]["retry_policy"]  # no node.zone: one priority
     no_retry = _svc(retries={"attempts": 0}, request_timeout_s=0)
     hcm = _chain(render_dynamic(parse_config(no_retry), RUN), "outbound|8080||web")["filters"][0]["typed_config"]
     (route,) = hcm["route_config"]["virtual_hosts"][0]["routes"]
@@ -365,3 +371,15 @@ def test_dns_port_taken_fails_the_start_and_keeps_the_old_server_on_reload(caplo
         dns.stop()
         blocker.close()
         upstream.close()
+
+
+def test_zone_is_the_nodes_locality_and_dns_changes_need_no_envoy_restart():
+    from hostmesh_agent.bootstrap import render_bootstrap
+    from hostmesh_agent.config import restart_relevant
+
+    cfg = parse_config(MESH)
+    assert render_bootstrap(cfg, RUN, "10.0.0.7")["node"]["locality"] == {"zone": "zone-a"}
+    assert "locality" not in render_bootstrap(parse_config({}), RUN, "10.0.0.7")["node"]
+    other_dns = parse_config({**MESH, "ports": {"dns": 5353}, "dns": {**MESH["dns"], "ttl_s": 60}})
+    assert restart_relevant(other_dns) == restart_relevant(cfg)
+    assert restart_relevant(parse_config({**MESH, "ports": {"inbound": 16006}})) != restart_relevant(cfg)

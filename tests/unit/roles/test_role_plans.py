@@ -82,9 +82,11 @@ def test_the_contract_reaches_capture_the_agent_and_the_readiness_urls(tmp_path:
         "status": 15020,
         "health": 15021,
         "prometheus": 15090,
+        "dns": 15053,
     }
     capture = default["capture"]
     assert (capture["proxy_port"], capture["inbound_capture_port"], capture["dns_port"]) == (15001, 15006, 15053)
+    assert default["config"]["ports"]["dns"] == capture["dns_port"]  # the agent's DNS is where capture sends DNS
     assert capture["inbound_ports_exclude"] == [22, 15090, 15021, 15020]
     assert default["agent_ready"] == default["capture_ready"] == "http://127.0.0.1:15020/healthz/ready"
 

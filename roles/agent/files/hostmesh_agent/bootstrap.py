@@ -281,12 +281,15 @@ def render_bootstrap(cfg: Config, run_dir: RunDir, ip: str, token: Optional[str]
             "lds_config": _file_source(run_dir.lds, run_dir.dynamic_dir),
             "cds_config": _file_source(run_dir.cds, run_dir.dynamic_dir),
         }
+    node: Dict[str, Any] = {
+        "id": service_node(cfg, ip),
+        "cluster": service_cluster(cfg),
+        "metadata": node_metadata(cfg, ip),
+    }
+    if cfg.node.zone:
+        node["locality"] = {"zone": cfg.node.zone}  # what a control plane reads as this proxy's zone
     return {
-        "node": {
-            "id": service_node(cfg, ip),
-            "cluster": service_cluster(cfg),
-            "metadata": node_metadata(cfg, ip),
-        },
+        "node": node,
         "admin": {"address": {"pipe": {"path": run_dir.admin_socket, "mode": ADMIN_SOCKET_MODE}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "dynamic_resources": dynamic,

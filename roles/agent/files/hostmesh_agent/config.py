@@ -186,6 +186,12 @@ def _path_prefix(key: str, value: Any) -> str:
     return value
 
 
+def _http_path(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value) or "#" in value:
+        raise _fail(key, value, 'an absolute request path such as "/healthz" (no spaces, no fragment)')
+    return value
+
+
 def _log_destination(key: str, value: Any) -> str:
     if value == JOURNAL or (isinstance(value, str) and value.startswith("/") and not value.endswith("/")):
         return value
@@ -460,10 +466,6 @@ class Endpoint:
     port: int = field(metadata=_meta(PORT))
     zone: str = field(default="", metadata=_meta(_name_or_empty))
 
-    @property
-    def host_port(self) -> str:
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
-
 
 def _endpoint(key: str, value: Any) -> Endpoint:
     """A "host:port" string (the older form) or an object with address, port and zone."""
@@ -490,7 +492,7 @@ class HealthCheck:
     """Active health checks by Envoy: none, a TCP connect, or an HTTP GET of ``path``."""
 
     type: str = field(default="none", metadata=_meta(_choice(*HEALTH_CHECK_TYPES)))
-    path: str = field(default="/", metadata=_meta(_path_prefix))
+    path: str = field(default="/", metadata=_meta(_http_path))
     interval_s: float = field(default=5.0, metadata=_meta(_float_range(0.1, 3600)))
     timeout_s: float = field(default=2.0, metadata=_meta(_float_range(0.01, 3600)))
     unhealthy_threshold: int = field(default=2, metadata=_meta(_int_range(1, 100)))
@@ -906,7 +908,7 @@ def restart_relevant(cfg: Config) -> List[Any]:
         cfg.inbound.interception,  # node metadata INTERCEPTION_MODE
         cfg.node,
         cfg.envoy,
-        cfg.ports,
+        replace(cfg.ports, dns=0),  # the DNS port is the agent's own listener, not Envoy's
         cfg.listen,
         cfg.xds,
         cfg.run_dir,

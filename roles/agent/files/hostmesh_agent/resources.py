@@ -120,7 +120,7 @@ def _seconds(value: float) -> str:
     return f"{int(value)}s" if float(value).is_integer() else f"{value:.3f}s"
 
 
-def _routes(cluster: str, svc: Optional[OutboundService]) -> List[Json]:
+def _routes(cluster: str, svc: Optional[OutboundService], zone: str = "") -> List[Json]:
     """One route to the cluster, with no timeout (inbound); for an outbound service, its
     request timeout and retries: with ``idempotent_only`` a first route for the idempotent
     methods carries the retry policy and a second one, for the rest, has none."""
@@ -129,7 +129,7 @@ def _routes(cluster: str, svc: Optional[OutboundService]) -> List[Json]:
     action: Json = {"cluster": cluster, "timeout": _seconds(svc.request_timeout_s)}
     if svc.retries.attempts == 0:
         return [{"match": {"prefix": "/"}, "route": action}]
-    retrying = {**action, "retry_policy": _retry_policy(svc)}
+    retrying = {**action, "retry_policy": _retry_policy(svc, zone)}
     if not svc.retries.idempotent_only:
         return [{"match": {"prefix": "/"}, "route": retrying}]
     methods = {"name": ":method", "string_match": {"safe_regex": {"regex": f"^({'|'.join(IDEMPOTENT_METHODS)})$"}}}
@@ -139,9 +139,10 @@ def _routes(cluster: str, svc: Optional[OutboundService]) -> List[Json]:
     ]
 
 
-def _retry_policy(svc: OutboundService) -> Json:
+def _retry_policy(svc: OutboundService, zone: str) -> Json:
     """Retry on another replica (previous_hosts), and on the other priority when the cluster
-    has one, so that a retry after a local replica failed fails over to another zone."""
+    has one (previous_priorities), so that a retry after the local zone's replica failed
+    goes to another zone even before outlier detection has ejected it."""
     r = svc.retries
     policy: Json = {
         "retry_on": r.retry_on,
@@ -158,7 +159,22 @@ def _retry_policy(svc: OutboundService) -> Json:
     }
     if r.per_try_timeout_s:
         policy["per_try_timeout"] = _seconds(r.per_try_timeout_s)
+    if _prefers_zone(svc, zone):
+        policy["retry_priority"] = {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3."
+                "PreviousPrioritiesConfig",
+                "update_frequency": 1,
+            },
+        }
     return policy
+
+
+def _prefers_zone(svc: OutboundService, zone: str) -> bool:
+    """Whether the service's endpoints are split into this zone's (priority 0) and the rest."""
+    zones = {e.zone for e in svc.endpoints}
+    return bool(zone) and zone in zones and len(zones) > 1
 
 
 def _http_proxy(
@@ -166,6 +182,7 @@ def _http_proxy(
     cluster: str,
     http_filters: Tuple[Json, ...] = (),
     outbound: Optional[OutboundService] = None,
+    zone: str = "",
     **extra: Any,
 ) -> Json:
     """HTTP-aware proxying: while draining, Envoy answers with ``Connection: close`` so that
@@ -183,7 +200,7 @@ def _http_proxy(
                     {
                         "name": stat_prefix,
                         "domains": ["*"],
-                        "routes": _routes(cluster, outbound),
+                        "routes": _routes(cluster, outbound, zone),
                     }
                 ],
             },
@@ -221,7 +238,7 @@ def _filters(
         if tracing:
             extra["tracing"] = tracing
         if guarded is None:
-            return [_http_proxy(cluster, cluster, outbound=outbound, **extra)]
+            return [_http_proxy(cluster, cluster, outbound=outbound, zone=cfg.node.zone, **extra)]
         extra.update(policy.path_normalisation(guarded))
         return [_http_proxy(cluster, cluster, (policy.http_filter(guarded),), **extra)]
     if logs:
@@ -334,7 +351,7 @@ def _locality_endpoints(svc: OutboundService, zone: str) -> List[Json]:
     zones: Dict[str, List[Endpoint]] = {}
     for e in svc.endpoints:
         zones.setdefault(e.zone, []).append(e)
-    prefer = bool(zone) and zone in zones
+    prefer = _prefers_zone(svc, zone)
     groups = []
     for name in sorted(zones, key=lambda z: (not (prefer and z == zone), z)):
         group: Json = {
