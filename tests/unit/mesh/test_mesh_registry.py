@@ -303,7 +303,7 @@ BAD = [
         "a",
         "hostmesh_services[0].health_check.path",
         '"healthz"',
-        "absolute path",
+        "absolute request path",
     ),
     (
         with_services(a=http(circuit_breakers={"max_connections": 0})),
