@@ -82,8 +82,8 @@ def _flag(value):
 
 
 def _path(value):
-    if not isinstance(value, str) or not value.startswith("/") or "?" in value or "#" in value:
-        raise _Refused('an absolute path such as "/healthz" (no query, no fragment)')
+    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value) or "#" in value:
+        raise _Refused('an absolute request path such as "/healthz" (no spaces, no fragment)')
     return value
 
 
