@@ -198,7 +198,7 @@ integration: deps
 	$(BIN)/pytest -q tests/integration
 
 # Scenarios run on sandbox hosts (tools/sandbox); the rootfs is built once per run.
-MOLECULE_SCENARIOS ?= capture capture_over_ssh tproxy default mesh_tproxy reboot offboard xds fail_mode
+MOLECULE_SCENARIOS ?= capture capture_over_ssh tproxy default mesh_tproxy reboot offboard xds fail_mode platforms
 molecule: deps
 	$(BIN)/python -m tools.sandbox.molecule_suite $(MOLECULE_SCENARIOS)
 

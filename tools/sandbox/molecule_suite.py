@@ -63,6 +63,13 @@ def check_scenario(name: str) -> list[str]:
     for step, path in re.findall(r"^\s{4}(\w+): (\S+\.yml)\s*$", text, re.M):
         if not (scenario / path).exists():
             problems.append(f"{name}: the {step} playbook {path} does not exist")
+    # molecule reports "Missing playbook" and goes on when a sequence runs a
+    # side effect (even one naming its playbook) and no side_effect is set.
+    for path in re.findall(r"^\s*- side_effect (\S+)\s*$", text, re.M):
+        if not (scenario / path).exists():
+            problems.append(f"{name}: the side_effect playbook {path} does not exist")
+    if re.search(r"^\s*- side_effect\b", text, re.M) and not re.search(r"^\s{4}side_effect: \S+", text, re.M):
+        problems.append(f"{name}: the sequence runs side_effect, but ansible.playbooks sets no side_effect playbook")
     verifier = re.search(r"^\s{2}directory: (\S+)\s*$", text, re.M)
     tests_dir = scenario / (verifier.group(1) if verifier else "tests")
     if not list(tests_dir.glob("test_*.py")):
