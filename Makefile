@@ -203,7 +203,7 @@ integration: deps
 	$(BIN)/pytest -q tests/integration
 
 # Scenarios run on sandbox hosts (tools/sandbox); the rootfs is built once per run.
-MOLECULE_SCENARIOS ?= capture capture_over_ssh tproxy default mesh_tproxy reboot offboard xds fail_mode rolling_upgrade mesh_resilience mesh_policy capture_heal
+MOLECULE_SCENARIOS ?= capture capture_over_ssh tproxy default mesh_tproxy xds fail_mode platforms mesh_policy capture_heal mesh_resilience
 molecule: deps
 	$(BIN)/python -m tools.sandbox.molecule_suite $(MOLECULE_SCENARIOS)
 

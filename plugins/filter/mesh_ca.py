@@ -1,7 +1,7 @@
 # Copyright: contributors to hostmesh.sidecar
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Checks of one host's part of a mesh_ca batch, so a bad host fails alone.
+"""Checks of one host's part of a mesh_ca batch, so a bad host fails alone; the CA directory's default.
 
 The mesh_ca role issues every certificate of a play batch in one
 mesh_certificate run, which refuses the whole batch when one workload is bad.
@@ -11,6 +11,7 @@ each filter lives next to this file, in ``<filter>.yml``.
 """
 
 import json
+import os
 import re
 from collections.abc import Mapping
 
@@ -89,6 +90,53 @@ def mesh_ca_batch_problems(batch, host):
     return problems
 
 
+def mesh_ca_default_dir(xdg_data_home, home, trust_domain):
+    """The controller user's own directory for a trust domain's CA: $XDG_DATA_HOME (when absolute, as the XDG
+    spec asks) or $HOME/.local/share, then hostmesh/ca/<trust_domain>; "" when the user has neither."""
+    for base, below in ((xdg_data_home, ()), (home, (".local", "share"))):
+        if isinstance(base, str) and os.path.isabs(base):
+            return os.path.join(base, *below, "hostmesh", "ca", str(trust_domain))
+    return ""
+
+
+def mesh_ca_dir_problems(path, name="hostmesh_ca_dir"):
+    """Why the controller user could not keep the CA in ``path``: [] or [one message naming ``name``].
+
+    Looks at the controller's file system without changing it: the directory
+    itself when it exists, else the nearest directory above it that does,
+    which must let this user create what is missing.
+    """
+    if not isinstance(path, str) or not path:
+        return [
+            "%s: got %s; set it to a controller directory for the mesh CA (there is no HOME or XDG_DATA_HOME "
+            "to default to)" % (name, json.dumps(path))
+        ]
+    if not os.path.isabs(path):
+        return ["%s: got %r; expected an absolute path on the controller" % (name, path)]
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            return ["%s: got %r; it exists and is not a directory" % (name, path)]
+        if not os.access(path, os.W_OK | os.X_OK):
+            return ["%s: got %r; the controller user (uid %d) cannot write in it" % (name, path, os.getuid())]
+        return []
+    above = os.path.dirname(path)
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        return ["%s: got %r; it cannot be created: %s is not a directory" % (name, path, above)]
+    if not os.access(above, os.W_OK | os.X_OK):
+        return [
+            "%s: got %r; it cannot be created: the controller user (uid %d) cannot write in %s"
+            % (name, path, os.getuid(), above)
+        ]
+    return []
+
+
 class FilterModule:
     def filters(self):
-        return {"mesh_workload_problems": mesh_workload_problems, "mesh_ca_batch_problems": mesh_ca_batch_problems}
+        return {
+            "mesh_workload_problems": mesh_workload_problems,
+            "mesh_ca_batch_problems": mesh_ca_batch_problems,
+            "mesh_ca_default_dir": mesh_ca_default_dir,
+            "mesh_ca_dir_problems": mesh_ca_dir_problems,
+        }

@@ -33,11 +33,13 @@ def run_module(name: str, args: dict, workdir: Path, check_mode: bool = False) -
     return result
 
 
-def run_playbook(workdir: Path, inventory: Path, playbook: Path, *args: str):
-    """Run ansible-playbook with the collection; returns (process, {host: msg of its last debug task})."""
+def run_playbook(workdir: Path, inventory: Path, playbook: Path, *args: str, environ=None):
+    """Run ansible-playbook with the collection; returns (process, {host: msg of its last debug task}).
+
+    environ, when given, replaces the process environment Ansible starts from."""
     tree = workdir / "tree"
     env = dict(
-        os.environ,
+        os.environ if environ is None else environ,
         ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",

@@ -24,7 +24,9 @@ from tools.sandbox import rootfs
 from tools.sandbox.sandbox import DEFAULT_BASE, REPO_ROOT, Sandbox, stop_ssh_masters
 
 MOLECULE_DIR = REPO_ROOT / "extensions" / "molecule"
-SCENARIO_TIMEOUT = 20 * 60
+# A bound per scenario; platforms (three hosts, a reboot and an offboard) took
+# 1200 s up to its idempotence step on a loaded 2-core machine.
+SCENARIO_TIMEOUT = 35 * 60
 # Printed by molecule only when the verifier really ran tests and they passed.
 VERIFIER_OK = "Verifier completed successfully"
 # Where molecule's Ansible and testinfra keep SSH connection masters.
@@ -63,6 +65,13 @@ def check_scenario(name: str) -> list[str]:
     for step, path in re.findall(r"^\s{4}(\w+): (\S+\.yml)\s*$", text, re.M):
         if not (scenario / path).exists():
             problems.append(f"{name}: the {step} playbook {path} does not exist")
+    # molecule reports "Missing playbook" and goes on when a sequence runs a
+    # side effect (even one naming its playbook) and no side_effect is set.
+    for path in re.findall(r"^\s*- side_effect (\S+)\s*$", text, re.M):
+        if not (scenario / path).exists():
+            problems.append(f"{name}: the side_effect playbook {path} does not exist")
+    if re.search(r"^\s*- side_effect\b", text, re.M) and not re.search(r"^\s{4}side_effect: \S+", text, re.M):
+        problems.append(f"{name}: the sequence runs side_effect, but ansible.playbooks sets no side_effect playbook")
     verifier = re.search(r"^\s{2}directory: (\S+)\s*$", text, re.M)
     tests_dir = scenario / (verifier.group(1) if verifier else "tests")
     if not list(tests_dir.glob("test_*.py")):

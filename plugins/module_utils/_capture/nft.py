@@ -18,6 +18,7 @@ delete. Policy routing for TPROXY (``ip rule``/``ip route``) is not
 nftables' job and stays with the edge.
 """
 
+import re
 from collections import Counter
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CommandFailed
@@ -29,6 +30,14 @@ LIST_FLAGS = ("-n", "-y")
 
 # nft reads the script from standard input; one file is one transaction.
 APPLY_ARGS = ("-f", "-")
+
+# The "mid-stream TCP" match (flags other than a bare SYN among FIN, SYN, RST,
+# ACK) is rendered as nft 1.0.6 (Debian 12) lists it, "tcp flags != 0x2 /
+# 0x1,0x2,0x4,0x10", which nft 0.9.8 (Debian 11) cannot parse; 0.9.8 and 1.1
+# (Debian 13) list it as "tcp flags & (0x1 | 0x2 | 0x4 | 0x10) != 0x2". Scripts
+# carry the form every release parses, and listings are read in the rendered form.
+_FLAGS_RENDERED = re.compile(r"tcp flags (!= )?0x2 / 0x1,0x2,0x4,0x10")
+_FLAGS_MASKED = re.compile(r"tcp flags & \(0x1 \| 0x2 \| 0x4 \| 0x10\) (==|!=) 0x2")
 
 # Words nft's parser takes as keywords where a table name is expected (nft
 # 1.0.6, plus ones later releases made keywords); a table cannot carry them.
@@ -81,10 +90,24 @@ def list_args(name: str, family: str = "inet") -> list:
 def listing_from_result(argv, rc: int, stdout: str, stderr: str) -> str:
     """The listing from an ``nft list_args(...)`` run: "" when the table does not exist."""
     if rc == 0:
-        return stdout
+        return rendered_form(stdout)
     if "No such file or directory" in stderr or "does not exist" in stderr:
         return ""
     raise CommandFailed(argv, rc, stdout, stderr)
+
+
+def rendered_form(listing: str) -> str:
+    """A listing with the flags match as render_table writes it, whichever nft release printed it."""
+    return _FLAGS_MASKED.sub(
+        lambda match: "tcp flags %s0x2 / 0x1,0x2,0x4,0x10" % ("!= " if match.group(1) == "!=" else ""), listing
+    )
+
+
+def parsable_form(script: str) -> str:
+    """A script with the flags match in the form nft 0.9.8 to 1.1 all parse."""
+    return _FLAGS_RENDERED.sub(
+        lambda match: "tcp flags & (0x1 | 0x2 | 0x4 | 0x10) %s 0x2" % ("!=" if match.group(1) else "=="), script
+    )
 
 
 def chains_in_listing(listing: str) -> dict:
@@ -172,7 +195,7 @@ def plan_script(name: str, current_listing: str, desired_text: str) -> str:
     """
     if _same(current_listing, desired_text):
         return ""
-    return _replace_header(name) + desired_text.rstrip("\n") + "\n"
+    return _replace_header(name) + parsable_form(desired_text.rstrip("\n")) + "\n"
 
 
 def absent_script(name: str, current_listing: str) -> str:

@@ -99,7 +99,13 @@ def apply_private_dir(actions) -> None:
     """Carry out plan_private_dir's actions."""
     for action in actions:
         if action.kind == "mkdir":
-            files.make_private_dirs(action.path)
+            try:
+                files.make_private_dirs(action.path)
+            except OSError as error:
+                raise MeshCAError(
+                    "private_dir: cannot create %r (%s); give a directory the controller user can create"
+                    % (action.path, error.strerror or error)
+                ) from error
             files.set_mode(action.path, action.mode)
         elif action.kind == "chmod":
             files.set_mode(action.path, action.mode)

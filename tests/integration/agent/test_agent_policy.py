@@ -34,6 +34,7 @@ from agent_netns import (
     try_get,
     wait_for,
 )
+from proxy_user_files import agent_path
 
 pytestmark = [pytest.mark.netns, pytest.mark.envoy]
 
@@ -275,7 +276,7 @@ def test_admin_socket_is_for_the_proxy_user_and_root_only(envoy_binary, topo, wo
     def as_user(uid: int, *cmd: str) -> Tuple[int, str]:
         res = subprocess.run(
             ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-             "env", f"PYTHONPATH={AGENT_PATH}", host_python(), "-S", *cmd],
+             "env", f"PYTHONPATH={agent_path()}", host_python(), "-S", *cmd],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         return res.returncode, res.stdout + res.stderr

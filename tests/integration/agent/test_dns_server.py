@@ -26,6 +26,7 @@ from typing import Any, Dict, List
 
 import pytest
 from agent_netns import AGENT_PATH, PROXY_UID, REPO, apply_capture, host_python, in_netns, run
+from proxy_user_files import agent_path
 
 sys.path[:0] = [str(AGENT_PATH), str(REPO / "tests" / "unit" / "agent")]
 from fake_dns import FakeUpstream, has_opt, reply_to  # noqa: E402 (the fake lives with the unit tests)
@@ -171,7 +172,7 @@ class ServerProcess:
 
     def __init__(self, ns: str) -> None:
         user = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(AGENT_PATH), "LANG": "C.UTF-8"}
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": agent_path(), "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, *user, host_python(), "-c", SERVER_SCRIPT, json.dumps(ZONE)],
             stdin=subprocess.PIPE,

@@ -86,7 +86,9 @@ class NftLab:
         return nft.listing_from_result(argv, proc.returncode, proc.stdout, proc.stderr)
 
     def ruleset(self, numeric=False):
-        return self.run(self.host, ["nft", *(nft.LIST_FLAGS if numeric else ()), "list", "ruleset"]).stdout
+        """The whole ruleset; numeric, with our flags match read as rendered (as the module reads its table)."""
+        listing = self.run(self.host, ["nft", *(nft.LIST_FLAGS if numeric else ()), "list", "ruleset"]).stdout
+        return nft.rendered_form(listing) if numeric else listing
 
     # -- packets ---------------------------------------------------------------------------
 

@@ -114,12 +114,15 @@ def test_molecule_suite_names_a_missing_playbook_and_missing_tests(tmp_path, mon
         "ansible:\n  playbooks:\n    create: ../resources/playbooks/create.yml\n"
         "    destroy: ../resources/playbooks/destroy.yml\n    converge: converge.yml\n"
         "verifier:\n  name: testinfra\n  directory: ../tests\n"
+        "scenario:\n  test_sequence:\n    - side_effect\n    - side_effect other.yml\n"
     )
     monkeypatch.setattr(molecule_suite, "MOLECULE_DIR", tmp_path)
     problems = " ".join(molecule_suite.check_scenario("broken"))
     assert "the converge playbook converge.yml does not exist" in problems
     assert "the create playbook ../resources/playbooks/create.yml does not exist" in problems
     assert "no test_*.py in the verifier directory" in problems
+    assert "the side_effect playbook other.yml does not exist" in problems
+    assert "the sequence runs side_effect, but ansible.playbooks sets no side_effect playbook" in problems
 
 
 def test_molecule_suite_recap_says_why_a_scenario_failed() -> None:

@@ -438,7 +438,7 @@ def test_plan_replaces_the_whole_table_in_one_script():
     desired = render(families(chain_prefix="ISTIO_"))
     edited = desired.replace("tcp dport 15090 return\n", "")
     script = nft.plan_script("istio", edited, desired)
-    assert script == "add table inet istio\ndelete table inet istio\n" + desired
+    assert script == "add table inet istio\ndelete table inet istio\n" + nft.parsable_form(desired)
     assert nft.plan_script("istio", "", desired) == script
 
 
@@ -497,3 +497,24 @@ def _project(lines, family):
             continue
         kept.append(line.replace("meta nfproto %s " % mine, ""))
     return kept
+
+
+# How each nft release lists the mid-stream TCP match (-n): 0.9.8 (Debian 11) and
+# 1.1.3 (Debian 13) with a mask expression, 1.0.6 (Debian 12) with "/", as rendered.
+MASKED = (
+    "\t\ttcp flags & (0x1 | 0x2 | 0x4 | 0x10) != 0x2 return\n\t\ttcp flags & (0x1 | 0x2 | 0x4 | 0x10) == 0x2 return\n"
+)
+RENDERED = "\t\ttcp flags != 0x2 / 0x1,0x2,0x4,0x10 return\n\t\ttcp flags 0x2 / 0x1,0x2,0x4,0x10 return\n"
+
+
+def test_every_releases_listing_reads_as_rendered_and_scripts_parse_on_every_release():
+    argv = ["nft", "-n", "-y", "list", "table", "inet", "hostmesh"]
+    assert nft.listing_from_result(argv, 0, MASKED, "") == RENDERED
+    assert nft.listing_from_result(argv, 0, RENDERED, "") == RENDERED
+    assert nft.parsable_form(RENDERED) == MASKED
+    name, text = "hostmesh", "table inet hostmesh {\n\tchain c {\n" + RENDERED + "\t}\n}\n"
+    script = nft.plan_script(name, "", text)
+    assert "0x1,0x2,0x4,0x10" not in script and script.count("tcp flags & (0x1 | 0x2 | 0x4 | 0x10)") == 2
+    # A table listed by 0.9.8 or 1.1 is the one we render: nothing to change.
+    listed = nft.listing_from_result(argv, 0, text.replace(RENDERED, MASKED), "")
+    assert nft.plan_script(name, listed, text) == ""

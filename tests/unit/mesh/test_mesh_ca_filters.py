@@ -3,7 +3,12 @@
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.hostmesh.sidecar.plugins.filter.mesh_ca import mesh_ca_batch_problems, mesh_workload_problems
+from ansible_collections.hostmesh.sidecar.plugins.filter.mesh_ca import (
+    mesh_ca_batch_problems,
+    mesh_ca_default_dir,
+    mesh_ca_dir_problems,
+    mesh_workload_problems,
+)
 
 SETTINGS = {"ca_cert_path": "/ca/cert.pem", "ca_key_path": "/ca/key.pem", "days": 30, "renew_days": 10}
 WORKLOAD = {"name": "vm0", "service_account": "vm0", "cert_path": "/ca/vm0/cert.pem", "key_path": "/ca/vm0/key.pem"}
@@ -64,3 +69,32 @@ def test_settings_are_taken_with_the_module_types() -> None:
         "hostmesh_cert_renew_days: argument 'renew_days' is of type str and we were unable to convert to int: "
         "\"'many'\" cannot be converted to an int"
     ]
+
+
+def test_the_default_ca_dir_is_the_users_data_home() -> None:
+    assert mesh_ca_default_dir("", "/home/ops", "cluster.local") == "/home/ops/.local/share/hostmesh/ca/cluster.local"
+    assert mesh_ca_default_dir("/srv/data", "/home/ops", "mesh.example") == "/srv/data/hostmesh/ca/mesh.example"
+    # A relative XDG_DATA_HOME is ignored, as the XDG spec says; no usable home gives "".
+    assert mesh_ca_default_dir("data", "/home/ops", "m") == "/home/ops/.local/share/hostmesh/ca/m"
+    assert mesh_ca_default_dir("", "", "m") == ""
+    assert mesh_ca_default_dir(None, "relative", "m") == ""
+
+
+def test_ca_dir_problems_name_the_variable_and_the_value(tmp_path) -> None:
+    assert mesh_ca_dir_problems(str(tmp_path / "new" / "ca")) == []
+    assert mesh_ca_dir_problems(str(tmp_path)) == []
+    assert mesh_ca_dir_problems("ca") == ["hostmesh_ca_dir: got 'ca'; expected an absolute path on the controller"]
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert mesh_ca_dir_problems(str(a_file), "my_dir") == [
+        "my_dir: got '%s'; it exists and is not a directory" % a_file
+    ]
+    assert mesh_ca_dir_problems(str(a_file / "x" / "ca")) == [
+        "hostmesh_ca_dir: got '%s'; it cannot be created: %s is not a directory" % (a_file / "x" / "ca", a_file)
+    ]
+    assert mesh_ca_dir_problems("")[0].startswith('hostmesh_ca_dir: got ""; set it to a controller directory')
+    assert nothing_made(tmp_path) == ["file"]
+
+
+def nothing_made(directory) -> list:
+    return sorted(path.name for path in directory.iterdir())

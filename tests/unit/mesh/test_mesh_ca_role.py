@@ -17,9 +17,9 @@ RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+f
 PlayRun = namedtuple("PlayRun", ["rc", "changed", "facts", "output"])
 
 
-def play(tmp_path, *args, inventory=("-i", "localhost,", "-c", "local")) -> PlayRun:
+def play(tmp_path, *args, inventory=("-i", "localhost,", "-c", "local"), environ=None) -> PlayRun:
     """Run the playbook with the role on the controller."""
-    proc, facts = run_playbook(tmp_path, inventory[1], PLAYBOOK, *inventory[2:], *args)
+    proc, facts = run_playbook(tmp_path, inventory[1], PLAYBOOK, *inventory[2:], *args, environ=environ)
     changed = {m.group(1): int(m.group(3)) for m in RECAP.finditer(proc.stdout)}
     return PlayRun(proc.returncode, changed, facts, proc.stdout + proc.stderr)
 
@@ -328,3 +328,46 @@ def test_a_host_whose_ca_settings_differ_from_the_mesh_fails_alone(tmp_path):
     for host in ("vm1", "vm2"):
         assert run.facts[host]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/%s" % host
         verify_svid(run.facts[host]["ca"], run.facts[host]["cert"], run.facts[host]["spiffe_id"])
+
+
+def _without_xdg(**extra) -> dict:
+    environ = {key: value for key, value in os.environ.items() if key != "XDG_DATA_HOME"}
+    environ.update(extra)
+    return environ
+
+
+def test_by_default_the_ca_is_the_controller_users_own_outside_the_playbook_dir(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    run = play(tmp_path, "-e", "hostmesh_trust_domain=mesh.example", environ=_without_xdg(HOME=str(home)))
+    assert run.rc == 0, run.output
+    ca_dir = home / ".local" / "share" / "hostmesh" / "ca" / "mesh.example"
+    assert run.facts["localhost"]["ca"] == str(ca_dir / "ca-cert.pem")
+    assert (ca_dir / "ca-key.pem").is_file() and (ca_dir / "hosts" / "localhost" / "key.pem").is_file()
+    # Every directory the role made on the way is private, not only the last.
+    for made in (home / ".local", home / ".local" / "share", home / ".local" / "share" / "hostmesh", ca_dir):
+        assert oct(os.stat(made).st_mode & 0o777) == "0o700", made
+    assert not (PLAYBOOK.parent / ".hostmesh-ca").exists()
+
+    # XDG_DATA_HOME, when set to an absolute path, is the data home instead.
+    data = tmp_path / "data"
+    xdg = play(tmp_path, environ=_without_xdg(HOME=str(home), XDG_DATA_HOME=str(data)))
+    assert xdg.rc == 0, xdg.output
+    assert xdg.facts["localhost"]["ca"] == str(data / "hostmesh" / "ca" / "cluster.local" / "ca-cert.pem")
+
+
+def test_a_ca_dir_that_cannot_be_created_fails_naming_it_and_writes_nothing(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory would have to be\n")
+    wanted = blocker / "ca"
+    run = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % wanted)
+    assert run.rc != 0
+    assert "hostmesh_ca_dir: got '%s'; it cannot be created: %s is not a directory" % (wanted, blocker) in run.output
+    assert "mesh_certificate" not in run.output.partition("fatal:")[2].partition("\n")[0]
+    assert blocker.read_text() == "a file where a directory would have to be\n"
+
+    # With no HOME to default to, the variable is asked for by name.
+    no_home = {key: value for key, value in _without_xdg().items() if key != "HOME"}
+    homeless = play(tmp_path, environ=no_home)
+    assert homeless.rc != 0
+    assert 'hostmesh_ca_dir: got ""; set it to a controller directory for the mesh CA' in homeless.output

@@ -571,3 +571,14 @@ def test_make_workloads_checks_the_list_itself(paths):
     with pytest.raises(MeshCAError, match=r"workloads\[0\]\.force: got 'yes'"):
         make_workloads(base, [workload("/ca", "web1", force="yes")])
     assert make_workloads(base, []) == []
+
+
+def test_a_private_dir_that_cannot_be_created_is_named(tmp_path):
+    # /proc refuses new directories, even to root.
+    ca_dir = "/proc/hostmesh-ca-test/ca"
+    args = batch(tmp_path, hosts=("web1",), private_dir=ca_dir)
+    args.update(ca_cert_path=ca_dir + "/ca-cert.pem", ca_key_path=ca_dir + "/ca-key.pem")
+    result = run_module(args, tmp_path)
+    assert result["rc"] == 1, result
+    assert result["msg"].startswith("private_dir: cannot create '/proc/hostmesh-ca-test/ca' ("), result
+    assert not os.path.exists("/proc/hostmesh-ca-test")
