@@ -1,17 +1,25 @@
-"""The demo: two VMs onboarded into the mesh, a request through both sidecars
-with mTLS, then offboarded back to exactly how they were.
+"""The demo: four VMs onboarded into the mesh; a call by service name spread over
+two replicas, one replica failing over, a caller refused by policy; then
+offboarded back to exactly how they were.
 
-1. boots two sandbox hosts (systemd-nspawn, real systemd, reached over SSH):
-   "web" runs a small HTTP app on 127.0.0.1:8080, "client" calls it;
-2. records each host's state (rulesets, users, units, files);
-3. runs playbooks/onboard.yml (mesh CA, Envoy, agent, capture) and again to
-   show nothing changes;
-4. client -> web:8080: the request goes through the client's sidecar and the
-   web's sidecar over mTLS (Envoy stats show the TLS handshakes; web presents
-   its SPIFFE certificate); the app only listens on loopback, so there is no
+1. boots four sandbox hosts (systemd-nspawn, real systemd, reached over SSH):
+   "web1" and "web2" are two replicas of the service "web" (a small HTTP app
+   on 127.0.0.1:8080 that answers with its host name); "client" runs as the
+   service account "frontend", which web's policy allows; "intruder" is in
+   the mesh too, but nobody allowed it;
+2. records each host's state (rulesets, users, units, files, resolv.conf);
+3. runs playbooks/onboard.yml (mesh CA, Envoy, agent, capture, DNS) and
+   again to show nothing changes;
+4. client -> http://web.mesh.internal:8080: the agent answers the name with
+   web's virtual IP, the client's sidecar spreads the calls over both
+   replicas, over mTLS; the apps only listen on loopback, so there is no
    other way in;
-5. runs playbooks/offboard.yml and compares each host with step 2;
-6. destroys the hosts.
+5. web1's app stops: the calls go on, every one answered by web2 (retries
+   and outlier detection), none failed;
+6. intruder -> the same name: refused by web's policy (403), and the
+   refusal is counted and logged with intruder's SPIFFE ID;
+7. runs playbooks/offboard.yml and compares each host with step 2;
+8. destroys the hosts.
 Run as root: `make demo`.
 """
 
@@ -29,18 +37,31 @@ from tools.sandbox.sandbox import Sandbox  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 
 MESH = """mesh:
+  vars:
+    hostmesh_dns: true
+    demo_web:
+      - name: web
+        port: 8080
+        protocol: http
+        allow:
+          - {service_accounts: [frontend]}
   hosts:
-    web:
-      hostmesh_services:
-        - {name: web, port: 8080}
-    client: {}
+    web1: {hostmesh_services: "{{ demo_web }}"}
+    web2: {hostmesh_services: "{{ demo_web }}"}
+    client: {hostmesh_service_account: frontend}
+    intruder: {}
 """
+HOSTS = ("web1", "web2", "client", "intruder")
+WEB = "http://web.mesh.internal:8080/hostname"
+# A resolver the hosts' applications ask; the capture rules hand its queries
+# to the agent, which answers the mesh's names itself.
+RESOLV_CONF = "nameserver 127.0.0.53"
 
 STATE = (
     "iptables-save | grep -v '^#'; ip6tables-save | grep -v '^#'; nft list ruleset;"
     " ip rule; ip -6 rule; getent passwd | sort; getent group | sort;"
     " systemctl list-unit-files --no-legend | grep -v scope | sort;"
-    " ls -A /etc/hostmesh /usr/local/bin /usr/local/lib /run/hostmesh 2>&1"
+    " ls -A /etc/hostmesh /usr/local/bin /usr/local/lib /run/hostmesh 2>&1; cat /etc/resolv.conf"
 )
 
 
@@ -67,16 +88,41 @@ def on(sandbox, host, command):
     return proc.stdout.strip()
 
 
+def calls(sandbox, host, count):
+    """The answers of `count` calls to web by name from host: host names, or the HTTP status when refused."""
+    script = (
+        "for i in $(seq %d); do"
+        ' code=$(curl -s --max-time 5 -o /tmp/demo-body -w "%%{http_code}" %s);'
+        ' echo "$(cat /tmp/demo-body 2>/dev/null) $code"; rm -f /tmp/demo-body;'
+        " done" % (count, WEB)
+    )
+    return on(sandbox, host, script).splitlines()
+
+
+def tally(answers):
+    counts = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    return ", ".join("%s x%d" % (answer, n) for answer, n in sorted(counts.items()))
+
+
 def main():
     if os.geteuid() != 0:
         raise SystemExit("run as root (the demo boots systemd-nspawn hosts)")
     sandbox = Sandbox("demo", log=lambda message: print(message, file=sys.stderr, flush=True))
+    admin = "curl -s --unix-socket /run/hostmesh/admin.sock http://localhost"
     try:
-        say("two sandbox VMs with systemd: web and client")
-        sandbox.create(["web", "client"])
-        web = sandbox.hosts()["web"]
-        on(sandbox, "web", "systemd-run --unit demo-app python3 -m http.server 8080 --bind 127.0.0.1 --directory /etc")
-        before = {host: on(sandbox, host, STATE) for host in ("web", "client")}
+        say("four sandbox VMs with systemd: web1 and web2 (the service web), client, intruder")
+        sandbox.create(list(HOSTS))
+        for host in HOSTS:
+            on(sandbox, host, "echo %s > /etc/resolv.conf" % RESOLV_CONF)
+        for host in ("web1", "web2"):
+            on(
+                sandbox,
+                host,
+                "systemd-run --unit demo-app python3 -m http.server 8080 --bind 127.0.0.1 --directory /etc",
+            )
+        before = {host: on(sandbox, host, STATE) for host in HOSTS}
         with tempfile.TemporaryDirectory() as directory:
             mesh = os.path.join(directory, "mesh.yml")
             with open(mesh, "w") as handle:
@@ -85,27 +131,48 @@ def main():
             say("onboard: ansible-playbook playbooks/onboard.yml (then again: nothing changes)")
             playbook(sandbox, mesh, "onboard.yml")
             playbook(sandbox, mesh, "onboard.yml")
-            print(on(sandbox, "web", "iptables -t nat -S | grep HOSTMESH_INBOUND | head -4"))
 
-            say("client -> http://%s:8080/hostname (the app listens on web's loopback only)" % web)
-            print("answer:", on(sandbox, "client", "curl -s --max-time 5 http://%s:8080/hostname" % web))
-            stats = (
-                "curl -s --unix-socket /run/hostmesh/admin.sock http://localhost/stats"
-                ' | grep -E "ssl.handshake|ssl.connection_error" | grep -v ": 0$"'
-            )
-            print("client sidecar (outbound mTLS):", on(sandbox, "client", stats))
-            print("web sidecar (inbound mTLS):    ", on(sandbox, "web", stats))
+            say("client: web.mesh.internal resolves to web's virtual IP (the agent answers it)")
+            print(on(sandbox, "client", "getent hosts web.mesh.internal"))
+
+            say("client -> %s, 6 calls: spread over both replicas, over mTLS" % WEB)
+            answers = calls(sandbox, "client", 6)
+            print(tally(answers))
+            if {"web1 200", "web2 200"} - set(answers):
+                raise SystemExit("the calls did not reach both replicas: %s" % answers)
             print(
-                "web presents:",
+                "web1 presents:",
+                on(sandbox, "web1", admin + '/certs | grep -o "spiffe://[^\\"]*" | sort -u | head -1'),
+            )
+
+            say("web1's app stops: 10 more calls, every one answered by web2, none failed")
+            on(sandbox, "web1", "systemctl stop demo-app")
+            answers = calls(sandbox, "client", 10)
+            print(tally(answers))
+            if set(answers) != {"web2 200"}:
+                raise SystemExit("a call failed or reached the stopped replica: %s" % answers)
+
+            say("intruder -> %s: not in web's allow list" % WEB)
+            answers = calls(sandbox, "intruder", 1)
+            print(tally(answers))
+            if answers != ["RBAC: access denied 403"]:
+                raise SystemExit("intruder was not refused: %s" % answers)
+            print(
+                "web2's refusals:",
                 on(
                     sandbox,
-                    "web",
-                    'curl -s --unix-socket /run/hostmesh/admin.sock http://localhost/certs | grep -o "spiffe://[^\\"]*" | sort -u',
+                    "web2",
+                    "curl -s http://127.0.0.1:15020/stats/prometheus | grep ^hostmesh_rbac_denied_total",
                 ),
             )
+            print(
+                "web2's journal:",
+                on(sandbox, "web2", "journalctl -u hostmesh-agent --no-pager -o cat | grep -m1 -i denied"),
+            )
+
             say("offboard: ansible-playbook playbooks/offboard.yml")
             playbook(sandbox, mesh, "offboard.yml")
-            for host in ("web", "client"):
+            for host in HOSTS:
                 after = on(sandbox, host, STATE)
                 same = after == before[host]
                 print("%s reads as before onboarding: %s" % (host, "yes" if same else "NO"))
