@@ -383,3 +383,10 @@ def test_zone_is_the_nodes_locality_and_dns_changes_need_no_envoy_restart():
     other_dns = parse_config({**MESH, "ports": {"dns": 5353}, "dns": {**MESH["dns"], "ttl_s": 60}})
     assert restart_relevant(other_dns) == restart_relevant(cfg)
     assert restart_relevant(parse_config({**MESH, "ports": {"inbound": 16006}})) != restart_relevant(cfg)
+
+
+def test_a_service_alone_on_its_port_is_reached_by_name_and_by_a_replicas_address():
+    # Matching its VIPs only would send a client that dials a replica's own address
+    # past the mesh (passthrough, no mTLS); alone on its port, any address on it matches.
+    files = render_dynamic(parse_config(_svc()), RUN)
+    assert _chain(files, "outbound|8080||web")["filter_chain_match"] == {"destination_port": 8080}

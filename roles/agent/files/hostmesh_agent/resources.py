@@ -308,13 +308,19 @@ def _prefix_range(cidr: str) -> Json:
 
 
 def _outbound_listener(cfg: Config) -> Json:
-    """One filter chain per service, matching its port and its VIPs (a /32 or /128 each) or
-    ``match_cidrs``: services that share a port are told apart by where the client dialed."""
+    """One filter chain per service, matching its port, and where that is not enough its VIPs
+    (a /32 or /128 each) and ``match_cidrs``: services that share a port are told apart by
+    where the client dialed. A service alone on its port matches every address on it, so a
+    client that dials a replica's own address still goes through the mesh, as one that
+    dials the service's name (its VIPs) does."""
     chains = []
+    on_port: Dict[int, int] = {}
+    for svc in cfg.outbound.services:
+        on_port[svc.port] = on_port.get(svc.port, 0) + 1
     for svc in cfg.outbound.services:
         match: Json = {"destination_port": svc.port}
         ranges = [_prefix_range(v) for v in svc.vips] + [_prefix_range(c) for c in svc.match_cidrs]
-        if ranges:
+        if ranges and (svc.match_cidrs or on_port[svc.port] > 1):
             match["prefix_ranges"] = ranges
         name = outbound_cluster_name(svc)
         chains.append(
