@@ -201,7 +201,9 @@ def heal_figures(idle_s, removals=10):
         argv += ["--counter", os.path.join(directory, "repairs")]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(2)  # started, first check made, nft monitor running
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
         pids = [proc.pid, *map(int, children)]
         before = _cpu_seconds(pids)
         time.sleep(idle_s)

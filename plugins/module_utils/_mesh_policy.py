@@ -84,7 +84,7 @@ def _caller_service(view, variable, value):
 def _caller_account(view, variable, value, own_namespace):
     if not isinstance(value, str):
         raise _bad(variable, value, '"namespace/account" or "account" (in this host\'s namespace)')
-    namespace, _, account = value.rpartition("/")
+    namespace, _sep, account = value.rpartition("/")
     namespace = namespace or own_namespace
     if not (is_name(namespace) and is_name(account)):
         raise _bad(variable, value, '"namespace/account" or "account", each %s' % NAME_EXPECTED)

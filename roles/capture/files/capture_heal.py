@@ -106,7 +106,7 @@ def _restore_to_save(block: List[str]) -> Dict[str, List[str]]:
         elif line.startswith("-A "):
             rules.append(line)
         elif line.startswith("-I "):
-            _, chain, _position, rest = line.split(" ", 3)
+            _verb, chain, _position, rest = line.split(" ", 3)
             jumps.append("-A %s %s" % (chain, rest))
         elif line == "COMMIT":
             tables[table] = _normal(chains, jumps, rules)
@@ -304,18 +304,18 @@ class Reconciler:
 def _wait_for_event(monitor: subprocess.Popen, timeout: float) -> Optional[bool]:
     """True after a burst of events has settled, False on timeout, None if the monitor ended."""
     fd = monitor.stdout.fileno()
-    readable, _, _ = select.select([fd], [], [], timeout)
+    readable, _writable, _failed = select.select([fd], [], [], timeout)
     if not readable:
         return False
     while readable:
         if not os.read(fd, 65536):
             return None
-        readable, _, _ = select.select([fd], [], [], _SETTLE_S)
+        readable, _writable, _failed = select.select([fd], [], [], _SETTLE_S)
     return True
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="hostmesh-capture-heal", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="hostmesh-capture-heal", description=__doc__.split("\n\n", maxsplit=1)[0])
     p.add_argument("--rules-file", required=True)
     p.add_argument("--fail-mode", choices=("closed", "open"), default="closed")
     p.add_argument("--ready-url", default="http://127.0.0.1:15020/healthz/ready")

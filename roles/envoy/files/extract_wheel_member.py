@@ -34,7 +34,7 @@ def recorded_sha256(archive: zipfile.ZipFile, member: str) -> str:
     text = archive.read(records[0]).decode("utf-8")
     for row in csv.reader(io.StringIO(text)):
         if row and row[0] == member:
-            algorithm, _, value = row[1].partition("=")
+            algorithm, _sep, value = row[1].partition("=")
             if algorithm != "sha256":
                 raise RecordMismatch("RECORD lists %s with %r, not a sha256" % (member, row[1]))
             return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).hex()

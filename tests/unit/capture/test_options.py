@@ -134,14 +134,14 @@ def test_ssh_port_from_environment(value, port):
 
 def test_owner_groups_by_name_or_id_become_ids():
     groups = {"java": 1100, "ftp": 21}
-    opts, _ = parse_options({"outbound_owner_groups": ["java", 202, "21"]}, group_id=groups.__getitem__)
+    opts, _warnings = parse_options({"outbound_owner_groups": ["java", 202, "21"]}, group_id=groups.__getitem__)
     assert opts.outbound_owner_groups == (1100, 202, 21)
-    opts, _ = parse_options({"outbound_owner_groups_exclude": "ftp,888"}, group_id=groups.__getitem__)
+    opts, _warnings = parse_options({"outbound_owner_groups_exclude": "ftp,888"}, group_id=groups.__getitem__)
     assert opts.outbound_owner_groups_exclude == (21, 888)
 
 
 def test_new_options_default_as_the_product_says():
-    opts, _ = parse_options({})
+    opts, _warnings = parse_options({})
     assert opts.virtual_interfaces == ()
     assert opts.outbound_owner_groups == () and opts.outbound_owner_groups_exclude == ()
     assert opts.inbound_tunnel_port == 15008

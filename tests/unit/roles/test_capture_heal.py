@@ -228,7 +228,7 @@ def test_the_counter_file_counts_up_and_the_agent_serves_it(tmp_path: Path) -> N
     host = heal.Host("/r", "http://127.0.0.1:1/", counter)
     assert host.count_repair(0) == 0
     assert capture_repairs(counter).endswith("hostmesh_capture_repairs_total 0\n")
-    assert [host.count_repair() for _ in range(3)] == [1, 2, 3]
+    assert [host.count_repair() for _repair in range(3)] == [1, 2, 3]
     assert host.count_repair(0) == 3
     text = capture_repairs(counter)
     assert "# TYPE hostmesh_capture_repairs_total counter" in text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from ansible.errors import AnsibleFilterError
@@ -54,8 +55,9 @@ INVENTORY = {
 SECTIONS = ("policy", "access_log", "telemetry", "tracing")
 
 
-def config_of(host: str, inventory: dict = INVENTORY, **changes) -> dict:
+def config_of(host: str, inventory: Optional[dict] = None, **changes) -> dict:
     """The agent config the role writes on host, with the identities built from the whole inventory."""
+    inventory = INVENTORY if inventory is None else inventory
     hv = inventory[host]
     view = mesh_identities(inventory, sorted(inventory), TD)
     return agent_config(

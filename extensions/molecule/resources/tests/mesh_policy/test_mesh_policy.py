@@ -51,7 +51,7 @@ def sample(text: str, name: str, **labels) -> float:
     for line in text.splitlines():
         if line.startswith("#"):
             continue
-        series, _, value = line.rpartition(" ")
+        series, _sep, value = line.rpartition(" ")
         if series == name or (
             series.startswith(name + "{") and sorted(series[len(name) + 1 : -1].split(",")) == sorted(wanted.split(","))
         ):
@@ -116,7 +116,7 @@ def test_client_b_is_refused_and_named_in_the_servers_log(client_b, server) -> N
     )
     assert re.search(rf"policy refused {re.escape(CLIENT_B_ID)} from \S+: .*'db'", journal), journal
     # ... and in the access log, with Envoy's reason; Envoy flushes it within a second.
-    for _ in range(10):
+    for _attempt in range(10):
         refusals = [
             line
             for line in access_log_lines(server, since)
@@ -149,7 +149,7 @@ def test_access_log_lines_carry_every_field(client_a, server) -> None:
     since = host_time(server)
     client_a.check_output(f"curl -sf --max-time 10 http://{address_of(server)}:{WEB}/")
     assert db_call(client_a, server, "logged").rc == 0
-    for _ in range(10):
+    for _attempt in range(10):
         lines = [line for line in access_log_lines(server, since) if line["peer_spiffe_id"] == CLIENT_A_ID]
         if {line["service"] for line in lines} >= {"web", "db"}:
             break
@@ -170,7 +170,7 @@ def test_access_log_lines_carry_every_field(client_a, server) -> None:
 def test_client_a_logs_its_own_calls_to_a_file(client_a, server) -> None:
     client_a.check_output(f"curl -sf --max-time 10 http://{address_of(server)}:{WEB}/")
     log = client_a.file("/var/log/hostmesh/access.log")
-    for _ in range(10):
+    for _attempt in range(10):
         if log.exists and SERVER_ID in log.content_string:
             break
         time.sleep(1)
@@ -202,7 +202,7 @@ def test_policy_counters_equal_what_the_clients_did(client_a, client_b, server) 
         )
         assert (allowed, denied) == (allowed_calls, denied_calls), service
     # The Istio-named request counts follow the access log (flushed within a second).
-    for _ in range(10):
+    for _attempt in range(10):
         after = metrics(server)
         served = istio_requests(after, "web", 200) - istio_requests(before, "web", 200)
         refused = istio_requests(after, "web", 403) - istio_requests(before, "web", 403)

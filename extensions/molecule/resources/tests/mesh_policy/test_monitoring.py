@@ -117,9 +117,9 @@ def test_per_service_request_counts_equal_what_the_clients_sent(prom, client_a, 
     before = direct()
     wait_for("Prometheus in step with server's sidecar", lambda: scraped() == before or None, timeout=30)
     url = f"http://{address_of(server)}:{WEB}/"
-    for _ in range(served):
+    for _call in range(served):
         client_a.check_output(f"curl -sf --max-time 10 {url}")
-    for _ in range(refused):
+    for _call in range(refused):
         assert http_status(client_b, url) == "403"
     for index in range(connections):
         assert db_call(client_a, server, f"m{index}").rc == 0
