@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Set
 
 from hostmesh_agent.access_log import HTTP_END, TCP_END, parse_line
+from hostmesh_agent.capture_repairs import capture_repairs
 from hostmesh_agent.cli import mesh_metrics
 from hostmesh_agent.config import parse_config
 from hostmesh_agent.envoy_stdout import EnvoyStdout
@@ -96,7 +97,9 @@ def merged_metrics_text(tmp_dir: Path) -> str:
     names = rbac_stat_names(cfg)
     rbac = render_rbac(names, {name: 1 for name in names})
     own = AgentMetrics(started_at=0.0).render(1.0)
-    return own + mesh_metrics(telemetry, stdout)(cfg) + rbac
+    repairs = tmp_dir / "repairs"
+    repairs.write_text("3\n")
+    return own + mesh_metrics(telemetry, stdout)(cfg) + rbac + capture_repairs(str(repairs))
 
 
 def exported_names(text: str) -> Set[str]:

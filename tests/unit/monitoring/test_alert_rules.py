@@ -19,6 +19,7 @@ ALERTS = {
     "HostmeshRequestErrorRateHigh",
     "HostmeshRequestsDenied",
     "HostmeshAccessLogDropping",
+    "HostmeshCaptureLifted",
 }
 
 
