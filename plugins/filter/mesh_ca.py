@@ -57,6 +57,13 @@ def mesh_workload_problems(workload, settings, names=None):
     return []
 
 
+def _canonical(value):
+    """A setting as the module takes it: before ansible-core 2.19 a templated number is a string."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
 def mesh_ca_batch_problems(batch, host):
     """Where ``host``'s mesh-wide settings differ from the rest of its batch.
 
@@ -73,11 +80,11 @@ def mesh_ca_batch_problems(batch, host):
         counts = {}
         holders = {}
         for other, settings in batch.items():
-            value = json.dumps(settings.get(name), sort_keys=True, default=str)
+            value = json.dumps(_canonical(settings.get(name)), sort_keys=True, default=str)
             counts[value] = counts.get(value, 0) + 1
             holders.setdefault(value, []).append(other)
         mesh_value = max(counts, key=lambda value: (counts[value], -list(counts).index(value)))
-        own = json.dumps(mine.get(name), sort_keys=True, default=str)
+        own = json.dumps(_canonical(mine.get(name)), sort_keys=True, default=str)
         if own != mesh_value:
             others = holders[mesh_value]
             shown = ", ".join(others[:HOSTS_SHOWN]) + (

@@ -188,7 +188,9 @@ def test_hosts_left_out_get_nothing_even_when_first_in_the_batch(tmp_path):
     run = play(tmp_path, "-e", "hostmesh_ca_dir=%s" % ca_dir, inventory=mixed)
     assert run.rc == 0, run.output
     assert sorted(path.name for path in (ca_dir / "hosts").iterdir()) == ["vm1", "vm2"]
-    assert run.facts["vm0"] == {"cert": None, "key": None, "ca": None, "spiffe_id": None, "issued": None}
+    # None, or "" where ansible-core before 2.19 renders a templated None.
+    assert sorted(run.facts["vm0"]) == ["ca", "cert", "issued", "key", "spiffe_id"]
+    assert all(value in (None, "") for value in run.facts["vm0"].values()), run.facts["vm0"]
     for host in ("vm1", "vm2"):
         verify_svid(run.facts[host]["ca"], run.facts[host]["cert"], run.facts[host]["spiffe_id"])
 
@@ -370,4 +372,6 @@ def test_a_ca_dir_that_cannot_be_created_fails_naming_it_and_writes_nothing(tmp_
     no_home = {key: value for key, value in _without_xdg().items() if key != "HOME"}
     homeless = play(tmp_path, environ=no_home)
     assert homeless.rc != 0
-    assert 'hostmesh_ca_dir: got ""; set it to a controller directory for the mesh CA' in homeless.output
+    # The message is shown as JSON, its quotes escaped, by ansible-core before 2.19.
+    shown = homeless.output.replace('\\"', '"')
+    assert 'hostmesh_ca_dir: got ""; set it to a controller directory for the mesh CA' in shown, homeless.output
