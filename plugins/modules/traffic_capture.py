@@ -367,8 +367,10 @@ def main():
         options, warnings = parse_options(module.params, ssh_port_from_environment(os.environ))
         for warning in warnings:
             module.warn(warning)
-        if options.rules_file and options.state == "present" and not os.path.isdir(os.path.dirname(options.rules_file)):
-            # Refused before anything on the host changes.
+        missing_dir = options.rules_file and not os.path.isdir(os.path.dirname(options.rules_file))
+        if missing_dir and options.state == "present" and not module.check_mode:
+            # Refused before anything on the host changes. Check mode only predicts: in
+            # a whole playbook an earlier task (the agent role's) creates the directory.
             module.fail_json(
                 msg="rules_file: %r is in a directory that does not exist" % options.rules_file,
                 option="rules_file",
