@@ -308,3 +308,18 @@ def test_todays_options_read_back_and_a_second_run_writes_nothing(lab, backend, 
     assert again["changed"] is False and again["added"] == [] and again["removed"] == []
     assert_same(before, lab.ruleset())
     assert lab.ok(state="absent")["changed"] is True
+
+
+def test_a_rules_file_in_a_missing_directory_is_refused_before_anything_changes(lab, tmp_path):
+    before = lab.ruleset()
+    missing = str(tmp_path / "nowhere" / "capture.rules")
+    refused = lab.module(ip_families=["ipv4"], rules_file=missing)
+    assert refused.get("failed") is True
+    assert refused["msg"] == "rules_file: %r is in a directory that does not exist" % missing
+    assert_same(before, lab.ruleset())
+    # Check mode only predicts: in a playbook an earlier task creates the directory.
+    predicted = lab.module(check_mode=True, ip_families=["ipv4"], rules_file=missing)
+    assert not predicted.get("failed"), predicted.get("msg")
+    assert predicted["changed"] is True
+    assert_same(before, lab.ruleset())
+    assert not os.path.exists(os.path.dirname(missing))
