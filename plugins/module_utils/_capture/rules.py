@@ -179,6 +179,10 @@ def _nat_output(options, names, family, nameservers):
     rules += [rule(RETURN, proto="tcp", dport=port) for port in options.outbound_ports_exclude]
     rules += [rule(RETURN, out_iface=iface) for iface in options.exclude_interfaces]
     rules.append(rule(RETURN, src=PASSTHROUGH_SOURCE[family], out_iface="lo"))
+    if options.mode == "tproxy":
+        # Envoy's transparent connection to the application (the client's address as
+        # its source, the tproxy mark on it) is the inbound call itself, not one to capture.
+        rules.append(rule(RETURN, proto="tcp", mark=options.tproxy_mark))
     # The proxy's own calls to this host over lo (not to the tunnel port, nor,
     # with DNS capture, to port 53) are inbound traffic.
     if options.dns_redirect:

@@ -183,8 +183,9 @@ table inet istio {
         tcp dport 3306 return
         oifname "eth1" return
         ip saddr 127.0.0.6 oifname "lo" return
-        ip daddr != 127.0.0.1 oifname "lo" tcp dport != { 53, 15008 } meta skuid 1337 jump nat_ISTIO_IN_REDIRECT
         ip6 saddr ::6 oifname "lo" return
+        meta l4proto 6 meta mark 0x00000539 return
+        ip daddr != 127.0.0.1 oifname "lo" tcp dport != { 53, 15008 } meta skuid 1337 jump nat_ISTIO_IN_REDIRECT
         ip6 daddr != ::1 oifname "lo" tcp dport != { 53, 15008 } meta skuid 1337 jump nat_ISTIO_IN_REDIRECT
         oifname "lo" tcp dport != 53 meta skuid != 1337 return
         meta skuid 1337 return
