@@ -22,7 +22,8 @@ class Output(Protocol):
     def write(self, line: bytes) -> None:
         """Write one line (without its newline); OSError when it cannot."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush and let go of the destination."""
 
 
 class StreamOutput:

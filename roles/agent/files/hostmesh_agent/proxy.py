@@ -51,7 +51,8 @@ class EpochProcess(Protocol):
     epoch: int
 
     @property
-    def pid(self) -> int: ...
+    def pid(self) -> int:
+        """The process id of the running Envoy."""
 
     def exited(self) -> Optional[int]:
         """The exit status once the process has ended (negative: killed by that signal), else None."""
