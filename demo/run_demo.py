@@ -1,6 +1,6 @@
-"""The demo: four VMs onboarded into the mesh; a call by service name spread over
-two replicas, one replica failing over, a caller refused by policy; then
-offboarded back to exactly how they were.
+"""The demo: four VMs onboarded into the mesh; calls spread over two replicas,
+one replica failing over, a caller refused by policy; then offboarded back to
+exactly how they were.
 
 1. boots four sandbox hosts (systemd-nspawn, real systemd, reached over SSH):
    "web1" and "web2" are two replicas of the service "web" (a small HTTP app
@@ -8,12 +8,11 @@ offboarded back to exactly how they were.
    service account "frontend", which web's policy allows; "intruder" is in
    the mesh too, but nobody allowed it;
 2. records each host's state (rulesets, users, units, files, resolv.conf);
-3. runs playbooks/onboard.yml (mesh CA, Envoy, agent, capture, DNS) and
-   again to show nothing changes;
-4. client -> http://web.mesh.internal:8080: the agent answers the name with
-   web's virtual IP, the client's sidecar spreads the calls over both
-   replicas, over mTLS; the apps only listen on loopback, so there is no
-   other way in;
+3. runs playbooks/onboard.yml (mesh CA, Envoy, agent, capture) and again
+   to show nothing changes;
+4. client -> web1's address, port 8080: the client's sidecar knows the port
+   as the service web and spreads the calls over both replicas, over mTLS;
+   the apps only listen on loopback, so there is no other way in;
 5. web1's app stops: the calls go on, every one answered by web2 (retries
    and outlier detection), none failed;
 6. intruder -> the same name: refused by web's policy (403), and the
@@ -38,7 +37,6 @@ BIN = os.path.dirname(sys.executable)
 
 MESH = """mesh:
   vars:
-    hostmesh_dns: true
     demo_web:
       - name: web
         port: 8080
@@ -52,10 +50,6 @@ MESH = """mesh:
     intruder: {}
 """
 HOSTS = ("web1", "web2", "client", "intruder")
-WEB = "http://web.mesh.internal:8080/hostname"
-# A resolver the hosts' applications ask; the capture rules hand its queries
-# to the agent, which answers the mesh's names itself.
-RESOLV_CONF = "nameserver 127.0.0.53"
 
 STATE = (
     "iptables-save | grep -v '^#'; ip6tables-save | grep -v '^#'; nft list ruleset;"
@@ -88,13 +82,13 @@ def on(sandbox, host, command):
     return proc.stdout.strip()
 
 
-def calls(sandbox, host, count):
-    """The answers of `count` calls to web by name from host: host names, or the HTTP status when refused."""
+def calls(sandbox, host, url, count):
+    """The answers of `count` calls to url from host: the host name that answered and the HTTP status."""
     script = (
         "for i in $(seq %d); do"
         ' code=$(curl -s --max-time 5 -o /tmp/demo-body -w "%%{http_code}" %s);'
         ' echo "$(cat /tmp/demo-body 2>/dev/null) $code"; rm -f /tmp/demo-body;'
-        " done" % (count, WEB)
+        " done" % (count, url)
     )
     return on(sandbox, host, script).splitlines()
 
@@ -114,8 +108,6 @@ def main():
     try:
         say("four sandbox VMs with systemd: web1 and web2 (the service web), client, intruder")
         sandbox.create(list(HOSTS))
-        for host in HOSTS:
-            on(sandbox, host, "echo %s > /etc/resolv.conf" % RESOLV_CONF)
         for host in ("web1", "web2"):
             on(
                 sandbox,
@@ -132,11 +124,9 @@ def main():
             playbook(sandbox, mesh, "onboard.yml")
             playbook(sandbox, mesh, "onboard.yml")
 
-            say("client: web.mesh.internal resolves to web's virtual IP (the agent answers it)")
-            print(on(sandbox, "client", "getent hosts web.mesh.internal"))
-
-            say("client -> %s, 6 calls: spread over both replicas, over mTLS" % WEB)
-            answers = calls(sandbox, "client", 6)
+            web = "http://%s:8080/hostname" % sandbox.hosts()["web1"]
+            say("client -> %s, 6 calls: the sidecar spreads web's port over both replicas, over mTLS" % web)
+            answers = calls(sandbox, "client", web, 6)
             print(tally(answers))
             if {"web1 200", "web2 200"} - set(answers):
                 raise SystemExit("the calls did not reach both replicas: %s" % answers)
@@ -147,13 +137,13 @@ def main():
 
             say("web1's app stops: 10 more calls, every one answered by web2, none failed")
             on(sandbox, "web1", "systemctl stop demo-app")
-            answers = calls(sandbox, "client", 10)
+            answers = calls(sandbox, "client", web, 10)
             print(tally(answers))
             if set(answers) != {"web2 200"}:
                 raise SystemExit("a call failed or reached the stopped replica: %s" % answers)
 
-            say("intruder -> %s: not in web's allow list" % WEB)
-            answers = calls(sandbox, "intruder", 1)
+            say("intruder -> %s: not in web's allow list" % web)
+            answers = calls(sandbox, "intruder", web, 1)
             print(tally(answers))
             if answers != ["RBAC: access denied 403"]:
                 raise SystemExit("intruder was not refused: %s" % answers)
