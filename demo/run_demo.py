@@ -14,7 +14,7 @@ exactly how they were.
    as the service web and spreads the calls over both replicas, over mTLS;
    the apps only listen on loopback, so there is no other way in;
 5. web1's app stops: the calls go on, every one answered by web2 (retries
-   and outlier detection), none failed;
+   and outlier detection), none failed; then it starts again;
 6. intruder -> the same name: refused by web's policy (403), and the
    refusal is counted and logged with intruder's SPIFFE ID;
 7. runs playbooks/offboard.yml and compares each host with step 2;
@@ -50,6 +50,7 @@ MESH = """mesh:
     intruder: {}
 """
 HOSTS = ("web1", "web2", "client", "intruder")
+APP = "systemd-run --unit demo-app python3 -m http.server 8080 --bind 127.0.0.1 --directory /etc"
 
 STATE = (
     "iptables-save | grep -v '^#'; ip6tables-save | grep -v '^#'; nft list ruleset;"
@@ -135,12 +136,15 @@ def main():
                 on(sandbox, "web1", admin + '/certs | grep -o "spiffe://[^\\"]*" | sort -u | head -1'),
             )
 
-            say("web1's app stops: 10 more calls, every one answered by web2, none failed")
+            say(
+                "web1's app stops: 10 more calls, every one answered by web2, none failed (then web1's app starts again)"
+            )
             on(sandbox, "web1", "systemctl stop demo-app")
             answers = calls(sandbox, "client", web, 10)
             print(tally(answers))
             if set(answers) != {"web2 200"}:
                 raise SystemExit("a call failed or reached the stopped replica: %s" % answers)
+            on(sandbox, "web1", APP)
 
             say("intruder -> %s: not in web's allow list" % web)
             answers = calls(sandbox, "intruder", web, 1)
