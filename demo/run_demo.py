@@ -110,11 +110,7 @@ def main():
         say("four sandbox VMs with systemd: web1 and web2 (the service web), client, intruder")
         sandbox.create(list(HOSTS))
         for host in ("web1", "web2"):
-            on(
-                sandbox,
-                host,
-                "systemd-run --unit demo-app python3 -m http.server 8080 --bind 127.0.0.1 --directory /etc",
-            )
+            on(sandbox, host, APP)
         before = {host: on(sandbox, host, STATE) for host in HOSTS}
         with tempfile.TemporaryDirectory() as directory:
             mesh = os.path.join(directory, "mesh.yml")
