@@ -147,18 +147,12 @@ def main():
             print(tally(answers))
             if answers != ["RBAC: access denied 403"]:
                 raise SystemExit("intruder was not refused: %s" % answers)
-            print(
-                "web2's refusals:",
-                on(
-                    sandbox,
-                    "web2",
-                    "curl -s http://127.0.0.1:15020/stats/prometheus | grep ^hostmesh_rbac_denied_total",
-                ),
-            )
-            print(
-                "web2's journal:",
-                on(sandbox, "web2", "journalctl -u hostmesh-agent --no-pager -o cat | grep -m1 -i denied"),
-            )
+            # The replica that took the call refused it: its counter and its journal say so.
+            denied = "curl -s http://127.0.0.1:15020/stats/prometheus | grep ^hostmesh_rbac_denied_total"
+            journal = "journalctl -u hostmesh-agent --no-pager -o cat | grep -m1 'policy refused'"
+            for host in ("web1", "web2"):
+                print("%s's refusals: %s" % (host, on(sandbox, host, denied)))
+                print("%s's journal:  %s" % (host, on(sandbox, host, journal)))
 
             say("offboard: ansible-playbook playbooks/offboard.yml")
             playbook(sandbox, mesh, "offboard.yml")
