@@ -171,7 +171,17 @@ def test_active_health_checks_alone_take_a_stopped_replica_out_and_back(
     assert seen[0] == 0 and set(seen) == {8081, 8083}, seen
     replicas.start(8082)
     wait_for(lambda: agent.stat(healthy) == 3, 10, "the replica healthy again")
-    assert served_by(topo, 30)[8082] >= 5
+    # The healthy gauge moves on Envoy's main thread; the workers' load balancers follow shortly after.
+    back: Counter = Counter()
+
+    def rejoined() -> bool:
+        back.update(served_by(topo, 6))
+        return back[8082] > 0
+
+    wait_for(rejoined, 15, "the recovered replica served again")
+    assert back[0] == 0, back
+    after = served_by(topo, 30)
+    assert after[0] == 0 and after[8082] >= 5, after
 
 
 # --- DNS ----------------------------------------------------------------------------

@@ -168,11 +168,22 @@ def test_capture_role_on_its_own_applies_keeps_repairs_and_lifts_capture(host: R
     assert again.recap["changed"] == 0, again.output[-4000:]
     assert "TASK [hostmesh.sidecar.capture : Apply the interception chains" not in again.output
 
+    # The reconciler puts a removed rule back by itself, with no play.
+    assert host.sh("systemctl is-active hostmesh-capture-heal").strip() == "active"
+    host.sh(f"iptables -w -t nat {inbound.replace('-A ', '-D ', 1)}")
+    host.sh(
+        f"for i in $(seq 100); do iptables -w -t nat -S PREROUTING | grep -qx -- '{inbound}' && break; sleep 0.1; done"
+    )
+    assert inbound in host.sh("iptables -w -t nat -S PREROUTING"), "the reconciler should have put the rule back"
+
+    # With the reconciler stopped, the role sees the difference and repairs it, then starts the reconciler again.
+    host.sh("systemctl stop hostmesh-capture-heal")
     host.sh(f"iptables -w -t nat {inbound.replace('-A ', '-D ', 1)}")
     repaired = host.play(CAPTURE_ROLE, vars_)
     assert_ok(repaired)
     assert repaired.recap["changed"] > 0, repaired.output[-4000:]
     assert inbound in host.sh("iptables -w -t nat -S PREROUTING")
+    assert host.sh("systemctl is-active hostmesh-capture-heal").strip() == "active"
     settled = host.play(CAPTURE_ROLE, vars_)
     assert_ok(settled)
     assert settled.recap["changed"] == 0, settled.output[-4000:]
@@ -181,7 +192,10 @@ def test_capture_role_on_its_own_applies_keeps_repairs_and_lifts_capture(host: R
     assert_ok(host.play(CAPTURE_ROLE, off))
     assert "HOSTMESH_" not in host.sh("iptables -w -t nat -S; iptables -w -t mangle -S")
     assert (
-        host.sh("ls /etc/hostmesh/capture.rules /etc/systemd/system/hostmesh-capture.service 2>/dev/null; true").strip()
+        host.sh(
+            "ls /etc/hostmesh/capture.rules /etc/systemd/system/hostmesh-capture.service"
+            " /etc/systemd/system/hostmesh-capture-heal.service 2>/dev/null; true"
+        ).strip()
         == ""
     )
     assert host.ready_status() == "200", "lifting capture leaves the sidecar running"

@@ -2,7 +2,8 @@
 
 Two sandbox hosts in group ``mesh`` are onboarded with playbooks/onboard.yml
 and ``hostmesh_ports`` moving the outbound, inbound, admin, status, health
-and Prometheus ports. pb runs an HTTP app; pa calls it at pb's address. The
+and Prometheus ports (the admin API is on its Unix socket unless asked for
+on TCP, so its moved port must stay closed). pb runs an HTTP app; pa calls it at pb's address. The
 request can only reach the app through pa's capture rules and Envoy's
 outbound listener (the only listener on the moved outbound port; nothing
 listens on Istio's ports) and pb's capture rules and inbound listener (the
@@ -19,8 +20,26 @@ from conftest import PAIR, MeshPair, PlayResult, boot_pair
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.envoy]
 
-MOVED = {"admin": 16000, "outbound": 16001, "inbound": 16006, "status": 16020, "health": 16021, "prometheus": 16090}
-ISTIO = {"admin": 15000, "outbound": 15001, "inbound": 15006, "status": 15020, "health": 15021, "prometheus": 15090}
+MOVED = {
+    "admin": 16000,
+    "outbound": 16001,
+    "inbound": 16006,
+    "status": 16020,
+    "health": 16021,
+    "prometheus": 16090,
+    "tunnel": 16008,
+}
+# Nothing listens on these: the admin API is on its Unix socket; the tunnel port is only kept out of capture.
+UNBOUND = ("admin", "tunnel")
+ISTIO = {
+    "admin": 15000,
+    "outbound": 15001,
+    "inbound": 15006,
+    "status": 15020,
+    "health": 15021,
+    "prometheus": 15090,
+    "tunnel": 15008,
+}
 APP_PORT = 8080
 PLAYBOOK = "onboard_mesh.yml"
 
@@ -75,19 +94,20 @@ def test_onboarding_with_moved_ports_routes_a_request_through_both_sidecars(pair
     for host in PAIR:
         sockets = listening(pair, host)
         ports = {address.rsplit(":", 1)[1] for address in sockets}
-        assert f"127.0.0.1:{MOVED['admin']}" in sockets, (host, sockets)
-        assert {str(port) for port in MOVED.values()} <= ports, (host, sockets)
+        assert not {str(MOVED[name]) for name in UNBOUND} & ports, (host, sockets)
+        assert {str(port) for name, port in MOVED.items() if name not in UNBOUND} <= ports, (host, sockets)
         assert not {str(port) for port in ISTIO.values()} & ports, (host, sockets)
         nat = pair.sh(host, "iptables -w -t nat -S")
         assert f"REDIRECT --to-ports {MOVED['outbound']}" in nat and f"REDIRECT --to-ports {MOVED['inbound']}" in nat
-        assert "--to-ports 15001" not in nat and "--to-ports 15006" not in nat
-        # The user's SSH port, then the moved prometheus, health and status ports, are never captured.
+        assert "--to-ports 15001" not in nat and "--to-ports 15006" not in nat and "15008" not in nat
+        # The moved tunnel port, the user's SSH port, then the moved prometheus, health and status ports, are never captured.
         excluded = re.findall(r"^-A HOSTMESH_INBOUND -p tcp -m tcp --dport (\d+) -j RETURN$", nat, re.M)
-        assert excluded == ["22", "16090", "16021", "16020"], nat
+        assert excluded == ["16008", "22", "16090", "16021", "16020"], nat
         health = f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{MOVED['health']}/healthz/ready"
         assert pair.sh(host, health) == "200"
 
-    admin = f"http://127.0.0.1:{MOVED['admin']}/stats"
+    admin = "--unix-socket /run/hostmesh/admin.sock http://localhost/stats"
+    inbound_stat = "'http://localhost/stats?filter=^listener.inbound.downstream_cx_total$'"
     before = int(pair.sh("pb", "journalctl -u echo-app --no-pager -o cat | wc -l"))
     body = pair.sh("pa", f"curl -sf --max-time 10 http://{pair.address('pb')}:{APP_PORT}/")
     assert body.strip() == "echo from pb"
@@ -96,7 +116,7 @@ def test_onboarding_with_moved_ports_routes_a_request_through_both_sidecars(pair
     assert counter(out, "listener.outbound.downstream_cx_total") > 0
     assert counter(out, f"cluster.outbound|{APP_PORT}||echo.upstream_rq_total") > 0
     # ... and pb's sidecar took it on its inbound listener and handed it to the app.
-    inbound = pair.sh("pb", f"curl -s '{admin}?filter=^listener.inbound.downstream_cx_total$'")
+    inbound = pair.sh("pb", f"curl -s --unix-socket /run/hostmesh/admin.sock {inbound_stat}")
     assert counter(inbound, "listener.inbound.downstream_cx_total") > 0
     log = pair.sh("pb", "journalctl -u echo-app --no-pager -o cat").splitlines()[before:]
     assert log and log[-1].startswith("127.0.0.6 "), log
