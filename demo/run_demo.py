@@ -1,18 +1,20 @@
-"""The demo: four VMs onboarded into the mesh; calls spread over two replicas,
-one replica failing over, a caller refused by policy; then offboarded back to
-exactly how they were.
+"""The demo: four VMs onboarded into the mesh; calls by service name spread over
+two replicas, one replica failing over, a caller refused by policy; then
+offboarded back to exactly how they were.
 
 1. boots four sandbox hosts (systemd-nspawn, real systemd, reached over SSH):
    "web1" and "web2" are two replicas of the service "web" (a small HTTP app
    on 127.0.0.1:8080 that answers with its host name); "client" runs as the
    service account "frontend", which web's policy allows; "intruder" is in
-   the mesh too, but nobody allowed it;
+   the mesh too, but nobody allowed it (each host has a default route, as a
+   VM would: its resolver and the mesh's virtual IPs are routed);
 2. records each host's state (rulesets, users, units, files, resolv.conf);
 3. runs playbooks/onboard.yml (mesh CA, Envoy, agent, capture) and again
    to show nothing changes;
-4. client -> web1's address, port 8080: the client's sidecar knows the port
-   as the service web and spreads the calls over both replicas, over mTLS;
-   the apps only listen on loopback, so there is no other way in;
+4. client -> web.mesh.internal, port 8080: the agent's DNS answers the name
+   with web's virtual IP, the client's sidecar takes the connection and
+   spreads the calls over both replicas, over mTLS; the apps only listen on
+   loopback, so there is no other way in;
 5. web1's app stops: the calls go on, every one answered by web2 (retries
    and outlier detection), none failed; then it starts again;
 6. intruder -> the same name: refused by web's policy (403), and the
@@ -37,6 +39,7 @@ BIN = os.path.dirname(sys.executable)
 
 MESH = """mesh:
   vars:
+    hostmesh_dns: true
     demo_web:
       - name: web
         port: 8080
@@ -108,7 +111,7 @@ def main():
     admin = "curl -s --unix-socket /run/hostmesh/admin.sock http://localhost"
     try:
         say("four sandbox VMs with systemd: web1 and web2 (the service web), client, intruder")
-        sandbox.create(list(HOSTS))
+        sandbox.create(list(HOSTS), default_route=True)
         for host in ("web1", "web2"):
             on(sandbox, host, APP)
         before = {host: on(sandbox, host, STATE) for host in HOSTS}
@@ -121,8 +124,12 @@ def main():
             playbook(sandbox, mesh, "onboard.yml")
             playbook(sandbox, mesh, "onboard.yml")
 
-            web = "http://%s:8080/hostname" % sandbox.hosts()["web1"]
-            say("client -> %s, 6 calls: the sidecar spreads web's port over both replicas, over mTLS" % web)
+            web = "http://web.mesh.internal:8080/hostname"
+            say("client -> %s, 6 calls: the sidecar spreads them over web's two replicas, over mTLS" % web)
+            vip = on(sandbox, "client", "getent ahostsv4 web.mesh.internal | awk 'NR == 1 { print $1 }'")
+            print("client resolves web.mesh.internal to web's virtual IP:", vip)
+            if not vip.startswith("240.240."):
+                raise SystemExit("web.mesh.internal did not resolve to a virtual IP: %r" % vip)
             answers = calls(sandbox, "client", web, 6)
             print(tally(answers))
             if {"web1 200", "web2 200"} - set(answers):

@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
             metavar="UNIT",
             help="a unit that may fail at boot without failing the create (repeatable)",
         )
+        c.add_argument(
+            "--default-route",
+            action="store_true",
+            help="give every host an on-link IPv4 default route, as a VM has (resolvers and VIPs routed)",
+        )
         c.add_argument("--json", action="store_true", help="print access details as JSON")
         if name == "run":
             c.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -164,7 +169,12 @@ def _dispatch(args: argparse.Namespace, sb: Sandbox) -> int:
 
 
 def _create_options(args: argparse.Namespace) -> dict:
-    return {"suite": args.suite, "profiles": args.profile, "tolerate_failed": args.tolerate_failed}
+    return {
+        "suite": args.suite,
+        "profiles": args.profile,
+        "tolerate_failed": args.tolerate_failed,
+        "default_route": args.default_route,
+    }
 
 
 def _run(args: argparse.Namespace, sb: Sandbox) -> int:

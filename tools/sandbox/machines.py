@@ -223,7 +223,9 @@ def supervise(sandbox_dir: Path, host: str) -> int:
     files.write_runtime({"supervisor_pid": os.getpid()})
     try:
         while not stopping:
-            netns_path = network.host_up(state["id"], host, entry["address"], state["subnet"])
+            netns_path = network.host_up(
+                state["id"], host, entry["address"], state["subnet"], default_route=state.get("default_route", False)
+            )
             boots += 1
             with open(files.console, "a") as console:
                 console.write(f"\n--- boot {boots} at {time.strftime('%H:%M:%S')} ---\n")

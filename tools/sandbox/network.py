@@ -125,11 +125,17 @@ def host_mac(sandbox_id: str, host: str) -> str:
     return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
 
 
-def host_up(sandbox_id: str, host: str, address: str, subnet: str) -> Path:
+def host_up(sandbox_id: str, host: str, address: str, subnet: str, default_route: bool = False) -> Path:
     """A fresh namespace for one boot of a host, wired to the bridge; returns its path.
 
     Fresh on purpose: like a VM's kernel after a reboot, the host starts with
     empty iptables/nftables rulesets and default sysctls.
+
+    With ``default_route`` the host also gets an IPv4 default route on eth0
+    with no gateway: as on a VM, its resolver's address and the mesh's
+    virtual IPs are then routed (an application can send to them, and the
+    capture rules take the packets), while a packet for any other address
+    only gets an ARP request on the bridge that nothing answers.
     """
     ns = host_netns(sandbox_id, host)
     host_down(sandbox_id, host)
@@ -156,6 +162,8 @@ def host_up(sandbox_id: str, host: str, address: str, subnet: str) -> Path:
     commands.run(commands.ip(ns, "link", "set", "eth0", "address", host_mac(sandbox_id, host)))
     commands.run(commands.ip(ns, "addr", "add", f"{address}/{prefix_len}", "dev", "eth0"))
     commands.run(commands.ip(ns, "link", "set", "eth0", "up"))
+    if default_route:
+        commands.run(commands.ip(ns, "-4", "route", "add", "default", "dev", "eth0"))
     # The controller may still hold the previous boot's neighbour entry.
     commands.run(
         commands.ip(None, "neigh", "flush", "to", address, "dev", controller_link(sandbox_id)),

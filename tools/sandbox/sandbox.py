@@ -97,13 +97,15 @@ class Sandbox:
         suite: str = suites.DEFAULT_SUITE,
         profiles: Sequence[str] = (),
         tolerate_failed: Sequence[str] = (),
+        default_route: bool = False,
     ) -> dict:
         """Boot fresh hosts (destroying any earlier sandbox of this name); returns timings.
 
         `hosts` are names or specs (``web:trixie+resolved``, see host_spec.py);
         `suite` and `profiles` are the defaults of those that name none. A
         host that boots degraded fails the create unless every failed unit
-        is in `tolerate_failed`.
+        is in `tolerate_failed`. `default_route` gives every host an on-link
+        default route (network.host_up), at each boot.
         """
         try:
             specs = host_spec.parse_all(hosts, suite, profiles)
@@ -129,7 +131,7 @@ class Sandbox:
             # One lock for the whole machine: two checkouts must not pick the same subnet.
             with network.subnet_lock():
                 subnet = network.pick_subnet(network.subnets_in_use())
-                self._start_create(specs, subnet, trees, tolerate_failed)
+                self._start_create(specs, subnet, trees, tolerate_failed, default_route)
             t0 = time.monotonic()
             commands.run(commands.ssh_keygen(self.key_file, f"sandbox-{self.name}"))
             tree_of = {spec.name: trees[spec.suite, spec.profiles] for spec in specs}
@@ -160,6 +162,7 @@ class Sandbox:
         subnet: str,
         trees: dict[tuple[str, tuple[str, ...]], Path],
         tolerate_failed: Sequence[str],
+        default_route: bool = False,
     ) -> None:
         """Record the state, then claim the subnet by bringing the bridge up."""
         self.dir.mkdir(parents=True)
@@ -169,6 +172,7 @@ class Sandbox:
             "subnet": subnet,
             "controller": network.controller_address(subnet),
             "tolerate_failed": sorted(tolerate_failed),
+            "default_route": default_route,
             "hosts": {
                 spec.name: {
                     "address": network.host_address(subnet, i),

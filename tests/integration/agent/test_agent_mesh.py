@@ -219,6 +219,8 @@ def test_dns_answers_mesh_names_forwards_the_rest_and_reloads_in_place(envoy_bin
         assert "web.mesh.internal.\t7\tIN\tA" in dig(topo.host, "web.mesh.internal")
         assert {proto for proto, _q in fake.received} == {"udp", "tcp"}
         assert all(b"\x07example" in q for _p, q in fake.received)  # mesh names were never forwarded
+        # This namespace routes nothing but its link: the names resolve, connecting to them would fail.
+        assert "no route to the virtual IP 240.240.0.11 of api.mesh.internal (Network is unreachable)" in agent.log()
 
         # A malformed packet: one clear log line, and the server goes on answering.
         def garbage() -> bytes:
@@ -234,9 +236,11 @@ def test_dns_answers_mesh_names_forwards_the_rest_and_reloads_in_place(envoy_bin
         # A reload: the new service resolves, the removed one does not, Envoy is not restarted.
         epoch = agent.stat("server.hot_restart_epoch")
         db = {**api, "name": "db", "vips": ["240.240.0.12"]}
+        run("ip", "-n", topo.host, "route", "add", "240.240.0.0/16", "dev", topo._veth[0])
         agent.write_config({**config, "outbound": {"services": [web_service(), db]}})
         agent.signal(signal.SIGHUP)
         wait_for(lambda: dig(topo.host, "+short", "db.mesh.internal").split() == ["240.240.0.12"], 10, "db's name")
+        assert "dns: the virtual IPs are routed now" in agent.log()
         assert "status: NXDOMAIN" in dig(topo.host, "api.mesh.internal")
         assert agent.stat("server.hot_restart_epoch") == epoch
         assert agent.metric("hostmesh_agent_dns_zone_answers_total") >= 10

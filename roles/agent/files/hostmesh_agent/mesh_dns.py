@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from hostmesh_agent.config import Config, dns_upstream, mesh_names
 from hostmesh_agent.dns_server import DnsServer
 from hostmesh_agent.dns_upstreams import Upstream, UpstreamSource
+from hostmesh_agent.vip_routes import VipRoutes
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ def server_settings(cfg: Config) -> Optional[Tuple[Any, ...]]:
 
 
 class MeshDns:
-    def __init__(self, server_factory: ServerFactory = DnsServer) -> None:
+    def __init__(self, server_factory: ServerFactory = DnsServer, routes: Optional[VipRoutes] = None) -> None:
         self._factory = server_factory
+        self._routes = routes or VipRoutes()
         self._server: Optional[Any] = None
         self._settings: Optional[Tuple[Any, ...]] = None
         self._zone: Dict[str, Tuple[List[str], List[str]]] = {}
@@ -47,11 +49,13 @@ class MeshDns:
         """Take ``cfg`` on. A server that cannot listen raises OSError when ``strict`` (at
         start); on a reload it is logged and the previous server is put back."""
         zone = mesh_names(cfg)
+        settings = server_settings(cfg)
         if zone != self._zone:
             self._zone = zone
             if self._server is not None:
                 log.info("dns: mesh zone updated, %d names", len(zone))
-        settings = server_settings(cfg)
+            if settings is not None:
+                self._routes.check(zone)
         if settings == self._settings:
             return
         previous = self._settings
