@@ -27,11 +27,13 @@ description:
   - With O(chain_prefix=ISTIO_), Istio's defaults and
     O(protect_established=false), C(iptables -t nat -S) reads as the listing
     of a pod under Istio 1.6 (the seed's layout) plus today's tunnel-port
-    rules and the rule that leaves forwarded traffic alone. Packets are
-    decided as today's C(istio-iptables) decides them, except for the
-    deliberate differences C(docs/capture.md) lists.
+    rules and the rule that leaves forwarded traffic alone; with
+    O(inbound_tunnel_port=0) and O(inbound_forwarded=true) as well, it reads
+    as the seed's listing exactly. Packets are decided as today's
+    C(istio-iptables) decides them, except for the deliberate differences
+    C(docs/capture.md) lists.
   - Traffic the host only forwards (for containers, VMs) is never captured
-    as inbound.
+    as inbound, unless O(inbound_forwarded=true).
 author:
   - hostmesh.sidecar maintainers (@hostmesh)
 options:
@@ -152,8 +154,20 @@ options:
     description:
       - The proxy's tunnel port (HBONE). Never captured inbound, and the
         proxy's own connections to this host on it are left alone. Istio's C(-e).
+      - V(0) means no tunnel port and none of its rules, as in the seed's
+        listing (Istio 1.6).
     type: int
     default: 15008
+  inbound_forwarded:
+    description:
+      - Capture as inbound also the traffic the host only forwards (for
+        containers or VMs it routes for), as the seed's rules (Istio 1.6) did.
+        That breaks the egress of every container and VM behind the host;
+        it exists only to give the seed's exact listing.
+      - V(false) (the default) adds the rule that lets such traffic through
+        (C(-m addrtype ! --dst-type LOCAL -j RETURN)).
+    type: bool
+    default: false
   host_loopback_cidr:
     description:
       - The loopback range the loopback rules treat as this host's own

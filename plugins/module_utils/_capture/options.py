@@ -236,8 +236,14 @@ def parse_options(params, ssh_port=None, group_id=None):
     dns_port = _port("dns_port", values["dns_port"])
     if dns_port in (proxy_port, inbound_capture_port):
         raise OptionError("dns_port", dns_port, "it must differ from proxy_port and inbound_capture_port")
-    inbound_tunnel_port = _port("inbound_tunnel_port", values["inbound_tunnel_port"])
-    if inbound_tunnel_port in (proxy_port, inbound_capture_port, dns_port):
+    inbound_tunnel_port = _integer(
+        "inbound_tunnel_port",
+        values["inbound_tunnel_port"],
+        0,
+        65535,
+        "expected a port number from 1 to 65535, or 0 for no tunnel port",
+    )
+    if inbound_tunnel_port and inbound_tunnel_port in (proxy_port, inbound_capture_port, dns_port):
         raise OptionError(
             "inbound_tunnel_port",
             inbound_tunnel_port,
@@ -264,7 +270,7 @@ def parse_options(params, ssh_port=None, group_id=None):
         ("inbound_capture_port", inbound_capture_port),
         ("inbound_tunnel_port", inbound_tunnel_port),
     ):
-        if inbound_ports and port in inbound_ports:
+        if inbound_ports and port and port in inbound_ports:
             raise OptionError("inbound_ports", port, "it is %s; capturing it would loop" % option)
 
     if ssh_port is not None:
@@ -365,6 +371,7 @@ def parse_options(params, ssh_port=None, group_id=None):
         outbound_owner_groups=owner_groups,
         outbound_owner_groups_exclude=owner_groups_exclude,
         inbound_tunnel_port=inbound_tunnel_port,
+        inbound_forwarded=_boolean("inbound_forwarded", values["inbound_forwarded"]),
         host_loopback_cidr=_host_loopback(values["host_loopback_cidr"]),
         ip_families=_families(values["ip_families"]),
         dns_redirect=dns_redirect,

@@ -155,7 +155,8 @@ def _inbound_exclusions(options):
     and what the host only forwards (for containers, VMs) is not addressed to it.
     """
     rules = [rule(RETURN, in_iface=iface) for iface in (*options.exclude_interfaces, *options.virtual_interfaces)]
-    rules.append(rule(RETURN, dst_type="!LOCAL"))
+    if not options.inbound_forwarded:
+        rules.append(rule(RETURN, dst_type="!LOCAL"))
     if options.inbound_ports is None:
         rules += [rule(RETURN, proto="tcp", dport=port) for port in options.inbound_ports_exclude]
     return rules
@@ -163,7 +164,9 @@ def _inbound_exclusions(options):
 
 def _nat_inbound(options, names):
     # The proxy's tunnel port is never captured (Istio's first ISTIO_INBOUND rule, nat only).
-    rules = [*_established_guard(options), rule(RETURN, proto="tcp", dport=options.inbound_tunnel_port)]
+    rules = _established_guard(options)
+    if options.inbound_tunnel_port:
+        rules.append(rule(RETURN, proto="tcp", dport=options.inbound_tunnel_port))
     rules += _inbound_exclusions(options)
     if options.inbound_ports is None:
         rules.append(rule(names.in_redirect, proto="tcp"))
@@ -185,19 +188,20 @@ def _nat_output(options, names, family, nameservers):
         rules.append(rule(RETURN, proto="tcp", mark=options.tproxy_mark))
     # The proxy's own calls to this host over lo (not to the tunnel port, nor,
     # with DNS capture, to port 53) are inbound traffic.
-    if options.dns_redirect:
-        not_tunnel = {"dports": "!%d,%d" % (DNS_PORT, options.inbound_tunnel_port)}
+    left_alone = [port for port in (DNS_PORT if options.dns_redirect else 0, options.inbound_tunnel_port) if port]
+    if len(left_alone) > 1:
+        not_tunnel = {"proto": "tcp", "dports": "!" + ",".join(str(port) for port in left_alone)}
+    elif left_alone:
+        not_tunnel = {"proto": "tcp", "dport": "!%d" % left_alone[0]}
     else:
-        not_tunnel = {"dport": "!%d" % options.inbound_tunnel_port}
+        not_tunnel = {}
     # With DNS capture, loopback DNS (e.g. a local stub resolver) still goes to the proxy.
     not_dns = {"proto": "tcp", "dport": "!%d" % DNS_PORT} if options.dns_redirect else {}
     # A loopback range among the outbound ranges is captured, so local traffic is not let through.
     local_direct = not _loopback_included(options)
     for field, ids in (("uid_owner", options.proxy_uid), ("gid_owner", options.proxy_gid)):
         for owner in ids:
-            rules.append(
-                rule(names.in_redirect, dst="!" + loopback, out_iface="lo", proto="tcp", **not_tunnel, **{field: owner})
-            )
+            rules.append(rule(names.in_redirect, dst="!" + loopback, out_iface="lo", **not_tunnel, **{field: owner}))
             if local_direct:
                 # Anyone else on lo is talking to a local service directly.
                 rules.append(rule(RETURN, out_iface="lo", **not_dns, **{field: "!%d" % owner}))

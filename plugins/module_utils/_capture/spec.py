@@ -34,6 +34,7 @@ def capture_argument_spec() -> dict:
         "outbound_owner_groups": {"type": "list", "elements": "raw", "default": []},
         "outbound_owner_groups_exclude": {"type": "list", "elements": "raw", "default": []},
         "inbound_tunnel_port": {"type": "int", "default": 15008},
+        "inbound_forwarded": {"type": "bool", "default": False},
         "host_loopback_cidr": {"type": "str", "default": "127.0.0.1/32"},
         "ip_families": {"type": "raw", "default": "auto"},
         "dns_redirect": {"type": "bool", "default": False},

@@ -6,14 +6,16 @@ import pytest
 from netlab import assert_same
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The seed's layout with today's Istio rules (tests/unit/capture/test_rules.py says which).
+# The seed's layout with today's Istio rules (tests/unit/capture/test_rules.py says which),
+# and the seed article's own listing.
 SEED = os.path.join(os.path.dirname(os.path.dirname(HERE)), "unit", "capture", "seed_nat_today.txt")
+SEED_EXACT = os.path.join(os.path.dirname(SEED), "seed_nat.txt")
 
 VARIANTS = ["iptables-nft", "iptables-legacy"]
 
 
-def seed_listing():
-    with open(SEED) as handle:
+def seed_listing(path=SEED):
+    with open(path) as handle:
         return handle.read().splitlines()
 
 
@@ -23,6 +25,15 @@ def test_seed_settings_read_back_as_the_seed(lab, backend):
     assert result["changed"] is True
     assert result["backend"] == backend
     assert lab.nat_listing(backend.split("-")[1]) == seed_listing()
+
+
+@pytest.mark.parametrize("backend", VARIANTS)
+def test_seed_settings_without_todays_additions_read_back_as_the_seed_article_exactly(lab, backend):
+    seed = {"chain_prefix": "ISTIO_", "protect_established": False, "inbound_tunnel_port": 0, "inbound_forwarded": True}
+    result = lab.ok(backend=backend, ip_families=["ipv4"], **seed)
+    assert result["changed"] is True
+    assert lab.nat_listing(backend.split("-")[1]) == seed_listing(SEED_EXACT)
+    assert lab.ok(backend=backend, ip_families=["ipv4"], **seed)["changed"] is False
 
 
 @pytest.mark.parametrize("backend", [*VARIANTS, "nftables"])

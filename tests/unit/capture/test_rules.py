@@ -39,6 +39,21 @@ def test_seed_settings_give_the_seed_layout_with_todays_rules():
     assert table_lines(chain_prefix="ISTIO_", protect_established=False) == {"nat": seed_listing("seed_nat_today.txt")}
 
 
+def test_seed_settings_without_the_tunnel_port_and_the_forward_guard_give_the_seed_listing_exactly():
+    seed = {"chain_prefix": "ISTIO_", "protect_established": False, "inbound_tunnel_port": 0, "inbound_forwarded": True}
+    assert table_lines(**seed) == {"nat": seed_listing()}
+
+
+def test_without_a_tunnel_port_dns_alone_is_left_to_the_proxy_on_lo():
+    lines = table_lines(chain_prefix="ISTIO_", inbound_tunnel_port=0, dns_redirect=True, dns_capture_all=True)["nat"]
+    redirects = [line for line in lines if line.endswith("-j ISTIO_IN_REDIRECT") and "-o lo" in line]
+    assert redirects == [
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 53 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT",
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 53 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT",
+    ]
+    assert not [line for line in lines if "15008" in line]
+
+
 def test_todays_listing_is_the_seed_with_exactly_the_tunnel_port_and_the_forward_guard():
     today = [line for seed_line in seed_listing() for line in TODAY_ADDS.get(seed_line, [seed_line])]
     assert today == seed_listing("seed_nat_today.txt")
