@@ -67,7 +67,7 @@ class VipRoutes:
 
     def check(self, zone: Zone) -> None:
         found = unroutable(zone, self._probe)
-        missing = tuple(version for version, *_ in found)
+        missing = tuple(entry[0] for entry in found)
         for version, name, address, reason in found:
             if version in self._missing:
                 continue
