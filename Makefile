@@ -1,6 +1,6 @@
 # hostmesh.sidecar — one entry point for set-up, lint, tests and the demo.
 #   make demo   the main job: show the collection working end to end
-#   make test   everything CI runs: deps, lint, unit, compat, integration, molecule
+#   make test   everything CI runs: deps, checks (lint, unit, compat), integration, molecule
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -19,7 +19,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export ANSIBLE_NOCOLOR := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help deps apt venv collection lint ruff ansible-lint sanity unit compat \
+.PHONY: help deps apt venv collection checks lint ruff ansible-lint sanity unit compat \
 	publish changelog changelog-lint docs-lint dist ee-check galaxy-import \
 	integration releases molecule test demo demo-capture clean
 
@@ -76,19 +76,24 @@ endef
 
 # ansible-test sanity with the ansible-test of the venv whose bin is $(1);
 # $(2): more arguments (--test NAME ...). ansible-test must run from inside an
-# ansible_collections/<ns>/<name> tree. Its sanity venvs bootstrap pip with a
+# ansible_collections/<ns>/<name> tree. Each ansible-core line keeps its sanity
+# venvs under a home of its own (.build/ansible-test-home/<venv>), so that
+# `make test` can run the lines side by side: ansible-test names those venvs by
+# their pip commands, which two lines may share. Its sanity venvs bootstrap pip with a
 # script it downloads from its own site, named by the pip version that
 # ansible-core pins; ours (tests/sanity/pip_bootstrap.py) does the same from
 # ensurepip and PyPI, put in that script's place.
 define ansible_test_sanity
 pip=$$($(1)/python -c "import types; from ansible_test._internal.python_requirements import get_venv_packages; \
   print(get_venv_packages(types.SimpleNamespace(version='3.11'))['pip'])"); \
-bootstrap=$(HOME)/.ansible/test/cache/get_pip_$${pip//./_}.py; \
+home=$(CURDIR)/$(BUILD)/ansible-test-home/$(notdir $(patsubst %/bin,%,$(1))); \
+bootstrap=$$home/.ansible/test/cache/get_pip_$${pip//./_}.py; \
 mkdir -p $$(dirname $$bootstrap); cmp -s tests/sanity/pip_bootstrap.py $$bootstrap || cp tests/sanity/pip_bootstrap.py $$bootstrap; \
 tree=$$(mktemp -d); trap 'rm -rf "$$tree"' EXIT; \
 $(call copy_tree,$$tree); \
 cd $$tree/ansible_collections/hostmesh/sidecar && \
-  PATH=$(CURDIR)/$(1):$$PATH $(CURDIR)/$(1)/ansible-test sanity --local --python 3.11 --requirements --color no $(2)
+  HOME=$$home PIP_CACHE_DIR=$(HOME)/.cache/pip PATH=$(CURDIR)/$(1):$$PATH \
+  $(CURDIR)/$(1)/ansible-test sanity --local --python 3.11 --requirements --color no $(2)
 endef
 
 sanity: venv
@@ -216,7 +221,15 @@ MOLECULE_SCENARIOS ?= capture capture_over_ssh tproxy default mesh_tproxy xds fa
 molecule: deps
 	$(BIN)/python -m tools.sandbox.molecule_suite $(MOLECULE_SCENARIOS)
 
-test: deps lint unit compat integration molecule
+# The checks that need no root and no hosts are one CPU each (ansible-test,
+# pytest): they run two at a time, each one's output printed whole when it ends,
+# the longest first.
+checks: compat-sanity-2.16 sanity compat-unit-2.16 unit ansible-lint publish lint compat
+
+test: deps
+	$(MAKE) -j2 --output-sync=target checks
+	$(MAKE) integration
+	$(MAKE) molecule
 
 demo: deps
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python demo/run_demo.py
