@@ -205,7 +205,7 @@ galaxy-import: dist $(GALAXY_IMPORTER_VENV)/.installed
 
 # --- Tests that need root ----------------------------------------------------
 integration: deps
-	$(BIN)/pytest -q tests/integration --ignore=tests/integration/releases
+	$(BIN)/pytest -q --durations=20 tests/integration --ignore=tests/integration/releases
 
 # The capture module's packet tests inside one sandbox host per Debian release,
 # with that release's own Python, iptables and nft (about 10 to 17 minutes):
