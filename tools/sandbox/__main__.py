@@ -182,6 +182,12 @@ def _run(args: argparse.Namespace, sb: Sandbox) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise SandboxError("run needs a command after --")
+    if sb.state():
+        # create would destroy the hosts of that sandbox first (molecule's, say).
+        raise SandboxError(
+            f"sandbox {sb.name} exists, and run creates and destroys hosts of its own: "
+            "use 'shell HOST CMD' on its hosts, another --name, or 'destroy' first"
+        )
     atexit.register(sb.destroy)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sb.create(_host_specs(args), **_create_options(args))

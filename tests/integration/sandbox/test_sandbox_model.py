@@ -182,3 +182,15 @@ def test_stop_ssh_masters_by_address_leaves_other_masters_and_the_directory(tmp_
     finally:
         for sock in listeners:
             sock.close()
+
+
+def test_run_refuses_a_sandbox_that_exists_and_leaves_it(tmp_path, capsys) -> None:
+    """`run` creates (destroying first) and destroys its own hosts: never an existing sandbox's."""
+    from tools.sandbox.__main__ import main
+
+    state = tmp_path / "run" / "taken" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"subnet": "10.213.9.0/24", "hosts": {}}')
+    assert main(["--base-dir", str(tmp_path), "--name", "taken", "run", "--", "true"]) == 1
+    assert "sandbox taken exists" in capsys.readouterr().err
+    assert state.read_text() == '{"subnet": "10.213.9.0/24", "hosts": {}}'

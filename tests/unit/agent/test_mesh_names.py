@@ -263,6 +263,13 @@ def test_own_zone_first_then_the_others():
         assert [g.get("priority", 0) for g in groups] == [0, 0, 0]
 
 
+def test_a_replica_known_down_gets_no_traffic_however_few_are_up():
+    """Envoy's panic mode (at fewer than 50% healthy, send to all, the dead too) is off."""
+    files = render_dynamic(parse_config(MESH), RUN)
+    for name in ("outbound|8080||web", "outbound|8080||db", "outbound|5432||legacy"):
+        assert _cluster(files, name)["common_lb_config"] == {"healthy_panic_threshold": {"value": 0}}
+
+
 def test_only_idempotent_methods_are_retried_unless_told():
     files = render_dynamic(parse_config(MESH), RUN)
     hcm = _chain(files, "outbound|8080||web")["filters"][0]["typed_config"]

@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 LOG, STOP = sys.argv[1], sys.argv[2]
@@ -43,6 +44,8 @@ def http():
             with urllib.request.urlopen("http://web.mesh.internal:8080/", timeout=15) as reply:
                 body = reply.read().decode()
             log(kind="http", ok=True, replica=body.split()[-1])
+        except urllib.error.HTTPError as error:
+            log(kind="http", ok=False, error=repr(error), body=error.read().decode(errors="replace")[:300])
         except Exception as error:
             log(kind="http", ok=False, error=repr(error))
         time.sleep(0.1)

@@ -372,9 +372,15 @@ def _locality_endpoints(svc: OutboundService, zone: str) -> List[Json]:
 
 
 def _resilience(svc: OutboundService) -> Json:
-    """A cluster's load balancing, outlier detection, active health checks and limits."""
+    """A cluster's load balancing, outlier detection, active health checks and limits.
+
+    Envoy's panic mode is off (a healthy panic threshold of 0, Istio's default): by
+    default, once fewer than half of a cluster's replicas are healthy, Envoy spreads
+    requests over all of them, the dead included; here a replica known to be down
+    never gets traffic while any other is up."""
     out: Json = {
         "lb_policy": LB_POLICIES[svc.lb_policy],
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         "circuit_breakers": {
             "thresholds": [
                 {
