@@ -270,6 +270,13 @@ def test_a_replica_known_down_gets_no_traffic_however_few_are_up():
         assert _cluster(files, name)["common_lb_config"] == {"healthy_panic_threshold": {"value": 0}}
 
 
+def test_http_health_checks_ask_for_the_services_mesh_name():
+    """Envoy's default Host, the cluster's name, is no valid authority: a replica's sidecar
+    answers it 400 and every replica fails its checks."""
+    web = _cluster(render_dynamic(parse_config(MESH), RUN), "outbound|8080||web")
+    assert web["health_checks"][0]["http_health_check"] == {"host": "web.corp.internal", "path": "/healthz"}
+
+
 def test_only_idempotent_methods_are_retried_unless_told():
     files = render_dynamic(parse_config(MESH), RUN)
     hcm = _chain(files, "outbound|8080||web")["filters"][0]["typed_config"]

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from hostmesh_agent import policy
 from hostmesh_agent.access_log import INBOUND, OUTBOUND, stdout_logger, tcp_log_options
 from hostmesh_agent.bootstrap import listen_address, socket_address
-from hostmesh_agent.config import Config, Endpoint, InboundService, OutboundService
+from hostmesh_agent.config import Config, Endpoint, InboundService, OutboundService, service_fqdns
 from hostmesh_agent.rundir import RunDir
 from hostmesh_agent.tracing import collector_cluster, hcm_tracing
 
@@ -371,7 +371,7 @@ def _locality_endpoints(svc: OutboundService, zone: str) -> List[Json]:
     return groups
 
 
-def _resilience(svc: OutboundService) -> Json:
+def _resilience(svc: OutboundService, domain: str) -> Json:
     """A cluster's load balancing, outlier detection, active health checks and limits.
 
     Envoy's panic mode is off (a healthy panic threshold of 0, Istio's default): by
@@ -420,7 +420,10 @@ def _resilience(svc: OutboundService) -> Json:
         if hc.type == "tcp":
             check["tcp_health_check"] = {}
         else:
-            check["http_health_check"] = {"path": hc.path}
+            # The service's mesh name as the Host: Envoy's default, the cluster's name
+            # (outbound|8080||web), is no valid authority, and the replica's sidecar
+            # answers it 400, so every replica would fail its checks.
+            check["http_health_check"] = {"host": service_fqdns(svc, domain)[0], "path": hc.path}
         out["health_checks"] = [check]
     return out
 
@@ -495,7 +498,7 @@ def _clusters(cfg: Config, run_dir: RunDir) -> List[Json]:
             "type": "STATIC" if static else "STRICT_DNS",
             "connect_timeout": _seconds(svc.connect_timeout_s),
             "load_assignment": {"cluster_name": name, "endpoints": _locality_endpoints(svc, cfg.node.zone)},
-            **_resilience(svc),
+            **_resilience(svc, cfg.dns.domain),
         }
         if svc.tls:
             cluster["transport_socket"] = {
