@@ -1,8 +1,9 @@
 """mesh_resilience: what the clients saw by name while replicas failed, and DNS after offboarding.
 
 The side effect ran files/mesh_clients.py on the client (zone-b) and wrote
-its events into the same log: web2-app-stopped, web3-powering-off (before the
-power-off starts), web3-powered-off (once the host is down), recovered.
+its events into the same log: web2-app-stopping and web3-powering-off (just
+before each failure starts), web2-app-stopped and web3-powered-off (once it has),
+recovered.
 """
 
 import json
@@ -22,7 +23,13 @@ SETTLE = 6
 def log():
     entries = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
     events = {e["name"]: e["t"] for e in entries if e["kind"] == "event"}
-    assert set(events) == {"web2-app-stopped", "web3-powering-off", "web3-powered-off", "recovered"}, events
+    assert set(events) == {
+        "web2-app-stopping",
+        "web2-app-stopped",
+        "web3-powering-off",
+        "web3-powered-off",
+        "recovered",
+    }, events
     assert any(e["kind"] == "done" for e in entries), "the clients did not finish"
     return entries, events
 
@@ -39,7 +46,7 @@ def phases(entries, events):
     first = min(e["t"] for e in entries)
     last = max(e["t"] for e in entries)
     return {
-        "spread": (first + 3, events["web2-app-stopped"]),
+        "spread": (first + 3, events["web2-app-stopping"]),
         "app-stopped": (events["web2-app-stopped"] + SETTLE, events["web3-powered-off"]),
         "host-down": (events["web3-powered-off"] + SETTLE * 2, events["recovered"] - 5),
         "recovered": (events["recovered"] + SETTLE * 2, last),
