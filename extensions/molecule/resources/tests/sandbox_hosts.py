@@ -1,10 +1,11 @@
-"""Shared by the scenarios' testinfra tests: named hosts, the probe, diagnostics on failure.
+"""Shared by the scenarios' testinfra tests: named hosts, the probe, common checks, diagnostics on failure.
 
 Each test folder's conftest.py imports everything from here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,28 @@ def address_of(host) -> str:
 def controller_of(host) -> str:
     """The address Ansible reaches the host from, as the host sees it."""
     return host.check_output("echo $SSH_CONNECTION").split()[0]
+
+
+def connect(host, target: str, port: int, uid: int | None = None) -> dict:
+    """Connect with the probe from the host (as uid, if given); its answer: label, addresses, original_dst."""
+    cmd = f"{PROBE} connect {target} {port}" + (f" --uid {uid}" if uid is not None else "")
+    result = host.run(cmd)
+    assert result.rc == 0, f"{cmd} failed on {host.backend.host}: {result.stdout}{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def assert_sidecar_ready(host) -> None:
+    """The agent and capture units are enabled, and the sidecar answers ready (within a minute)."""
+    for unit in ("hostmesh-agent.service", "hostmesh-capture.service"):
+        assert host.service(unit).is_enabled, unit
+    # Bounded wait: right after a reboot the sidecar may still be starting.
+    ready = host.run(
+        "for i in $(seq 60); do "
+        "code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15021/healthz/ready); "
+        '[ "$code" = 200 ] && echo 200 && exit 0; sleep 1; done; echo "$code"; exit 1'
+    )
+    assert ready.stdout.strip() == "200", ready.stdout + ready.stderr
+    assert host.service("hostmesh-agent.service").is_running
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ what its original destination was.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from sandbox_hosts import PROBE, address_of, controller_of
+from sandbox_hosts import address_of, connect, controller_of
 
 # The seed's listing with today's Istio additions (the tunnel port, forwarded
 # traffic left alone); tests/unit/capture/test_rules.py pins it to the seed's
@@ -20,13 +19,6 @@ from sandbox_hosts import PROBE, address_of, controller_of
 SEED_NAT = Path(__file__).resolve().parents[5] / "tests/unit/capture/seed_nat_today.txt"
 APP_PORT = 8080
 PROXY_UID = 1337
-
-
-def connect(host, target: str, port: int, uid: int | None = None) -> dict:
-    cmd = f"{PROBE} connect {target} {port}" + (f" --uid {uid}" if uid is not None else "")
-    result = host.run(cmd)
-    assert result.rc == 0, f"{cmd} failed on {host.backend.host}: {result.stdout}{result.stderr}"
-    return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("name", ["host1", "host2"])

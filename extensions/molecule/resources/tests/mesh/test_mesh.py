@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sandbox_hosts import address_of
+from sandbox_hosts import address_of, assert_sidecar_ready
 
 APP_PORT = 8080
 
@@ -16,16 +16,7 @@ def capture_mode(host) -> str:
 @pytest.mark.parametrize("name", ["host1", "host2"])
 def test_sidecar_is_running_and_ready(name, host1, host2) -> None:
     host = host1 if name == "host1" else host2
-    for unit in ("hostmesh-agent.service", "hostmesh-capture.service"):
-        assert host.service(unit).is_enabled, unit
-    # Bounded wait: right after a reboot the sidecar may still be starting.
-    ready = host.run(
-        "for i in $(seq 60); do "
-        "code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15021/healthz/ready); "
-        '[ "$code" = 200 ] && echo 200 && exit 0; sleep 1; done; echo "$code"; exit 1'
-    )
-    assert ready.stdout.strip() == "200", ready.stdout + ready.stderr
-    assert host.service("hostmesh-agent.service").is_running
+    assert_sidecar_ready(host)
 
 
 @pytest.mark.parametrize("name", ["host1", "host2"])

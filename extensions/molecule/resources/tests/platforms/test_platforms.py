@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 
 import pytest
-import testinfra
+from sandbox_hosts import _host, assert_sidecar_ready
 
 # host -> (suite, python, systemd, iptables, nft): what each release ships (tools/sandbox/suites.py).
 RELEASES = {
@@ -21,8 +20,7 @@ PAIRS = list(itertools.permutations(RELEASES, 2))
 
 @pytest.fixture(scope="module")
 def hosts():
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return {name: testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}") for name in RELEASES}
+    return {name: _host(name) for name in RELEASES}
 
 
 def _vars(host) -> dict:
@@ -43,16 +41,7 @@ def test_each_host_runs_its_release(name, hosts) -> None:
 @pytest.mark.parametrize("name", RELEASES)
 def test_sidecar_is_ready_with_capture_on(name, hosts) -> None:
     host = hosts[name]
-    for unit in ("hostmesh-agent.service", "hostmesh-capture.service"):
-        assert host.service(unit).is_enabled, unit
-    # Bounded wait: right after a reboot the sidecar may still be starting.
-    ready = host.run(
-        "for i in $(seq 60); do "
-        "code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15021/healthz/ready); "
-        '[ "$code" = 200 ] && echo 200 && exit 0; sleep 1; done; echo "$code"; exit 1'
-    )
-    assert ready.stdout.strip() == "200", ready.stdout + ready.stderr
-    assert host.service("hostmesh-agent.service").is_running
+    assert_sidecar_ready(host)
     nat = host.check_output("iptables -t nat -S")
     assert "REDIRECT --to-ports 15001" in nat and "REDIRECT --to-ports 15006" in nat, nat
     # The agent runs on the host's own python3.

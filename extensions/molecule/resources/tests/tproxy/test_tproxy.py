@@ -6,20 +6,11 @@ destination and source addresses unchanged; outbound still goes to 15001.
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from sandbox_hosts import PROBE, address_of
+from sandbox_hosts import address_of, connect
 
 APP_PORT = 8080
 PROXY_UID = 1337
-
-
-def connect(host, target: str, port: int, uid: int | None = None) -> dict:
-    cmd = f"{PROBE} connect {target} {port}" + (f" --uid {uid}" if uid is not None else "")
-    result = host.run(cmd)
-    assert result.rc == 0, f"{cmd} failed on {host.backend.host}: {result.stdout}{result.stderr}"
-    return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("name", ["host1", "host2"])
