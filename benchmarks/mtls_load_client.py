@@ -9,13 +9,13 @@ python3 mtls_load_client.py HOST PORT --ca CA --cert C --key K [--workers 4] [--
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
-import json
 import ssl
-import sys
 import threading
 import time
-from typing import Dict, List
+
+from _http_load import Tally, Worker, run_threads
 
 
 def main() -> None:
@@ -31,49 +31,19 @@ def main() -> None:
     ctx.check_hostname = False  # SPIFFE identities are URI SANs
     ctx.load_verify_locations(args.ca)
     ctx.load_cert_chain(args.cert, args.key)
-    lock = threading.Lock()
-    latencies: List[float] = []
-    counts: Dict[str, int] = {"ok": 0, "failed": 0}
-    errors: List[str] = []
+    connect = functools.partial(http.client.HTTPSConnection, args.host, args.port, timeout=10, context=ctx)
+    tally = Tally("ok", "failed")
 
     def worker() -> None:
-        mine: List[float] = []
-        ok = failed = 0
-        conn = http.client.HTTPSConnection(args.host, args.port, timeout=10, context=ctx)
+        mine = Worker(connect, tally)
         for i in range(args.requests):
-            start = time.perf_counter()
-            try:
-                conn.request("GET", f"/bench/{i}", headers={"Host": "web"})
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status == 200:
-                    ok += 1
-                    mine.append(time.perf_counter() - start)
-                else:
-                    failed += 1
-            except (OSError, http.client.HTTPException) as exc:
-                failed += 1
-                conn.close()
-                conn = http.client.HTTPSConnection(args.host, args.port, timeout=10, context=ctx)
-                with lock:
-                    if len(errors) < 10:
-                        errors.append(f"{type(exc).__name__}: {exc}")
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-            counts["ok"] += ok
-            counts["failed"] += failed
+            mine.get(i)
+        mine.finish()
 
     threads = [threading.Thread(target=worker) for _i in range(args.workers)]
     started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    result = {**counts, "errors": errors, "seconds": time.perf_counter() - started,
-              "latencies_ms": [round(x * 1000, 3) for x in latencies]}  # fmt: skip
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    run_threads(threads)
+    tally.print_summary(time.perf_counter() - started, digits=3)
 
 
 if __name__ == "__main__":

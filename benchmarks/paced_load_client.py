@@ -10,12 +10,12 @@ python3 paced_load_client.py HOST PORT [--rate 1000] [--connections 16] [--secon
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
-import json
-import sys
 import threading
 import time
-from typing import Dict, List
+
+from _http_load import Tally, Worker, run_threads
 
 
 def main() -> None:
@@ -28,16 +28,13 @@ def main() -> None:
     args = p.parse_args()
     interval = args.connections / args.rate  # each connection's period
     per_connection = int(args.seconds / interval)
-    lock = threading.Lock()
-    latencies: List[float] = []
-    counts: Dict[str, int] = {"ok": 0, "failed": 0, "late": 0}
-    errors: List[str] = []
+    connect = functools.partial(http.client.HTTPConnection, args.host, args.port, timeout=10)
+    tally = Tally("ok", "failed", "late")
     start = time.perf_counter() + 0.2
 
     def worker(k: int) -> None:
-        mine: List[float] = []
-        ok = failed = late = 0
-        conn = http.client.HTTPConnection(args.host, args.port, timeout=10)
+        mine = Worker(connect, tally)
+        late = 0
         offset = start + k * interval / args.connections
         for i in range(per_connection):
             due = offset + i * interval
@@ -46,39 +43,13 @@ def main() -> None:
                 time.sleep(due - now)
             elif now - due > interval:
                 late += 1  # the schedule slipped by more than a period
-            sent = time.perf_counter()
-            try:
-                conn.request("GET", f"/bench/{i}", headers={"Host": "web"})
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status == 200:
-                    ok += 1
-                    mine.append(time.perf_counter() - sent)
-                else:
-                    failed += 1
-            except (OSError, http.client.HTTPException) as exc:
-                failed += 1
-                conn.close()
-                conn = http.client.HTTPConnection(args.host, args.port, timeout=10)
-                with lock:
-                    if len(errors) < 10:
-                        errors.append(f"{type(exc).__name__}: {exc}")
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-            counts["ok"] += ok
-            counts["failed"] += failed
-            counts["late"] += late
+            mine.get(i)
+        mine.finish(late=late)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(args.connections)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(threads)
     elapsed = time.perf_counter() - start
-    result = {**counts, "errors": errors, "seconds": elapsed, "latencies_ms": [round(x * 1000, 4) for x in latencies]}
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    tally.print_summary(elapsed, digits=4)
 
 
 if __name__ == "__main__":
