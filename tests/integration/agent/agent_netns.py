@@ -40,6 +40,9 @@ AGENT_PATH = REPO / "roles" / "agent" / "files"
 PROXY_UID = 1337
 HOST_IP = "10.77.0.1"
 PEER_IP = "10.77.0.2"
+# The workloads' mesh identities in the tests' certificates.
+WEB_ID = "spiffe://cluster.local/ns/demo/sa/web"
+PEER_ID = "spiffe://cluster.local/ns/demo/sa/peer"
 HOST_IP6 = "fd00:77::1"
 PEER_IP6 = "fd00:77::2"
 _CLONE_NEWNET = 0x40000000
@@ -447,6 +450,24 @@ def make_pki(directory: Path, client_spiffe: str, server_dns: str) -> Dict[str, 
     files["server"], files["server-key"] = issue_cert(directory, files, "server", f"DNS:{server_dns}")
     files["client"], files["client-key"] = issue_cert(directory, files, "client", f"URI:{client_spiffe}")
     return files
+
+
+def mesh_pki(directory: Path) -> Tuple[Dict[str, str], Tuple[str, str], Tuple[str, str]]:
+    """The mesh CA, and a certificate and key for the web and the peer workloads."""
+    ca = make_ca(directory)
+    return ca, issue_cert(directory, ca, "web", f"URI:{WEB_ID}"), issue_cert(directory, ca, "peer", f"URI:{PEER_ID}")
+
+
+def validate_config(config: Dict[str, Any], path: Path) -> subprocess.CompletedProcess:
+    """Write the config to ``path`` and run ``hostmesh_agent validate`` on it with the host's python3."""
+    path.write_text(json.dumps(config))
+    return subprocess.run(
+        [host_python(), "-S", "-m", "hostmesh_agent", "validate", "--config", str(path)],
+        env={"PYTHONPATH": str(AGENT_PATH), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def agent_config(envoy_binary: str, workdir: Path, **overrides: Any) -> Dict[str, Any]:

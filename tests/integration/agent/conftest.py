@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
-from agent_netns import PROXY_UID, AgentProcess, Topology, find_envoy
+from agent_netns import HERE, PROXY_UID, AgentProcess, Topology, find_envoy
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +51,16 @@ def topo() -> Any:
         yield t
     finally:
         t.down()
+
+
+@pytest.fixture
+def topo_both_captured(topo: Topology) -> Topology:
+    """The topology with the seed's capture rules in the peer's namespace too, as on a second sidecar host."""
+    rules = (HERE / "capture_rules.txt").read_text()
+    subprocess.run(
+        ["ip", "netns", "exec", topo.peer, "iptables-restore", "--noflush"], input=rules, text=True, check=True
+    )
+    return topo
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -17,19 +16,18 @@ import pytest
 from agent_netns import (
     HERE,
     HOST_IP,
+    PEER_ID,
     PEER_IP,
+    WEB_ID,
     agent_config,
     in_netns,
     issue_cert,
-    make_ca,
+    mesh_pki,
     try_get,
     wait_for,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.envoy]
-
-WEB_ID = "spiffe://cluster.local/ns/demo/sa/web"
-PEER_ID = "spiffe://cluster.local/ns/demo/sa/peer"
 
 
 def _mtls_get(ns: str, ca: str, cert: Optional[str], key: Optional[str]) -> Dict[str, object]:
@@ -52,12 +50,6 @@ def _mtls_get(ns: str, ca: str, cert: Optional[str], key: Optional[str]) -> Dict
     return in_netns(ns, call)
 
 
-def _mesh_pki(workdir: Path) -> Tuple[Dict[str, str], Tuple[str, str], Tuple[str, str]]:
-    """The mesh CA, and a certificate and key for the web and the peer workloads."""
-    ca = make_ca(workdir)
-    return ca, issue_cert(workdir, ca, "web", f"URI:{WEB_ID}"), issue_cert(workdir, ca, "peer", f"URI:{PEER_ID}")
-
-
 def _tls(cert_and_key: Tuple[str, str], ca: Dict[str, str]) -> Dict[str, str]:
     """The agent's ``tls`` section for one workload."""
     return {"cert_file": cert_and_key[0], "key_file": cert_and_key[1], "ca_file": ca["ca"]}
@@ -65,7 +57,7 @@ def _tls(cert_and_key: Tuple[str, str], ca: Dict[str, str]) -> Dict[str, str]:
 
 def test_mtls_inbound_and_certificate_rotation_without_restart(envoy_binary, topo, workdir, start_agent):
     topo.start_app(8080)
-    ca, (cert, key), (peer_cert, peer_key) = _mesh_pki(workdir)
+    ca, (cert, key), (peer_cert, peer_key) = mesh_pki(workdir)
     config = agent_config(
         envoy_binary,
         workdir,
@@ -140,20 +132,11 @@ def test_outbound_is_captured_and_passed_through_to_original_destination(envoy_b
     assert outbound_connections() == before + 1
 
 
-@pytest.fixture
-def topo_both_captured(topo):
-    rules = (HERE / "capture_rules.txt").read_text()
-    subprocess.run(
-        ["ip", "netns", "exec", topo.peer, "iptables-restore", "--noflush"], input=rules, text=True, check=True
-    )
-    return topo
-
-
 def test_sidecar_to_sidecar_mtls_with_spiffe_ids(envoy_binary, topo_both_captured, workdir, peer_workdir, start_agent):
     """Host app -> host sidecar (15001, mTLS origination) -> peer sidecar (15006, mTLS) -> peer app."""
     topo = topo_both_captured
     topo.start_app(9000, ns=topo.peer)
-    ca, web, peer = _mesh_pki(workdir)
+    ca, web, peer = mesh_pki(workdir)
     host_cfg = agent_config(
         envoy_binary,
         workdir,

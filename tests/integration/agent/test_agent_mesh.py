@@ -10,13 +10,11 @@ whose connection to the VIP the nat rules send to Envoy's outbound listener.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any, Dict
 
 import pytest
@@ -27,10 +25,10 @@ from agent_netns import (
     REPO,
     Topology,
     agent_config,
-    host_python,
     in_netns,
     run,
     try_get,
+    validate_config,
     wait_for,
 )
 
@@ -268,14 +266,6 @@ def _bound_udp(address: str, port: int) -> socket.socket:
 def test_validate_accepts_every_mesh_key(envoy_binary, workdir):
     config: Dict[str, Any] = {**json.loads(json.dumps(MESH)), "envoy": {"binary": envoy_binary}}
     config["run_dir"] = str(workdir / "run")
-    path: Path = workdir / "agent.json"
-    path.write_text(json.dumps(config))
-    res = subprocess.run(
-        [host_python(), "-S", "-m", "hostmesh_agent", "validate", "--config", str(path)],
-        env={"PYTHONPATH": str(AGENT_PATH), "PATH": os.environ["PATH"]},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    res = validate_config(config, workdir / "agent.json")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "listeners and clusters: ok (envoy --mode validate)" in res.stdout

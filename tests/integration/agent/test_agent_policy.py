@@ -22,9 +22,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 from agent_netns import (
-    AGENT_PATH,
     HOST_IP,
     PROXY_UID,
+    WEB_ID,
     agent_config,
     host_python,
     in_netns,
@@ -32,13 +32,13 @@ from agent_netns import (
     make_ca,
     metric_sum,
     try_get,
+    validate_config,
     wait_for,
 )
 from proxy_user_files import agent_path
 
 pytestmark = [pytest.mark.netns, pytest.mark.envoy]
 
-WEB_ID = "spiffe://cluster.local/ns/demo/sa/web"
 CLIENT_A = "spiffe://cluster.local/ns/demo/sa/client-a"
 CLIENT_B = "spiffe://cluster.local/ns/other/sa/client-b"
 DENIED = "rbac_access_denied_matched_policy[none]"
@@ -318,14 +318,6 @@ def test_validate_accepts_policies_access_logs_and_tracing(envoy_binary, workdir
                                           "allow": [{"principals": ["spiffe://cluster.local/ns/demo/"]}]})  # fmt: skip
     config["outbound"] = {"services": [{"name": "api", "port": 9090, "protocol": "http",
                                         "endpoints": ["10.77.0.2:9090"], "tls": True, "namespace": "backend"}]}  # fmt: skip
-    path = workdir / "agent.json"
-    path.write_text(json.dumps(config))
-    res = subprocess.run(
-        [host_python(), "-S", "-m", "hostmesh_agent", "validate", "--config", str(path)],
-        env={"PYTHONPATH": str(AGENT_PATH), "PATH": os.environ["PATH"]},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    res = validate_config(config, workdir / "agent.json")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "listeners and clusters: ok (envoy --mode validate)" in res.stdout

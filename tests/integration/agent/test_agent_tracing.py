@@ -18,30 +18,20 @@ from typing import Any, Dict, List
 import pytest
 from agent_netns import (
     HERE,
+    PEER_ID,
     PEER_IP,
+    WEB_ID,
     agent_config,
     in_netns,
-    issue_cert,
-    make_ca,
+    mesh_pki,
     metric_sum,
     wait_for,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.envoy]
 
-WEB_ID = "spiffe://cluster.local/ns/demo/sa/web"
-PEER_ID = "spiffe://cluster.local/ns/demo/sa/peer"
 RECEIVER = HERE.parents[1] / "tools" / "otlp_receiver.py"
 OTLP_PORT = 4317
-
-
-@pytest.fixture
-def topo_both_captured(topo):
-    rules = (HERE / "capture_rules.txt").read_text()
-    subprocess.run(
-        ["ip", "netns", "exec", topo.peer, "iptables-restore", "--noflush"], input=rules, text=True, check=True
-    )
-    return topo
 
 
 def start_receiver(topo, ns: str, report: Path) -> None:
@@ -77,9 +67,7 @@ def test_a_request_through_two_sidecars_yields_spans_of_one_trace_from_both(
 ):
     topo = topo_both_captured
     topo.start_app(9000, ns=topo.peer)
-    ca = make_ca(workdir)
-    web = issue_cert(workdir, ca, "web", f"URI:{WEB_ID}")
-    peer = issue_cert(workdir, ca, "peer", f"URI:{PEER_ID}")
+    ca, web, peer = mesh_pki(workdir)
     host_report, peer_report = workdir / "spans-host.jsonl", peer_workdir / "spans-peer.jsonl"
     start_receiver(topo, topo.host, host_report)
     start_receiver(topo, topo.peer, peer_report)
