@@ -1,6 +1,7 @@
-"""Shared helpers for the mesh tests: run the module as Ansible does, verify chains."""
+"""Shared helpers for the mesh tests: run the module and the filters as Ansible does, verify chains."""
 
 import datetime
+import json
 import shutil
 import subprocess
 from collections import namedtuple
@@ -24,6 +25,28 @@ MODULE = ROOT / "plugins" / "modules" / "mesh_certificate.py"
 def run_module(args: dict, workdir: Path, check_mode: bool = False) -> dict:
     """Run mesh_certificate in a fresh Python the way Ansible does."""
     return module_runner.run_module("mesh_certificate", args, workdir, check_mode)
+
+
+def each_hosts_json(tmp_path: Path, hostvars: dict, expression: str, first_tasks: str = "") -> dict:
+    """Run a play over ``hostvars``' hosts (on this machine) that writes each host's ``expression``
+    as JSON; returns {host: what it wrote}. ``first_tasks``: YAML tasks, indented as the play's, run first."""
+    hosts = {
+        host: dict(hv, ansible_connection="local", ansible_python_interpreter="{{ ansible_playbook_python }}")
+        for host, hv in hostvars.items()
+    }
+    (tmp_path / "inventory.json").write_text(json.dumps({"mesh": {"hosts": hosts}}))
+    (tmp_path / "playbook.yml").write_text(
+        "- hosts: mesh\n"
+        "  gather_facts: false\n"
+        "  tasks:\n" + first_tasks + "    - ansible.builtin.copy:\n"
+        '        content: "{{ ' + expression + ' | to_json }}"\n'
+        '        dest: "' + str(tmp_path) + '/{{ inventory_hostname }}.json"\n'
+        "        mode: '0644'\n"
+        "      delegate_to: localhost\n"
+    )
+    proc, _shown = module_runner.run_playbook(tmp_path, tmp_path / "inventory.json", tmp_path / "playbook.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {host: json.loads((tmp_path / ("%s.json" % host)).read_text()) for host in hosts}
 
 
 def load_pem_chain(path: Path) -> list:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from mesh_helpers import each_hosts_json
 
 from ansible_collections.hostmesh.sidecar.plugins.filter.mesh_registry import FilterModule, mesh_outbound, mesh_registry
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_registry.vips import _slot, allocate_vips
@@ -397,30 +398,16 @@ def test_bad_arguments():
 
 def test_once_per_play_in_a_real_playbook(tmp_path):
     """As onboard.yml does it: one run_once set_fact, every host its slice; hostvars templated lazily."""
-    from module_runner import run_playbook
-
-    hosts = {
-        host: dict(hv, ansible_connection="local", ansible_python_interpreter="{{ ansible_playbook_python }}")
-        for host, hv in inventory().items()
-    }
     # A templated value must come out as its result.
-    hosts["db"]["hostmesh_service_account"] = "{{ 'post' ~ 'gres' }}"
-    (tmp_path / "inventory.json").write_text(json.dumps({"mesh": {"hosts": hosts}}))
-    (tmp_path / "playbook.yml").write_text(
-        "- hosts: mesh\n"
-        "  gather_facts: false\n"
-        "  tasks:\n"
+    hostvars = inventory(db={"hostmesh_service_account": "{{ 'post' ~ 'gres' }}"})
+    set_registry = (
         "    - ansible.builtin.set_fact:\n"
         "        hostmesh_registry: \"{{ hostvars | hostmesh.sidecar.mesh_registry(groups['mesh']) }}\"\n"
         "      run_once: true\n"
-        "    - ansible.builtin.copy:\n"
-        '        content: "{{ hostmesh_registry | hostmesh.sidecar.mesh_outbound(inventory_hostname) | to_json }}"\n'
-        '        dest: "' + str(tmp_path) + '/{{ inventory_hostname }}.json"\n'
-        "        mode: '0644'\n"
-        "      delegate_to: localhost\n"
     )
-    proc, _shown = run_playbook(tmp_path, tmp_path / "inventory.json", tmp_path / "playbook.yml")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = each_hosts_json(
+        tmp_path, hostvars, "hostmesh_registry | hostmesh.sidecar.mesh_outbound(inventory_hostname)", set_registry
+    )
     expected = registry()
     for host in HOSTS:
-        assert json.loads((tmp_path / ("%s.json" % host)).read_text()) == mesh_outbound(expected, host), host
+        assert got[host] == mesh_outbound(expected, host), host

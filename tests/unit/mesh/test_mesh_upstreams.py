@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from module_runner import run_playbook
+from mesh_helpers import each_hosts_json
 
 from ansible_collections.hostmesh.sidecar.plugins.filter.mesh import FilterModule, mesh_spiffe_id, mesh_upstreams
 from hostmesh_agent.config import parse_config
@@ -251,26 +251,12 @@ def test_bad_arguments():
 
 def test_in_a_real_playbook_with_templated_hostvars(tmp_path):
     """The same registry through ansible-playbook: hostvars are lazily templated there."""
-    hosts = {
-        host: dict(hostvars, ansible_connection="local", ansible_python_interpreter="{{ ansible_playbook_python }}")
-        for host, hostvars in INVENTORY.items()
-    }
     # A templated value must come out as its result.
-    hosts["db1"]["hostmesh_service_account"] = "{{ 'post' ~ 'gres' }}"
-    (tmp_path / "inventory.json").write_text(json.dumps({"mesh": {"hosts": hosts}}))
-    (tmp_path / "playbook.yml").write_text(
-        "- hosts: mesh\n"
-        "  gather_facts: false\n"
-        "  tasks:\n"
-        "    - ansible.builtin.copy:\n"
-        "        content: \"{{ hostvars | hostmesh.sidecar.mesh_upstreams(groups['mesh'], inventory_hostname) | to_json }}\"\n"
-        '        dest: "' + str(tmp_path) + '/{{ inventory_hostname }}.json"\n'
-        "        mode: '0644'\n"
-        "      delegate_to: localhost\n"
+    hostvars = {**INVENTORY, "db1": {**INVENTORY["db1"], "hostmesh_service_account": "{{ 'post' ~ 'gres' }}"}}
+    per_host = each_hosts_json(
+        tmp_path, hostvars, "hostvars | hostmesh.sidecar.mesh_upstreams(groups['mesh'], inventory_hostname)"
     )
-    proc, _shown = run_playbook(tmp_path, tmp_path / "inventory.json", tmp_path / "playbook.yml")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    got = {host: json.loads((tmp_path / ("%s.json" % host)).read_text()) for host in sorted(HOSTS)}
+    got = {host: per_host[host] for host in sorted(HOSTS)}
     assert got == json.loads(GOLDEN.read_text())
 
 
