@@ -36,15 +36,20 @@ def _require_machine() -> None:
         pytest.fail(f"sandbox tests need {', '.join(missing)}: run `make deps`")
 
 
+def _booted(request: pytest.FixtureRequest, name: str, hosts) -> Sandbox:
+    """A sandbox of these hosts, booted now; destroyed when the fixture's scope ends, or at exit."""
+    _require_machine()
+    sb = Sandbox(name, log=lambda m: print(m, file=sys.stderr))
+    atexit.register(sb.destroy, quiet=True)
+    request.addfinalizer(lambda: sb.destroy(quiet=True))
+    sb.create(hosts)
+    return sb
+
+
 @pytest.fixture(scope="session")
 def sandbox(request: pytest.FixtureRequest) -> Sandbox:
     """Two hosts, host1 and host2, booted once for the session."""
-    _require_machine()
-    sb = Sandbox("pytest-sandbox", log=lambda m: print(m, file=sys.stderr))
-    atexit.register(sb.destroy, quiet=True)
-    request.addfinalizer(lambda: sb.destroy(quiet=True))
-    sb.create(["host1", "host2"])
-    return sb
+    return _booted(request, "pytest-sandbox", ["host1", "host2"])
 
 
 # One host of each Debian suite, and one with systemd-resolved.
@@ -54,12 +59,7 @@ SUITE_HOSTS = ("deb11:bullseye", "deb12:bookworm", "deb13:trixie", "dns:bookworm
 @pytest.fixture(scope="module")
 def suites_sandbox(request: pytest.FixtureRequest) -> Sandbox:
     """Hosts deb11, deb12, deb13 (Debian 11, 12, 13) and dns (12 with systemd-resolved)."""
-    _require_machine()
-    sb = Sandbox("pytest-suites", log=lambda m: print(m, file=sys.stderr))
-    atexit.register(sb.destroy, quiet=True)
-    request.addfinalizer(lambda: sb.destroy(quiet=True))
-    sb.create(SUITE_HOSTS)
-    return sb
+    return _booted(request, "pytest-suites", SUITE_HOSTS)
 
 
 @pytest.fixture

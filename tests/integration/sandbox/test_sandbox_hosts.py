@@ -38,6 +38,18 @@ def sh(sb: Sandbox, host: str, script: str) -> str:
     return proc.stdout.strip()
 
 
+def cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python3 -m tools.sandbox`` with these arguments, from the repository's root."""
+    return subprocess.run(
+        ["python3", "-m", "tools.sandbox", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def boot_id(sb: Sandbox, host: str) -> str:
     return sh(sb, host, "cat /proc/sys/kernel/random/boot_id")
 
@@ -189,27 +201,11 @@ def test_destroy_removes_everything_even_after_a_killed_run(make_sandbox) -> Non
 
 def test_cli_run_creates_runs_and_always_destroys(make_sandbox) -> None:
     sb = make_sandbox("pytest-cli-run")
-    proc = subprocess.run(
-        [
-            "python3",
-            "-m",
-            "tools.sandbox",
-            "--name",
-            sb.name,
-            "run",
-            "--hosts",
-            "one",
-            "--",
-            "sh",
-            "-c",
-            'ssh -F "$SANDBOX_SSH_CONFIG" one systemctl is-system-running; exit 3',
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    proc = cli(
+        "--name", sb.name, "run", "--hosts", "one", "--",
+        "sh", "-c", 'ssh -F "$SANDBOX_SSH_CONFIG" one systemctl is-system-running; exit 3',
         timeout=300,
-        check=False,
-    )
+    )  # fmt: skip
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "running"
     # A failing command prints each host's diagnostics.
@@ -219,14 +215,7 @@ def test_cli_run_creates_runs_and_always_destroys(make_sandbox) -> None:
 
 def test_cli_names_a_bad_suite_and_boots_nothing(make_sandbox) -> None:
     sb = make_sandbox("pytest-cli-suite")
-    proc = subprocess.run(
-        ["python3", "-m", "tools.sandbox", "--name", sb.name, "create", "--hosts", "web,db:buster"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = cli("--name", sb.name, "create", "--hosts", "web,db:buster", timeout=60)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert (
         "sandbox create failed: host 'db:buster': suite 'buster' is not one the sandbox builds; "
@@ -236,13 +225,6 @@ def test_cli_names_a_bad_suite_and_boots_nothing(make_sandbox) -> None:
 
 
 def test_cli_status_of_a_missing_sandbox() -> None:
-    proc = subprocess.run(
-        ["python3", "-m", "tools.sandbox", "--name", "pytest-never-made", "status", "--json"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = cli("--name", "pytest-never-made", "status", "--json", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["created"] is False
