@@ -27,41 +27,24 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration" / "agent"))
-
-from agent_netns import (  # noqa: E402 (the test harness lives with the tests)
+from _netns_bench import (
+    close_agent,
+    cpu_seconds,
+    fresh_workdir,
+    is_root,
+    netns_run,
+    remove_shared_memory,
+    rss_mib,
+)
+from agent_netns import (
     PROXY_UID,
     AgentProcess,
     LoadClient,
     Topology,
     admin_get,
     agent_config,
-    find_envoy,
     wait_for,
 )
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def fresh_workdir(base: Path, name: str) -> Path:
-    d = base / name
-    d.mkdir(mode=0o755)
-    (d / "run").mkdir()
-    os.chown(d / "run", PROXY_UID, PROXY_UID)
-    return d
 
 
 def time_agent_ready(topo: Topology, workdir: Path, envoy: str) -> Dict[str, Any]:
@@ -81,12 +64,6 @@ def time_agent_ready(topo: Topology, workdir: Path, envoy: str) -> Dict[str, Any
     finally:
         agent.close()
     return {"seconds": elapsed, "argv": argv, "run_dir": str(run_dir), "snapshot": snapshot}
-
-
-def remove_shared_memory(argv: List[str]) -> None:
-    """Envoy leaves its hot-restart region behind; the agent removes it, Envoy alone does not."""
-    base_id = int(argv[argv.index("--base-id") + 1])
-    Path(f"/dev/shm/envoy_shared_memory_{base_id * 10}").unlink(missing_ok=True)
 
 
 def time_envoy_live(topo: Topology, argv: List[str], run_dir: str, snapshot: Path) -> float:
@@ -112,7 +89,8 @@ def time_envoy_live(topo: Topology, argv: List[str], run_dir: str, snapshot: Pat
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
-        remove_shared_memory(argv)
+        # Envoy leaves its hot-restart region behind; the agent removes it, Envoy alone does not.
+        remove_shared_memory(int(argv[argv.index("--base-id") + 1]))
 
 
 def _admin_ready(socket_path: str) -> bool:
@@ -129,15 +107,10 @@ def main() -> int:
     p.add_argument("--hot-restarts", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = p.parse_args()
-    if os.geteuid() != 0:
-        print("run as root: the benchmark creates network namespaces", file=sys.stderr)
+    if not is_root():
         return 2
-    envoy = find_envoy()
-    base = Path(subprocess.check_output(["mktemp", "-d", "/tmp/hm-agt-bench-XXXXXX"], text=True).strip())
-    os.chmod(base, 0o755)
-    topo = Topology()
     figures: Dict[str, Any] = {}
-    try:
+    with netns_run() as (envoy, base, topo):
         topo.up()
         topo.start_app(8080)
 
@@ -161,13 +134,13 @@ def main() -> int:
         agent = AgentProcess(topo, workdir, config, {})
         try:
             agent.wait_ready()
-            figures["agent_rss_mib_ready"] = rss_kib(agent.pid) / 1024
+            figures["agent_rss_mib_ready"] = rss_mib(agent.pid)
             cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
             time.sleep(args.idle_s)
             cpu1, t1 = cpu_seconds(agent.pid), time.monotonic()
             figures["idle_window_s"] = t1 - t0
             figures["agent_idle_cpu_percent"] = 100 * (cpu1 - cpu0) / (t1 - t0)
-            figures["agent_rss_mib_after_idle"] = rss_kib(agent.pid) / 1024
+            figures["agent_rss_mib_after_idle"] = rss_mib(agent.pid)
 
             load = LoadClient(topo)
             try:
@@ -180,13 +153,9 @@ def main() -> int:
             figures["hot_restarts"] = args.hot_restarts
             figures["requests_ok"] = result["ok"]
             figures["requests_failed"] = result["failed"]
-            figures["agent_rss_mib_after_hot_restarts"] = rss_kib(agent.pid) / 1024
+            figures["agent_rss_mib_after_hot_restarts"] = rss_mib(agent.pid)
         finally:
-            agent.close()  # a SIGKILL: the agent cannot remove the region itself
-            Path(f"/dev/shm/envoy_shared_memory_{config['envoy']['base_id'] * 10}").unlink(missing_ok=True)
-    finally:
-        topo.down()
-        shutil.rmtree(base, ignore_errors=True)
+            close_agent(agent)
 
     print(
         f"envoy {envoy_version(envoy)}, {os.cpu_count()} CPUs, load average {figures['load_average_1m']:.1f},"

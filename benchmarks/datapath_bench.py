@@ -26,74 +26,56 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration" / "agent"))
-
-from agent_netns import (  # noqa: E402 (the test harness lives with the tests)
+from _netns_bench import (
+    REPO,
+    WEB_ID,
+    close_agent,
+    fresh_workdir,
+    is_root,
+    mesh_pki,
+    netns_run,
+    percentile,
+    rss_mib,
+    tls_files,
+)
+from agent_netns import (
     HOST_IP,
     PEER_IP,
     PROXY_UID,
     AgentProcess,
     Topology,
     agent_config,
-    find_envoy,
-    issue_cert,
-    make_ca,
     run,
 )
 
 VIP = "240.240.0.10"
 CLIENT_ID = "spiffe://cluster.local/ns/demo/sa/client"
-WEB_ID = "spiffe://cluster.local/ns/demo/sa/web"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def percentile(values: List[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def workdir(base: Path, name: str) -> Path:
-    d = base / name
-    d.mkdir(mode=0o755)
-    (d / "run").mkdir()
-    os.chown(d / "run", PROXY_UID, PROXY_UID)
-    return d
 
 
 def configs(envoy: str, base: Path, telemetry: bool) -> Dict[str, Dict[str, Any]]:
-    ca = make_ca(base)
-    web_cert, web_key = issue_cert(base, ca, "web", f"URI:{WEB_ID}")
-    client_cert, client_key = issue_cert(base, ca, "client", f"URI:{CLIENT_ID}")
+    pki = mesh_pki(base, CLIENT_ID)
     dns = {"enabled": True, "upstreams": ["192.0.2.53"]}  # never asked: the load uses no names
     # Off: no access-log line per request, so the agents read and count nothing.
     extra = {} if telemetry else {"telemetry": {"enabled": False}}
     app = agent_config(
         envoy,
-        workdir(base, "app"),
+        fresh_workdir(base, "app"),
         supervise={"watch_interval_s": 5.0},
-        tls={"cert_file": web_cert, "key_file": web_key, "ca_file": ca["ca"]},
+        tls=tls_files(pki, "web"),
         inbound={"services": [{"name": "web", "port": 8080, "protocol": "http", "tls": True}]},
         dns=dns,
         **extra,
     )
     client = agent_config(
         envoy,
-        workdir(base, "client"),
+        fresh_workdir(base, "client"),
         supervise={"watch_interval_s": 5.0},
-        tls={"cert_file": client_cert, "key_file": client_key, "ca_file": ca["ca"]},
+        tls=tls_files(pki, "client"),
         inbound={"services": []},
         outbound={
             "services": [
@@ -136,39 +118,32 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--telemetry", choices=("on", "off"), default="on", help="the agents' per-request telemetry")
     args = p.parse_args()
-    if os.geteuid() != 0:
-        print("run as root: the benchmark creates network namespaces", file=sys.stderr)
+    if not is_root():
         return 2
-    envoy = find_envoy()
-    base = Path(subprocess.check_output(["mktemp", "-d", "/tmp/hm-agt-bench-XXXXXX"], text=True).strip())
-    os.chmod(base, 0o755)
-    topo = Topology()
     results: Dict[str, List[Dict[str, Any]]] = {"direct": [], "mesh": []}
     agents: List[AgentProcess] = []
-    try:
-        topo.up(capture=True, capture_peer=True)
-        topo.start_app(8080, 22)
-        run("ip", "-n", topo.peer, "route", "add", "240.240.0.0/16", "dev", topo._veth[1])
-        cfg = configs(envoy, base, args.telemetry == "on")
-        app = AgentProcess(topo, base / "app", cfg["app"], {})
-        agents.append(app)
-        client = AgentProcess(topo, base / "client", cfg["client"], {}, ns=topo.peer)
-        agents.append(client)
-        app.wait_ready()
-        client.wait_ready()
-        rss_ready = {"app": rss_mib(app.pid), "client": rss_mib(client.pid)}
-        load_before = os.getloadavg()[0]
-        for _n in range(args.rounds):
-            for kind in ("direct", "mesh"):
-                results[kind].append(load(topo, kind, args))
-        load_after = os.getloadavg()[0]
-        rss_after = {"app": rss_mib(app.pid), "client": rss_mib(client.pid)}
-    finally:
-        for agent in agents:
-            agent.close()
-            Path(f"/dev/shm/envoy_shared_memory_{agent.config['envoy']['base_id'] * 10}").unlink(missing_ok=True)
-        topo.down()
-        shutil.rmtree(base, ignore_errors=True)
+    with netns_run() as (envoy, base, topo):
+        try:
+            topo.up(capture=True, capture_peer=True)
+            topo.start_app(8080, 22)
+            run("ip", "-n", topo.peer, "route", "add", "240.240.0.0/16", "dev", topo._veth[1])
+            cfg = configs(envoy, base, args.telemetry == "on")
+            app = AgentProcess(topo, base / "app", cfg["app"], {})
+            agents.append(app)
+            client = AgentProcess(topo, base / "client", cfg["client"], {}, ns=topo.peer)
+            agents.append(client)
+            app.wait_ready()
+            client.wait_ready()
+            rss_ready = {"app": rss_mib(app.pid), "client": rss_mib(client.pid)}
+            load_before = os.getloadavg()[0]
+            for _n in range(args.rounds):
+                for kind in ("direct", "mesh"):
+                    results[kind].append(load(topo, kind, args))
+            load_after = os.getloadavg()[0]
+            rss_after = {"app": rss_mib(app.pid), "client": rss_mib(client.pid)}
+        finally:
+            for agent in agents:
+                close_agent(agent)
 
     print(
         f"{os.cpu_count()} CPUs, load average {load_before:.1f} -> {load_after:.1f}; {args.rounds} rounds of "

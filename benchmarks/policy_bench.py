@@ -27,49 +27,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration" / "agent"))
-
-from agent_netns import (  # noqa: E402 (the test harness lives with the tests)
+from _netns_bench import (
+    REPO,
+    close_agent,
+    cpu_seconds,
+    fresh_workdir,
+    is_root,
+    mesh_pki,
+    netns_run,
+    percentile,
+    rss_mib,
+    tls_files,
+)
+from agent_netns import (
     HOST_IP,
     PROXY_UID,
     AgentProcess,
     Topology,
     agent_config,
-    find_envoy,
-    issue_cert,
-    make_ca,
     metric_sum,
     wait_for,
 )
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CLIENT = "spiffe://cluster.local/ns/demo/sa/bench-client"
-WEB_ID = "spiffe://cluster.local/ns/demo/sa/web"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def percentile(values: List[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 VARIANTS = ("off", "rbac", "telemetry", "on")
@@ -85,22 +71,18 @@ def bench_config(envoy: str, workdir: Path, pki: Dict[str, Any], variant: str) -
         log_dir.mkdir()
         os.chown(log_dir, PROXY_UID, PROXY_UID)
         extra["access_log"] = {"enabled": True, "destination": str(log_dir / "access.log")}
-    cert, key = pki["web"]
     return agent_config(
         envoy,
         workdir,
         supervise={"watch_interval_s": 5.0},
-        tls={"cert_file": cert, "key_file": key, "ca_file": pki["ca"]},
+        tls=tls_files(pki, "web"),
         inbound={"services": [service]},
         **extra,
     )
 
 
 def one_round(topo: Topology, base: Path, envoy: str, pki: Dict[str, Any], variant: str, args: Any, n: int) -> Dict:
-    workdir = base / f"{variant}-{n}"
-    workdir.mkdir(mode=0o755)
-    (workdir / "run").mkdir()
-    os.chown(workdir / "run", PROXY_UID, PROXY_UID)
+    workdir = fresh_workdir(base, f"{variant}-{n}")
     config = bench_config(envoy, workdir, pki, variant)
     agent = AgentProcess(topo, workdir, config, {})
     try:
@@ -140,8 +122,7 @@ def one_round(topo: Topology, base: Path, envoy: str, pki: Dict[str, Any], varia
             "dropped_lines": metric_sum(text, "hostmesh_agent_access_log_dropped_lines_total"),
         }
     finally:
-        agent.close()
-        Path(f"/dev/shm/envoy_shared_memory_{config['envoy']['base_id'] * 10}").unlink(missing_ok=True)
+        close_agent(agent)
 
 
 def main() -> int:
@@ -152,29 +133,19 @@ def main() -> int:
     p.add_argument("--variants", action="store_true", help="also rbac alone and telemetry alone")
     p.add_argument("--json", action="store_true", help="print every round as JSON too")
     args = p.parse_args()
-    if os.geteuid() != 0:
-        print("run as root: the benchmark creates network namespaces", file=sys.stderr)
+    if not is_root():
         return 2
-    envoy = find_envoy()
-    base = Path(subprocess.check_output(["mktemp", "-d", "/tmp/hm-agt-bench-XXXXXX"], text=True).strip())
-    os.chmod(base, 0o755)
-    topo = Topology()
     variants = VARIANTS if args.variants else ("off", "on")
     rounds: Dict[str, List[Dict[str, Any]]] = {v: [] for v in variants}
-    try:
+    with netns_run() as (envoy, base, topo):
         topo.up()
         topo.start_app(8080)
-        ca = make_ca(base)
-        pki = {"ca": ca["ca"], "web": issue_cert(base, ca, "web", f"URI:{WEB_ID}"),
-               "client": issue_cert(base, ca, "client", f"URI:{CLIENT}")}  # fmt: skip
+        pki = mesh_pki(base, CLIENT)
         load_before = os.getloadavg()[0]
         for n in range(args.rounds):
             for variant in variants:
                 rounds[variant].append(one_round(topo, base, envoy, pki, variant, args, n))
         load_after = os.getloadavg()[0]
-    finally:
-        topo.down()
-        shutil.rmtree(base, ignore_errors=True)
 
     total = args.workers * args.requests
     print(
