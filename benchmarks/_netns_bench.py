@@ -19,10 +19,9 @@ from typing import Any, Dict, Iterator, List, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration" / "agent"))
 
-from agent_netns import PROXY_UID, AgentProcess, Topology, find_envoy, issue_cert, make_ca  # noqa: E402 (the test harness lives with the tests)
+from agent_netns import PROXY_UID, WEB_ID, AgentProcess, Topology, find_envoy, issue_cert, make_ca  # noqa: E402 (the test harness lives with the tests)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-WEB_ID = "spiffe://cluster.local/ns/demo/sa/web"  # the served service's identity
 
 
 def rss_mib(pid: int) -> float:
@@ -82,7 +81,7 @@ def fresh_workdir(base: Path, name: str) -> Path:
     return d
 
 
-def mesh_pki(base: Path, client_id: str) -> Dict[str, Any]:
+def bench_pki(base: Path, client_id: str) -> Dict[str, Any]:
     """A test CA in ``base`` and two certificates it signs: ``web``'s (``WEB_ID``) and the client's (``client_id``).
 
     ``{"ca": CA file, "web": (cert, key), "client": (cert, key)}``.
@@ -93,7 +92,7 @@ def mesh_pki(base: Path, client_id: str) -> Dict[str, Any]:
 
 
 def tls_files(pki: Dict[str, Any], name: str) -> Dict[str, str]:
-    """An agent config's ``tls``: ``name``'s certificate and key from ``mesh_pki``, and the CA."""
+    """An agent config's ``tls``: ``name``'s certificate and key from ``bench_pki``, and the CA."""
     cert, key = pki[name]
     return {"cert_file": cert, "key_file": key, "ca_file": pki["ca"]}
 

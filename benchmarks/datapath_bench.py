@@ -33,11 +33,10 @@ from typing import Any, Dict, List
 
 from _netns_bench import (
     REPO,
-    WEB_ID,
+    bench_pki,
     close_agent,
     fresh_workdir,
     is_root,
-    mesh_pki,
     netns_run,
     percentile,
     rss_mib,
@@ -47,6 +46,7 @@ from agent_netns import (
     HOST_IP,
     PEER_IP,
     PROXY_UID,
+    WEB_ID,
     AgentProcess,
     Topology,
     agent_config,
@@ -58,7 +58,7 @@ CLIENT_ID = "spiffe://cluster.local/ns/demo/sa/client"
 
 
 def configs(envoy: str, base: Path, telemetry: bool) -> Dict[str, Dict[str, Any]]:
-    pki = mesh_pki(base, CLIENT_ID)
+    pki = bench_pki(base, CLIENT_ID)
     dns = {"enabled": True, "upstreams": ["192.0.2.53"]}  # never asked: the load uses no names
     # Off: no access-log line per request, so the agents read and count nothing.
     extra = {} if telemetry else {"telemetry": {"enabled": False}}

@@ -35,11 +35,11 @@ from typing import Any, Dict, List
 
 from _netns_bench import (
     REPO,
+    bench_pki,
     close_agent,
     cpu_seconds,
     fresh_workdir,
     is_root,
-    mesh_pki,
     netns_run,
     percentile,
     rss_mib,
@@ -140,7 +140,7 @@ def main() -> int:
     with netns_run() as (envoy, base, topo):
         topo.up()
         topo.start_app(8080)
-        pki = mesh_pki(base, CLIENT)
+        pki = bench_pki(base, CLIENT)
         load_before = os.getloadavg()[0]
         for n in range(args.rounds):
             for variant in variants:
