@@ -163,16 +163,21 @@ def test_missing_owner_match_fails_naming_the_option_and_changes_nothing(lab, tm
     assert_same(before, lab.ruleset())
 
 
-def test_ipv6_failure_puts_ipv4_back(lab, tmp_path):
-    """Both families apply together: make only ip6tables-restore fail."""
-    lab.ok(ip_families=["ipv4", "ipv6"], chain_prefix="HOSTMESH_")
-    before = lab.ruleset()
+def path_with_failing_ip6tables_restore(tmp_path) -> str:
+    """A PATH whose ip6tables-nft-restore, found first, fails as on a rule it cannot load."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     broken = fake_bin / "ip6tables-nft-restore"
     broken.write_text("#!/bin/sh\necho 'ip6tables-restore: line 2 failed' >&2\nexit 1\n")
     broken.chmod(0o755)
-    path = "%s:%s" % (fake_bin, os.environ["PATH"])
+    return "%s:%s" % (fake_bin, os.environ["PATH"])
+
+
+def test_ipv6_failure_puts_ipv4_back(lab, tmp_path):
+    """Both families apply together: make only ip6tables-restore fail."""
+    lab.ok(ip_families=["ipv4", "ipv6"], chain_prefix="HOSTMESH_")
+    before = lab.ruleset()
+    path = path_with_failing_ip6tables_restore(tmp_path)
     result = lab.module(ip_families=["ipv4", "ipv6"], outbound_ports_exclude=[5432], env={"PATH": path})
     assert result.get("failed") is True
     assert "nothing was changed" in result["msg"]
@@ -187,12 +192,7 @@ def test_a_failed_first_apply_next_to_docker_leaves_the_host_exactly_as_it_was(l
         ["iptables-nft", "-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"],
     )
     before = lab.ruleset()
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    broken = fake_bin / "ip6tables-nft-restore"
-    broken.write_text("#!/bin/sh\necho 'ip6tables-restore: line 2 failed' >&2\nexit 1\n")
-    broken.chmod(0o755)
-    result = lab.module(ip_families=["ipv4", "ipv6"], env={"PATH": "%s:%s" % (fake_bin, os.environ["PATH"])})
+    result = lab.module(ip_families=["ipv4", "ipv6"], env={"PATH": path_with_failing_ip6tables_restore(tmp_path)})
     assert result.get("failed") is True
     assert "nothing was changed" in result["msg"]
     assert_same(before, lab.ruleset())
