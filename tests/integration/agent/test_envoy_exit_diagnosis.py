@@ -39,6 +39,13 @@ exec {envoy} "$@" --config-yaml '{{static_resources: {{clusters: [{{name: broken
 """
 
 
+def _executable(path: Path, script: str) -> str:
+    """Write a script that stands in for Envoy; its path."""
+    path.write_text(script)
+    path.chmod(0o755)
+    return str(path)
+
+
 def _validate(workdir: Path, binary: str) -> subprocess.CompletedProcess:
     config = json.loads(EXAMPLE.read_text())
     config["envoy"]["binary"] = binary
@@ -65,10 +72,7 @@ def test_the_real_envoys_rejection_is_diagnosed_as_rejected(envoy_binary, workdi
 
 
 def test_validate_reports_a_rejected_config_with_envoys_first_critical_line(envoy_binary, workdir):
-    wrapper = workdir / "envoy-rejects"
-    wrapper.write_text(REJECTING_WRAPPER.format(envoy=envoy_binary))
-    wrapper.chmod(0o755)
-    res = _validate(workdir, str(wrapper))
+    res = _validate(workdir, _executable(workdir / "envoy-rejects", REJECTING_WRAPPER.format(envoy=envoy_binary)))
     assert res.returncode == 1, res.stdout + res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("bootstrap: rejected by envoy --mode validate (exit 1); first critical line: ")
@@ -77,10 +81,7 @@ def test_validate_reports_a_rejected_config_with_envoys_first_critical_line(envo
 
 
 def test_validate_reports_a_crashed_envoy_as_a_crash_not_a_rejection(envoy_binary, workdir):
-    fake = workdir / "envoy-crashes"
-    fake.write_text(FAKE_CRASHING_ENVOY)
-    fake.chmod(0o755)
-    res = _validate(workdir, str(fake))
+    res = _validate(workdir, _executable(workdir / "envoy-crashes", FAKE_CRASHING_ENVOY))
     assert res.returncode == 70, res.stdout + res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("bootstrap: not judged: envoy crashed (signal SIGABRT); first critical line: ")
