@@ -87,6 +87,11 @@ def test_first_converge_installs_and_starts_a_ready_sidecar(host: RolesHost) -> 
         "/usr/local/lib/hostmesh/hostmesh_agent root:root 755",
         "/usr/local/lib/hostmesh/hostmesh_agent/agent.py root:root 644",
     ]
+    # Compiled at install: the proxy user cannot write bytecode, and compiling at every start costs RSS.
+    package = "/usr/local/lib/hostmesh/hostmesh_agent"
+    modules = set(host.sh(f"cd {package} && ls *.py | sed 's/[.]py$//'").split())
+    compiled = set(host.sh(f"cd {package}/__pycache__ && ls *.pyc | sed 's/[.].*//'").split())
+    assert modules and compiled == modules, (modules, compiled)
     assert (
         host.sh("id hostmesh-proxy").strip()
         == "uid=1337(hostmesh-proxy) gid=1337(hostmesh-proxy) groups=1337(hostmesh-proxy)"
