@@ -215,9 +215,8 @@ releases: deps
 
 # Scenarios run on sandbox hosts (tools/sandbox); the rootfs is built once per run.
 # Left out of make test: reboot and offboard (platforms reboots and offboards a
-# host of each release) and rolling_upgrade (not yet seen to pass; run it with
-# MOLECULE_SCENARIOS=rolling_upgrade).
-MOLECULE_SCENARIOS ?= capture capture_over_ssh tproxy default mesh_tproxy xds fail_mode platforms mesh_policy capture_heal mesh_resilience
+# host of each release; run them with MOLECULE_SCENARIOS="reboot offboard").
+MOLECULE_SCENARIOS ?= capture capture_over_ssh tproxy default mesh_tproxy xds fail_mode platforms mesh_policy capture_heal mesh_resilience rolling_upgrade
 molecule: deps
 	$(BIN)/python -m tools.sandbox.molecule_suite $(MOLECULE_SCENARIOS)
 
