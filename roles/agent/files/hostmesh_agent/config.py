@@ -56,153 +56,106 @@ class ConfigError(ValueError):
 
 
 # --- small validators: each returns the accepted value or raises ConfigError ----------
+#
+# A check takes the key (for the message) and the decoded JSON value. Most are built from
+# a test and the words for what is accepted, so that every refusal reads alike.
+
+Check = Callable[[str, Any], Any]
+Checks = Dict[str, Check]
 
 
 def _fail(key: str, value: Any, accepted: str) -> ConfigError:
     return ConfigError(f"config key '{key}': got {json.dumps(value)}; expected {accepted}")
 
 
-def _str(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _fail(key, value, "a string")
+def _as_given(key: str, value: Any) -> Any:
+    """The check that accepts anything: the start of a refined check."""
     return value
 
 
-def _nonempty_str(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(key, value, "a non-empty string")
-    return value
+def _refined(check: Check, accepted: str, test: Callable[[Any], Any]) -> Check:
+    """``check``, then ``test`` on what it returns: a value that fails the test is refused as
+    not ``accepted``."""
+
+    def refined(key: str, value: Any) -> Any:
+        result = check(key, value)
+        if not test(result):
+            raise _fail(key, value, accepted)
+        return result
+
+    return refined
 
 
-def _name(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise _fail(key, value, "a lower-case DNS-style name (a-z, 0-9, '-', '.')")
-    return value
+def _accept(accepted: str, test: Callable[[Any], Any]) -> Check:
+    """A check that returns a value passing ``test`` and refuses any other as not ``accepted``."""
+    return _refined(_as_given, accepted, test)
 
 
-def _name_or_empty(key: str, value: Any) -> str:
-    return value if value == "" else _name(key, value)
+def _any_text(text: str) -> bool:
+    return True
 
 
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(key, value, "true or false")
-    return value
+def _string(accepted: str, test: Callable[[str], Any] = _any_text) -> Check:
+    """A check for a string that passes ``test``."""
+    return _accept(accepted, lambda value: isinstance(value, str) and test(value))
 
 
-def _int_range(lo: int, hi: int) -> Callable[[str, Any], int]:
-    def check(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise _fail(key, value, f"an integer from {lo} to {hi}")
-        return value
+def _or_literal(literal: str, check: Check) -> Check:
+    """``check``, except that ``literal`` itself (an "unset" or "detect" word) is accepted as is."""
+    return lambda key, value: value if value == literal else check(key, value)
+
+
+def _converted(convert: Callable[[Any], Any], accepted: str) -> Check:
+    """A check that returns ``convert(value)``; a value it cannot convert is refused as not ``accepted``."""
+
+    def check(key: str, value: Any) -> Any:
+        try:
+            return convert(value)
+        except (ValueError, TypeError):
+            raise _fail(key, value, accepted) from None
 
     return check
 
 
-def _float_range(lo: float, hi: float) -> Callable[[str, Any], float]:
-    def check(key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise _fail(key, value, f"a number from {lo} to {hi}")
-        return float(value)
-
-    return check
+def _number_between(lo: float, hi: float, kinds: Any) -> Callable[[Any], bool]:
+    """A test for a number of ``kinds`` from ``lo`` to ``hi``; JSON's true and false are not numbers."""
+    return lambda value: not isinstance(value, bool) and isinstance(value, kinds) and lo <= value <= hi
 
 
-def _choice(*choices: str) -> Callable[[str, Any], str]:
-    def check(key: str, value: Any) -> str:
-        if value not in choices:
-            raise _fail(key, value, "one of " + ", ".join(json.dumps(c) for c in choices))
-        return value
-
-    return check
+def _int_range(lo: int, hi: int) -> Check:
+    return _accept(f"an integer from {lo} to {hi}", _number_between(lo, hi, int))
 
 
-def _ip(key: str, value: Any) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except (ValueError, TypeError):
-        raise _fail(key, value, 'an IP address such as "10.0.0.5"') from None
+def _float_range(lo: float, hi: float) -> Check:
+    check = _accept(f"a number from {lo} to {hi}", _number_between(lo, hi, (int, float)))
+    return lambda key, value: float(check(key, value))
 
 
-def _ip_or_auto(key: str, value: Any) -> str:
-    return value if value == "auto" else _ip(key, value)
+def _choice(*choices: str) -> Check:
+    return _accept("one of " + ", ".join(json.dumps(c) for c in choices), lambda value: value in choices)
 
 
-def _loopback_ip(key: str, value: Any) -> str:
-    ip = _ip(key, value)
-    if not ipaddress.ip_address(ip).is_loopback:
-        raise _fail(key, value, "a loopback address (the admin API must never leave the host)")
-    return ip
+def _is_host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 1 <= int(port) <= 65535)
 
 
-def _cidr(key: str, value: Any) -> str:
-    try:
-        return str(ipaddress.ip_network(value, strict=False))
-    except (ValueError, TypeError):
-        raise _fail(key, value, 'an IP address or CIDR such as "10.0.0.0/24"') from None
+def _is_path_prefix(text: str) -> bool:
+    return text.startswith("/") and "?" not in text and "#" not in text
 
 
-def _host_port(key: str, value: Any) -> str:
-    if isinstance(value, str):
-        host, sep, port = value.rpartition(":")
-        host = host.strip("[]")
-        if sep and host and port.isdigit() and 1 <= int(port) <= 65535:
-            return value
-    raise _fail(key, value, '"host:port" with a port from 1 to 65535')
+def _is_request_path(text: str) -> bool:
+    return text.startswith("/") and not any(c.isspace() for c in text) and "#" not in text
 
 
-def _component_levels(key: str, value: Any) -> str:
-    if value == "" or (isinstance(value, str) and _COMPONENT_LEVEL_RE.match(value)):
-        return value
-    raise _fail(key, value, '"component:level[,component:level...]" such as "misc:error"')
+def _is_file_path(text: str) -> bool:
+    return text.startswith("/") and not text.endswith("/")
 
 
-def _spiffe_id(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _SPIFFE_RE.match(value):
-        raise _fail(
-            key,
-            value,
-            'a SPIFFE ID such as "spiffe://cluster.local/ns/shop/sa/web", or an ID prefix ending in "/" '
-            'such as "spiffe://cluster.local/ns/team-a/" (no wildcards)',
-        )
-    return value
-
-
-def _exact_spiffe_id(key: str, value: Any) -> str:
-    if _spiffe_id(key, value).endswith("/"):
-        raise _fail(key, value, 'a whole SPIFFE ID such as "spiffe://cluster.local/ns/shop/sa/web" (not a prefix)')
-    return value
-
-
-def _http_method(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _METHOD_RE.match(value):
-        raise _fail(key, value, 'an HTTP method in capitals such as "GET"')
-    return value
-
-
-def _path_prefix(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or "?" in value or "#" in value:
-        raise _fail(key, value, 'an absolute path prefix such as "/api/" (no query, no fragment)')
-    return value
-
-
-def _http_path(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value) or "#" in value:
-        raise _fail(key, value, 'an absolute request path such as "/healthz" (no spaces, no fragment)')
-    return value
-
-
-def _log_destination(key: str, value: Any) -> str:
-    if value == JOURNAL or (isinstance(value, str) and value.startswith("/") and not value.endswith("/")):
-        return value
-    raise _fail(key, value, f'"{JOURNAL}" (the agent\'s standard output) or the absolute path of a file')
-
-
-def _retry_on(key: str, value: Any) -> str:
-    words = value.split(",") if isinstance(value, str) else []
-    if not words or any(w not in RETRY_ON for w in words) or len(set(words)) != len(words):
-        raise _fail(key, value, "a comma-separated list of distinct retry conditions from " + ", ".join(RETRY_ON))
-    return value
+def _is_retry_on(text: str) -> bool:
+    """A comma-separated list of distinct words of ``RETRY_ON``."""
+    words = text.split(",")
+    return all(w in RETRY_ON for w in words) and len(set(words)) == len(words)
 
 
 def dns_upstream(value: str) -> Tuple[str, int]:
@@ -219,18 +172,55 @@ def dns_upstream(value: str) -> Tuple[str, int]:
     return str(ipaddress.ip_address(host.strip("[]"))), int(port)
 
 
-def _dns_upstream(key: str, value: Any) -> str:
+def _is_dns_upstream(value: Any) -> bool:
     try:
         dns_upstream(value)
     except (ValueError, TypeError, AttributeError):
-        raise _fail(
-            key, value, 'an IP address, "ip:port" or "[ipv6]:port", such as "10.0.0.2" or "10.0.0.2:53"'
-        ) from None
-    return value
+        return False
+    return True
 
 
-def _host_port_or_empty(key: str, value: Any) -> str:
-    return value if value == "" else _host_port(key, value)
+_str = _string("a string")
+_nonempty_str = _string("a non-empty string", bool)
+_name = _string("a lower-case DNS-style name (a-z, 0-9, '-', '.')", _NAME_RE.match)
+_name_or_empty = _or_literal("", _name)
+_bool = _accept("true or false", lambda value: isinstance(value, bool))
+_ip = _converted(lambda value: str(ipaddress.ip_address(value)), 'an IP address such as "10.0.0.5"')
+_ip_or_auto = _or_literal("auto", _ip)
+_loopback_ip = _refined(
+    _ip,
+    "a loopback address (the admin API must never leave the host)",
+    lambda ip: ipaddress.ip_address(ip).is_loopback,
+)
+_cidr = _converted(
+    lambda value: str(ipaddress.ip_network(value, strict=False)), 'an IP address or CIDR such as "10.0.0.0/24"'
+)
+_host_port = _string('"host:port" with a port from 1 to 65535', _is_host_port)
+_host_port_or_empty = _or_literal("", _host_port)
+_component_levels = _or_literal(
+    "", _string('"component:level[,component:level...]" such as "misc:error"', _COMPONENT_LEVEL_RE.match)
+)
+_spiffe_id = _string(
+    'a SPIFFE ID such as "spiffe://cluster.local/ns/shop/sa/web", or an ID prefix ending in "/" '
+    'such as "spiffe://cluster.local/ns/team-a/" (no wildcards)',
+    _SPIFFE_RE.match,
+)
+_exact_spiffe_id = _refined(
+    _spiffe_id,
+    'a whole SPIFFE ID such as "spiffe://cluster.local/ns/shop/sa/web" (not a prefix)',
+    lambda spiffe: not spiffe.endswith("/"),
+)
+_http_method = _string('an HTTP method in capitals such as "GET"', _METHOD_RE.match)
+_path_prefix = _string('an absolute path prefix such as "/api/" (no query, no fragment)', _is_path_prefix)
+_http_path = _string('an absolute request path such as "/healthz" (no spaces, no fragment)', _is_request_path)
+_log_destination = _or_literal(
+    JOURNAL,
+    _string(f'"{JOURNAL}" (the agent\'s standard output) or the absolute path of a file', _is_file_path),
+)
+_retry_on = _string("a comma-separated list of distinct retry conditions from " + ", ".join(RETRY_ON), _is_retry_on)
+_dns_upstream = _accept(
+    'an IP address, "ip:port" or "[ipv6]:port", such as "10.0.0.2" or "10.0.0.2:53"', _is_dns_upstream
+)
 
 
 def _workload_map(key: str, value: Any) -> Dict[str, str]:
@@ -256,9 +246,6 @@ def _str_map(key: str, value: Any) -> Dict[str, str]:
 
 
 PORT = _int_range(1, 65535)
-
-Check = Callable[[str, Any], Any]
-Checks = Dict[str, Check]
 
 
 # --- the schema ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from hostmesh_agent import dns_wire as wire
 from hostmesh_agent.dns_upstreams import Upstream, is_own_listener
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 15053
 ZoneGetter = Callable[[], ZoneRecords]
 UpstreamsGetter = Callable[[], Sequence[Tuple[str, int]]]
+T = TypeVar("T")
 
 _RETRY_AFTER = 30.0  # an upstream that failed is asked last for this long
 _LOG_INTERVAL = 10.0  # one line per kind of trouble per interval, with a count of the rest
@@ -91,6 +92,18 @@ class _RateLimitedLog:
             message += " (%d more like this in the last %.0f s)"
             args = (*args, count, self._interval)
         log.log(level, message, *args)
+
+
+def _nonblocking(call: Callable[[], T], on_error: Callable[[OSError], None]) -> Optional[T]:
+    """What a non-blocking socket call returns; None when it would block or was interrupted,
+    and None when it failed, after telling ``on_error`` why."""
+    try:
+        return call()
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError as exc:
+        on_error(exc)
+        return None
 
 
 def _peer(sockaddr: Any) -> Tuple[str, int]:
@@ -588,12 +601,9 @@ class DnsServer:
             return
         sock = fwd.sock
         if not fwd.client.tcp:
-            try:
-                reply = self._receive(sock)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ICMP port unreachable arrives here on a connected socket
-                self._attempt_failed(fwd, str(exc))
+            # An ICMP port unreachable arrives here as an error on the connected socket.
+            reply = _nonblocking(lambda: self._receive(sock), lambda exc: self._attempt_failed(fwd, str(exc)))
+            if reply is None:
                 return
             if fwd.matches(reply):
                 self._got_reply(fwd, reply)
@@ -698,13 +708,8 @@ class DnsServer:
             self._flush_tcp(client)
         if client.closed or not mask & selectors.EVENT_READ or client.eof:
             return
-        try:
-            chunk = self._receive(client.sock)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            log.debug("dns tcp client %s: %s", client.peer, exc)
-            self._close_tcp(client)
+        chunk = _nonblocking(lambda: self._receive(client.sock), lambda exc: self._tcp_client_failed(client, exc))
+        if chunk is None:
             return
         if not chunk:
             client.eof = True
@@ -722,15 +727,13 @@ class DnsServer:
         if client.closed:
             return
         if client.outbuf:
-            try:
-                sent = client.sock.send(client.outbuf)
-                del client.outbuf[:sent]
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError as exc:
-                log.debug("dns tcp client %s: %s", client.peer, exc)
-                self._close_tcp(client)
+            sent = _nonblocking(
+                lambda: client.sock.send(client.outbuf), lambda exc: self._tcp_client_failed(client, exc)
+            )
+            if client.closed:
                 return
+            if sent is not None:
+                del client.outbuf[:sent]
         if len(client.outbuf) > _MAX_TCP_OUTPUT:
             self._ratelog("tcp-slow", logging.WARNING, "dns: TCP client %s reads no replies; closed", client.peer[0])
             self._close_tcp(client)
@@ -749,6 +752,11 @@ class DnsServer:
             self._selector.modify(client.sock, events, key.data)
         elif not events and key is not None:
             self._selector.unregister(client.sock)
+
+    def _tcp_client_failed(self, client: _TcpClient, exc: OSError) -> None:
+        """A socket call on the client failed: the connection is closed."""
+        log.debug("dns tcp client %s: %s", client.peer, exc)
+        self._close_tcp(client)
 
     def _maybe_close_tcp(self, client: _TcpClient) -> None:
         if client.eof and not client.pending and not client.outbuf:

@@ -68,6 +68,11 @@ class DnsFormatError(ValueError):
     """The bytes are not a DNS message this server can read; the text says where and why."""
 
 
+def _flag(bit: int) -> property:
+    """A read-only property: whether ``bit`` is set in the object's ``flags``."""
+    return property(lambda self: bool(self.flags & bit))
+
+
 @dataclass(frozen=True)
 class Header:
     id: int
@@ -77,17 +82,12 @@ class Header:
     nscount: int
     arcount: int
 
-    @property
-    def qr(self) -> bool:
-        return bool(self.flags & FLAG_QR)
+    qr = _flag(FLAG_QR)
+    tc = _flag(FLAG_TC)
 
     @property
     def opcode(self) -> int:
         return (self.flags >> 11) & 0xF
-
-    @property
-    def tc(self) -> bool:
-        return bool(self.flags & FLAG_TC)
 
     @property
     def rcode(self) -> int:
@@ -114,9 +114,7 @@ class Edns:
     flags: int
     options: bytes
 
-    @property
-    def do(self) -> bool:
-        return bool(self.flags & EDNS_FLAG_DO)
+    do = _flag(EDNS_FLAG_DO)
 
 
 @dataclass(frozen=True)

@@ -27,22 +27,39 @@ class State(Enum):
 # States in which /healthz/ready answers 200: during a hot restart the parent still serves.
 SERVING = frozenset({State.READY, State.HOT_RESTARTING})
 
-# Every move the Agent may make, and what makes it. Any state may end in STOPPED: run()
-# stops every Envoy when it returns, whatever happened.
+# The moves out of each state while Envoy runs or is being started, and what makes each.
+_MOVES: Dict[State, Dict[State, str]] = {
+    State.STOPPED: {
+        State.STARTING: "run() started epoch 0",
+        State.BACKING_OFF: "run() could not start epoch 0",
+    },
+    State.STARTING: {
+        State.READY: "a readiness poll passed",
+        State.BACKING_OFF: "Envoy exited, or was killed: not ready within ready_timeout_s",
+    },
+    State.READY: {
+        State.NOT_READY: "two readiness polls in a row failed",
+        State.HOT_RESTARTING: "a hot restart was wanted and no parent is still draining",
+        State.BACKING_OFF: "Envoy exited",
+    },
+    State.NOT_READY: {
+        State.READY: "a readiness poll passed",
+        State.BACKING_OFF: "Envoy exited, or was killed: not ready again within ready_timeout_s",
+    },
+    State.HOT_RESTARTING: {
+        State.READY: "the new epoch passed a readiness poll, or died and the parent serves on",
+        State.BACKING_OFF: "the new epoch died and no parent was left",
+    },
+    State.BACKING_OFF: {
+        State.STARTING: "the backoff delay passed and epoch 0 started",
+        State.BACKING_OFF: "epoch 0 could not be started: a longer delay",
+    },
+}
+
+# Every move the Agent may make, and what makes it: the moves above, then draining on a
+# signal, and STOPPED from any state: run() stops every Envoy when it returns, whatever happened.
 TRANSITIONS: Dict[Tuple[State, State], str] = {
-    (State.STOPPED, State.STARTING): "run() started epoch 0",
-    (State.STOPPED, State.BACKING_OFF): "run() could not start epoch 0",
-    (State.STARTING, State.READY): "a readiness poll passed",
-    (State.STARTING, State.BACKING_OFF): "Envoy exited, or was killed: not ready within ready_timeout_s",
-    (State.READY, State.NOT_READY): "two readiness polls in a row failed",
-    (State.READY, State.HOT_RESTARTING): "a hot restart was wanted and no parent is still draining",
-    (State.READY, State.BACKING_OFF): "Envoy exited",
-    (State.NOT_READY, State.READY): "a readiness poll passed",
-    (State.NOT_READY, State.BACKING_OFF): "Envoy exited, or was killed: not ready again within ready_timeout_s",
-    (State.HOT_RESTARTING, State.READY): "the new epoch passed a readiness poll, or died and the parent serves on",
-    (State.HOT_RESTARTING, State.BACKING_OFF): "the new epoch died and no parent was left",
-    (State.BACKING_OFF, State.STARTING): "the backoff delay passed and epoch 0 started",
-    (State.BACKING_OFF, State.BACKING_OFF): "epoch 0 could not be started: a longer delay",
+    **{(old, new): why for old, moves in _MOVES.items() for new, why in moves.items()},
     **{
         (s, State.DRAINING): "SIGTERM or SIGINT"
         for s in (State.STARTING, State.READY, State.NOT_READY, State.HOT_RESTARTING, State.BACKING_OFF)

@@ -15,38 +15,29 @@ import re
 from dataclasses import dataclass
 
 _BOOTSTRAP_RE = re.compile(r"^envoy-rev(\d+)\.json$")
+_DYNAMIC = "dynamic"
+
+
+def _below(*parts: str) -> property:
+    """A read-only path: ``parts`` joined below the run directory."""
+    return property(lambda run_dir: os.path.join(run_dir.path, *parts))
 
 
 @dataclass(frozen=True)
 class RunDir:
+    """The run directory at ``path`` and the paths of the files in it."""
+
     path: str
+
+    admin_socket = _below("admin.sock")
+    dynamic_dir = _below(_DYNAMIC)
+    lds = _below(_DYNAMIC, "lds.json")
+    cds = _below(_DYNAMIC, "cds.json")
+    sds_default = _below(_DYNAMIC, "sds-default.json")
+    sds_rootca = _below(_DYNAMIC, "sds-rootca.json")
 
     def bootstrap(self, epoch: int) -> str:
         return os.path.join(self.path, f"envoy-rev{epoch}.json")
-
-    @property
-    def admin_socket(self) -> str:
-        return os.path.join(self.path, "admin.sock")
-
-    @property
-    def dynamic_dir(self) -> str:
-        return os.path.join(self.path, "dynamic")
-
-    @property
-    def lds(self) -> str:
-        return os.path.join(self.dynamic_dir, "lds.json")
-
-    @property
-    def cds(self) -> str:
-        return os.path.join(self.dynamic_dir, "cds.json")
-
-    @property
-    def sds_default(self) -> str:
-        return os.path.join(self.dynamic_dir, "sds-default.json")
-
-    @property
-    def sds_rootca(self) -> str:
-        return os.path.join(self.dynamic_dir, "sds-rootca.json")
 
 
 def bootstrap_epoch(filename: str) -> int:

@@ -36,23 +36,20 @@ BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
 UNKNOWN = "unknown"
 OVERFLOW = "overflow"
 
-_IDENTITY_LABELS = (
+# Who called whom: the workload, namespace and principal of each end.
+_ENDS_LABELS = (
     "source_workload",
     "source_workload_namespace",
     "source_principal",
     "destination_workload",
     "destination_workload_namespace",
     "destination_principal",
-    "connection_security_policy",
 )
+# The labels folded into ``overflow`` past the series bound.
+_IDENTITY_LABELS = (*_ENDS_LABELS, "connection_security_policy")
 TCP_LABELS = (
     "reporter",
-    "source_workload",
-    "source_workload_namespace",
-    "source_principal",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
+    *_ENDS_LABELS,
     "destination_service",
     "destination_service_name",
     "request_protocol",
