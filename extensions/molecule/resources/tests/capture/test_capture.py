@@ -14,9 +14,9 @@ import pytest
 from sandbox_hosts import (
     address_of,
     assert_outbound_redirected_to_15001,
-    connect,
     controller_of,
     excluded_inbound_answer,
+    inbound_answer,
 )
 
 # The seed's listing with today's Istio additions (the tunnel port, forwarded
@@ -46,13 +46,9 @@ def test_outbound_connection_is_redirected_to_local_15001(host1, host2, probe) -
 
 
 def test_inbound_connection_from_peer_is_redirected_to_15006(host1, host2, probe) -> None:
-    probe(host2, "inbound-host2", 15006)
-    target = address_of(host2)
     # As the proxy user, host1's own outbound capture lets the connection leave.
-    answer = connect(host1, target, APP_PORT, uid=PROXY_UID)
-    assert answer["label"] == "inbound-host2"
-    assert answer["original_dst"] == f"{target}:{APP_PORT}"
-    assert answer["peer"].split(":")[0] == address_of(host1)
+    answer = inbound_answer(host1, host2, probe, APP_PORT, PROXY_UID, "inbound-host2")
+    assert answer["original_dst"] == f"{address_of(host2)}:{APP_PORT}"
 
 
 def test_excluded_inbound_port_is_not_redirected(host1, host2, probe) -> None:
