@@ -8,6 +8,7 @@ iptables-nft; traffic stays in these namespaces.
 """
 
 import json
+import re
 import sys
 
 import pytest
@@ -54,33 +55,22 @@ COMMIT
 COMMIT
 """
 
+
+def removal(rules):
+    """What takes ``rules`` away: rules of built-in chains deleted, chains of their own flushed and removed."""
+    out = []
+    for table in re.findall(r"^(\*\w+\n.*?)^COMMIT\n", rules, re.M | re.S):
+        lines = table.splitlines()
+        own = [line.split()[0][1:] for line in lines if re.match(r":\S+ - ", line)]
+        out.append(lines[0])
+        out += ["-D" + line[2:] for line in lines if line.startswith("-A ") and line.split()[1] not in own]
+        out += ["-F " + chain for chain in own] + ["-X " + chain for chain in own]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
 # What a Docker restart does to its rules: take them all away, then write them again.
-DOCKER_REMOVE = """\
-*nat
--D PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--D OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--D POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
--D POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE
--F DOCKER
--X DOCKER
-COMMIT
-*filter
--D FORWARD -j DOCKER-USER
--D FORWARD -j DOCKER-ISOLATION-STAGE-1
--D FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--D FORWARD -o docker0 -j DOCKER
--D FORWARD -i docker0 ! -o docker0 -j ACCEPT
--D FORWARD -i docker0 -o docker0 -j ACCEPT
--F DOCKER
--F DOCKER-ISOLATION-STAGE-1
--F DOCKER-ISOLATION-STAGE-2
--F DOCKER-USER
--X DOCKER
--X DOCKER-ISOLATION-STAGE-1
--X DOCKER-ISOLATION-STAGE-2
--X DOCKER-USER
-COMMIT
-"""
+DOCKER_REMOVE = removal(DOCKER_RULES)
 
 
 class DockerHost:

@@ -18,6 +18,8 @@ import re
 import pytest
 from conftest import PAIR, MeshPair, PlayResult, boot_pair
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._sidecar_ports import DEFAULT_PORTS
+
 pytestmark = [pytest.mark.sandbox, pytest.mark.envoy]
 
 MOVED = {
@@ -31,15 +33,8 @@ MOVED = {
 }
 # Nothing listens on these: the admin API is on its Unix socket; the tunnel port is only kept out of capture.
 UNBOUND = ("admin", "tunnel")
-ISTIO = {
-    "admin": 15000,
-    "outbound": 15001,
-    "inbound": 15006,
-    "status": 15020,
-    "health": 15021,
-    "prometheus": 15090,
-    "tunnel": 15008,
-}
+# The contract's default, Istio's, for each port moved.
+ISTIO = {name: DEFAULT_PORTS[name] for name in MOVED}
 APP_PORT = 8080
 PLAYBOOK = "onboard_mesh.yml"
 

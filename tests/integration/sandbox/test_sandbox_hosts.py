@@ -7,16 +7,15 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
+from sandbox_helpers import REPO_ROOT, ansible, sh
 
 from tools.sandbox import machines
 from tools.sandbox.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 PROBE_UNIT = """\
 [Unit]
 Description=sandbox test: proves enabled units start at boot
@@ -29,13 +28,6 @@ ExecStart=/bin/sh -c 'cat /proc/sys/kernel/random/boot_id > /run/sbx-probe-boot'
 [Install]
 WantedBy=multi-user.target
 """
-
-
-def sh(sb: Sandbox, host: str, script: str) -> str:
-    """Run a shell script on a host over SSH; fail the test with its output if it fails."""
-    proc = sb.ssh(host, [script])
-    assert proc.returncode == 0, f"{host}: {script!r} failed ({proc.returncode}):\n{proc.stdout}"
-    return proc.stdout.strip()
 
 
 def cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -64,23 +56,15 @@ def test_hosts_run_systemd_as_pid1_and_accept_ssh(sandbox: Sandbox) -> None:
 
 
 def test_ansible_reaches_hosts_and_sees_systemd(sandbox: Sandbox) -> None:
-    proc = subprocess.run(
-        [
-            str(REPO_ROOT / ".venv/bin/ansible"),
-            "-i",
-            str(sandbox.inventory),
-            "sandbox",
-            "-m",
-            "ansible.builtin.setup",
-            "-a",
-            "filter=ansible_service_mgr",
-            "-o",
-        ],
-        capture_output=True,
-        text=True,
+    proc = ansible(
+        sandbox,
+        "sandbox",
+        "ansible.builtin.setup",
+        "-a",
+        "filter=ansible_service_mgr",
+        "-o",
         timeout=180,
-        check=False,
-        env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="True"),
+        ANSIBLE_HOST_KEY_CHECKING="True",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count('"ansible_service_mgr": "systemd"') == 2, proc.stdout
@@ -175,12 +159,8 @@ def test_destroy_removes_everything_even_after_a_killed_run(make_sandbox) -> Non
     sb.create(["solo"])
     assert sb.status()["hosts"]["solo"]["running"]
     # An Ansible run leaves an SSH connection master behind (ControlPersist).
-    subprocess.run(
-        [str(REPO_ROOT / ".venv/bin/ansible"), "-i", str(sb.inventory), "solo", "-m", "ansible.builtin.ping"],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    proc = ansible(sb, "solo", "ansible.builtin.ping", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [path for path in sb.control_dir.iterdir() if path.is_socket()]
     # Simulate a run killed hard: the supervisor dies without tearing anything down.
     runtime = json.loads((sb.dir / "hosts/solo/runtime.json").read_text())

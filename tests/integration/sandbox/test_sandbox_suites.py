@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
+from sandbox_helpers import ansible, sh
 
 from tools.sandbox import commands, suites
 from tools.sandbox.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 SUITE_OF = {"deb11": "bullseye", "deb12": "bookworm", "deb13": "trixie", "dns": "bookworm"}
 
 # A DNS query for an A record over UDP, answered or not (stdlib only, run on the host).
@@ -35,12 +32,6 @@ if answers:
 """
 
 
-def sh(sb: Sandbox, host: str, script: str) -> str:
-    proc = sb.ssh(host, [script])
-    assert proc.returncode == 0, f"{host}: {script!r} failed ({proc.returncode}):\n{proc.stdout}"
-    return proc.stdout.strip()
-
-
 @pytest.mark.parametrize("host", ["deb11", "deb12", "deb13"])
 def test_each_suite_runs_its_release_of_python_systemd_iptables_and_nft(suites_sandbox: Sandbox, host: str) -> None:
     suite = suites.SUITES[SUITE_OF[host]]
@@ -58,23 +49,14 @@ def test_each_suite_runs_its_release_of_python_systemd_iptables_and_nft(suites_s
 
 
 def test_ansible_reaches_every_suite_and_the_inventory_names_it(suites_sandbox: Sandbox) -> None:
-    proc = subprocess.run(
-        [
-            str(REPO_ROOT / ".venv/bin/ansible"),
-            "-i",
-            str(suites_sandbox.inventory),
-            "sandbox",
-            "-m",
-            "ansible.builtin.setup",
-            "-a",
-            "filter=ansible_service_mgr,ansible_distribution_release,ansible_python_version",
-            "-o",
-        ],
-        capture_output=True,
-        text=True,
+    proc = ansible(
+        suites_sandbox,
+        "sandbox",
+        "ansible.builtin.setup",
+        "-a",
+        "filter=ansible_service_mgr,ansible_distribution_release,ansible_python_version",
+        "-o",
         timeout=300,
-        check=False,
-        env=dict(os.environ, ANSIBLE_NOCOLOR="1"),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     facts = {}

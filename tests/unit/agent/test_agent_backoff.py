@@ -14,15 +14,20 @@ def test_delays_grow_exponentially_up_to_the_cap():
     assert [b.crashed() for _i in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
 
 
+def assert_resets_once_healthy_for_the_period(b, since, still_counting_at, consecutive):
+    """Healthy from ``since``: the count stands at ``still_counting_at`` and resets at ``since`` + 10 s."""
+    b.healthy(now=since)
+    b.healthy(now=still_counting_at)
+    assert b.consecutive == consecutive
+    b.healthy(now=since + 10.0)
+    assert b.consecutive == 0
+
+
 def test_reset_only_after_a_full_healthy_period():
     b = make()
     b.crashed()
     b.crashed()
-    b.healthy(now=100.0)
-    b.healthy(now=109.9)
-    assert b.consecutive == 2
-    b.healthy(now=110.0)
-    assert b.consecutive == 0
+    assert_resets_once_healthy_for_the_period(b, since=100.0, still_counting_at=109.9, consecutive=2)
     assert b.crashed() == 0.5
 
 
@@ -31,11 +36,7 @@ def test_an_unhealthy_spell_restarts_the_healthy_clock():
     b.crashed()
     b.healthy(now=0.0)
     b.unhealthy()
-    b.healthy(now=9.0)
-    b.healthy(now=18.0)
-    assert b.consecutive == 1
-    b.healthy(now=19.0)
-    assert b.consecutive == 0
+    assert_resets_once_healthy_for_the_period(b, since=9.0, still_counting_at=18.0, consecutive=1)
 
 
 def test_gives_up_only_past_the_bound():

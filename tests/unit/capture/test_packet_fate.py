@@ -23,6 +23,12 @@ def fate(rules, packet, host=HOST):
     return str(decide(ruleset, host, parse_packet(packet, WHO)).fate)
 
 
+def assert_fates(rules, fates, host=HOST):
+    """Each packet of ``fates`` meets ``rules`` on ``host`` with the fate given for it."""
+    ruleset = parse_rules(rules) if isinstance(rules, str) else rules
+    assert {packet: fate(ruleset, packet, host) for packet in fates} == fates
+
+
 # -- reading rules ---------------------------------------------------------------------
 
 
@@ -96,16 +102,26 @@ OUTBOUND = "*nat\n-A OUTPUT -p tcp -o eth0 -j REDIRECT --to-ports 15001\nCOMMIT\
 
 
 def test_nat_decides_only_a_connections_first_packet():
-    assert fate(OUTBOUND, "app tcp 198.51.100.7:80") == "redirect :15001"
-    assert fate(OUTBOUND, "app tcp 198.51.100.7:80 midstream") == "redirect :15001"  # conntrack: NEW
-    assert fate(OUTBOUND, "app tcp 198.51.100.7:80 established") == "out eth0"
-    assert fate(OUTBOUND, "app tcp 198.51.100.7:80 invalid") == "out eth0"
-    assert fate(OUTBOUND, "app udp 198.51.100.7:80") == "out eth0"
+    assert_fates(
+        OUTBOUND,
+        {
+            "app tcp 198.51.100.7:80": "redirect :15001",
+            "app tcp 198.51.100.7:80 midstream": "redirect :15001",  # conntrack: NEW
+            "app tcp 198.51.100.7:80 established": "out eth0",
+            "app tcp 198.51.100.7:80 invalid": "out eth0",
+            "app udp 198.51.100.7:80": "out eth0",
+        },
+    )
 
 
 def test_out_interface_in_output_is_the_routed_one():
-    assert fate(OUTBOUND, "app tcp 198.18.0.9:80") == "out eth1"
-    assert fate(OUTBOUND, "app tcp 192.0.2.10:80") == "local :80"  # local addresses leave through lo
+    assert_fates(
+        OUTBOUND,
+        {
+            "app tcp 198.18.0.9:80": "out eth1",
+            "app tcp 192.0.2.10:80": "local :80",  # local addresses leave through lo
+        },
+    )
 
 
 def test_a_looped_packet_meets_mangle_again_but_not_nat():
@@ -113,8 +129,13 @@ def test_a_looped_packet_meets_mangle_again_but_not_nat():
         "*mangle\n-A PREROUTING -i lo -j MARK --set-mark 7\nCOMMIT\n"
         "*nat\n-A PREROUTING -p tcp -j REDIRECT --to-ports 9999\n-A OUTPUT -p tcp -d 192.0.2.10 -j REDIRECT --to-ports 15006\nCOMMIT\n"
     )
-    assert fate(rules, "app tcp 192.0.2.10:80") == "redirect :15006 mark=0x7"
-    assert fate(rules, "app tcp 127.0.0.2:80") == "local :80 mark=0x7"
+    assert_fates(
+        rules,
+        {
+            "app tcp 192.0.2.10:80": "redirect :15006 mark=0x7",
+            "app tcp 127.0.0.2:80": "local :80 mark=0x7",
+        },
+    )
     decision = decide(parse_rules(rules), HOST, parse_packet("app tcp 192.0.2.10:80", WHO))
     assert "-- mangle PREROUTING (back in on lo)" in decision.trace
     assert "-- nat PREROUTING (back in on lo)" not in decision.trace
@@ -122,9 +143,14 @@ def test_a_looped_packet_meets_mangle_again_but_not_nat():
 
 def test_redirect_in_prerouting_goes_to_the_interface_address_or_drops():
     rules = "*nat\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n"
-    assert fate(rules, "in eth0 tcp 198.51.100.7 > 192.0.2.10:80") == "redirect :15006"
-    assert fate(rules, "in eth0 tcp 198.51.100.7 > 203.0.113.1:80") == "redirect :15006"  # forwarded traffic too
-    assert fate(rules, "in br0 tcp 198.51.100.7 > 203.0.113.1:80") == "drop"  # br0 has no address
+    assert_fates(
+        rules,
+        {
+            "in eth0 tcp 198.51.100.7 > 192.0.2.10:80": "redirect :15006",
+            "in eth0 tcp 198.51.100.7 > 203.0.113.1:80": "redirect :15006",  # forwarded traffic too
+            "in br0 tcp 198.51.100.7 > 203.0.113.1:80": "drop",  # br0 has no address
+        },
+    )
     assert fate("", "in eth0 tcp 198.51.100.7 > 198.18.0.9:80") == "forward eth1"
 
 
@@ -133,9 +159,14 @@ def test_return_accept_drop_and_policies():
         "*mangle\n:PREROUTING DROP [0:0]\n-A PREROUTING -p udp -j RETURN\n-A PREROUTING -p tcp --dport 22 -j ACCEPT\nCOMMIT\n"
         "*nat\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n"
     )
-    assert fate(rules, "in eth0 udp 198.51.100.7 > 192.0.2.10:53") == "drop"  # RETURN in a built-in chain: policy
-    assert fate(rules, "in eth0 tcp 198.51.100.7 > 192.0.2.10:22") == "redirect :15006"  # ACCEPT ends mangle only
-    assert fate(rules, "in eth0 tcp 198.51.100.7 > 192.0.2.10:80") == "drop"
+    assert_fates(
+        rules,
+        {
+            "in eth0 udp 198.51.100.7 > 192.0.2.10:53": "drop",  # RETURN in a built-in chain: policy
+            "in eth0 tcp 198.51.100.7 > 192.0.2.10:22": "redirect :15006",  # ACCEPT ends mangle only
+            "in eth0 tcp 198.51.100.7 > 192.0.2.10:80": "drop",
+        },
+    )
 
 
 def test_jump_returns_to_the_caller_and_goto_to_the_callers_caller():
@@ -157,10 +188,15 @@ def test_owner_matches_see_the_socket_only_in_output():
         "*nat\n-A OUTPUT -m owner --uid-owner 1337 -j RETURN\n-A OUTPUT -m owner ! --gid-owner java -j RETURN\n"
         "-A OUTPUT -p tcp -j REDIRECT --to-ports 15001\n-A PREROUTING -m owner ! --uid-owner 1 -p tcp -j REDIRECT --to-ports 7\nCOMMIT\n"
     )
-    assert fate(rules, "proxy tcp 198.51.100.7:80") == "out eth0"
-    assert fate(rules, "app tcp 198.51.100.7:80") == "out eth0"  # not of group java
-    assert fate(rules, "java tcp 198.51.100.7:80") == "redirect :15001"
-    assert fate(rules, "member tcp 198.51.100.7:80") == "out eth0"  # supplementary groups need --suppl-groups
+    assert_fates(
+        rules,
+        {
+            "proxy tcp 198.51.100.7:80": "out eth0",
+            "app tcp 198.51.100.7:80": "out eth0",  # not of group java
+            "java tcp 198.51.100.7:80": "redirect :15001",
+            "member tcp 198.51.100.7:80": "out eth0",  # supplementary groups need --suppl-groups
+        },
+    )
     suppl = rules.replace("! --gid-owner java", "! --gid-owner java --suppl-groups")
     assert fate(suppl, "member tcp 198.51.100.7:80") == "redirect :15001"
     # Without a socket (arriving packets), only negated owner matches hold.
@@ -173,11 +209,16 @@ def test_port_lists_ranges_flags_and_negation():
         "-A OUTPUT -p tcp ! -d 198.51.100.0/24 ! --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 2\n"
         "-A OUTPUT -p tcp --syn -j REDIRECT --to-ports 3\nCOMMIT\n"
     )
-    assert fate(rules, "app tcp 198.51.100.7:80") == "redirect :15001"
-    assert fate(rules, "app tcp 198.51.100.7:53") == "redirect :3"
-    assert fate(rules, "app tcp 198.51.100.7:15008") == "redirect :3"
-    assert fate(rules, "app tcp 203.0.113.1:80 midstream") == "redirect :2"
-    assert fate(rules, "app tcp 203.0.113.1:80") == "redirect :3"
+    assert_fates(
+        rules,
+        {
+            "app tcp 198.51.100.7:80": "redirect :15001",
+            "app tcp 198.51.100.7:53": "redirect :3",
+            "app tcp 198.51.100.7:15008": "redirect :3",
+            "app tcp 203.0.113.1:80 midstream": "redirect :2",
+            "app tcp 203.0.113.1:80": "redirect :3",
+        },
+    )
 
 
 def test_tproxy_marks_and_lands_through_policy_routing():
@@ -186,9 +227,15 @@ def test_tproxy_marks_and_lands_through_policy_routing():
         "-A PREROUTING -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j DIVERT\n"
         "-A PREROUTING -p tcp -j TPROXY --tproxy-mark 1337/0xffffffff --on-port 15006\nCOMMIT\n"
     )
-    assert fate(rules, "in eth0 tcp 198.51.100.7 > 192.0.2.10:80", TPROXY_HOST) == "tproxy :15006 mark=0x539"
-    assert fate(rules, "in eth0 tcp 198.51.100.7 > 203.0.113.1:80", TPROXY_HOST) == "tproxy :15006 mark=0x539"
-    assert fate(rules, "in eth0 tcp 198.51.100.7 > 192.0.2.10:80 established", TPROXY_HOST) == "local :80 mark=0x539"
+    assert_fates(
+        rules,
+        {
+            "in eth0 tcp 198.51.100.7 > 192.0.2.10:80": "tproxy :15006 mark=0x539",
+            "in eth0 tcp 198.51.100.7 > 203.0.113.1:80": "tproxy :15006 mark=0x539",
+            "in eth0 tcp 198.51.100.7 > 192.0.2.10:80 established": "local :80 mark=0x539",
+        },
+        TPROXY_HOST,
+    )
     # Without the fwmark route, a TPROXYed packet for another host would be forwarded: the kernel drops it.
     assert fate(rules, "in eth0 tcp 198.51.100.7 > 203.0.113.1:80") == "drop"
 
@@ -198,23 +245,31 @@ def test_a_mark_set_in_mangle_output_reroutes_and_connmark_carries_it():
         "*mangle\n-A PREROUTING -m mark --mark 0x539 -j CONNMARK --save-mark\n"
         "-A OUTPUT -m connmark --mark 0x539 -j CONNMARK --restore-mark\nCOMMIT\n"
     )
-    assert fate(rules, "app tcp 198.51.100.7:40000 established connmark=0x539", TPROXY_HOST) == (
-        "local :40000 mark=0x539 connmark=0x539"
+    assert_fates(
+        rules,
+        {
+            "app tcp 198.51.100.7:40000 established connmark=0x539": "local :40000 mark=0x539 connmark=0x539",
+            "app tcp 198.51.100.7:40000 established": "out eth0",
+            # An original-source connection (SO_MARK 0x539) saves its mark on the connection when it comes
+            # back in on lo.
+            "app tcp 192.0.2.10:8080 from=198.51.100.7 mark=0x539": "local :8080 mark=0x539 connmark=0x539",
+            "app tcp 198.51.100.7:40000 invalid connmark=0x539": "out eth0",  # no conntrack
+        },
+        TPROXY_HOST,
     )
-    assert fate(rules, "app tcp 198.51.100.7:40000 established", TPROXY_HOST) == "out eth0"
-    # An original-source connection (SO_MARK 0x539) saves its mark on the connection when it comes back in on lo.
-    assert fate(rules, "app tcp 192.0.2.10:8080 from=198.51.100.7 mark=0x539", TPROXY_HOST) == (
-        "local :8080 mark=0x539 connmark=0x539"
-    )
-    assert fate(rules, "app tcp 198.51.100.7:40000 invalid connmark=0x539", TPROXY_HOST) == "out eth0"  # no conntrack
 
 
 def test_ct_zone_applies_where_the_connection_is_first_looked_up():
     rules = "*raw\n-A OUTPUT -p udp --dport 53 -j CT --zone 2\n-A PREROUTING -p udp --sport 53 -j CT --zone 1\nCOMMIT\n"
-    assert fate(rules, "app udp 198.51.100.7:53") == "out eth0 zone=2"
-    assert fate(rules, "in eth0 udp 198.51.100.7:53 > 192.0.2.10:40000") == "local :40000 zone=1"
-    # Back in on lo the packet keeps the conntrack entry it left with: raw's CT does nothing.
-    assert fate(rules, "app udp 127.0.0.1:40000 sport=53") == "local :40000"
+    assert_fates(
+        rules,
+        {
+            "app udp 198.51.100.7:53": "out eth0 zone=2",
+            "in eth0 udp 198.51.100.7:53 > 192.0.2.10:40000": "local :40000 zone=1",
+            # Back in on lo the packet keeps the conntrack entry it left with: raw's CT does nothing.
+            "app udp 127.0.0.1:40000 sport=53": "local :40000",
+        },
+    )
 
 
 def test_addrtype_interfaces_and_dnat():
@@ -222,17 +277,27 @@ def test_addrtype_interfaces_and_dnat():
         "*nat\n-A PREROUTING -i br+ -j RETURN\n-A PREROUTING -m addrtype --dst-type LOCAL -p tcp -j REDIRECT --to-ports 15006\n"
         "-A PREROUTING -p tcp -j DNAT --to-destination 198.18.0.9:8080\nCOMMIT\n"
     )
-    assert fate(rules, "in eth0 tcp 198.51.100.7 > 192.0.2.10:80") == "redirect :15006"
-    assert fate(rules, "in eth0 tcp 198.51.100.7 > 203.0.113.1:80") == "forward eth1 to=198.18.0.9:8080"
-    assert fate(rules, "in br0 tcp 198.51.100.7 > 203.0.113.1:80") == "forward eth0"
+    assert_fates(
+        rules,
+        {
+            "in eth0 tcp 198.51.100.7 > 192.0.2.10:80": "redirect :15006",
+            "in eth0 tcp 198.51.100.7 > 203.0.113.1:80": "forward eth1 to=198.18.0.9:8080",
+            "in br0 tcp 198.51.100.7 > 203.0.113.1:80": "forward eth0",
+        },
+    )
 
 
 def test_ipv6_packets_meet_the_ipv6_rules():
     v4 = parse_rules(OUTBOUND)
     v6 = parse_rules("*nat\n-A OUTPUT -p tcp ! -d ::1/128 -j REDIRECT --to-ports 15001\nCOMMIT\n")
     both = {"ipv4": v4, "ipv6": v6}
-    assert fate(both, "app tcp [2001:db8::1]:80") == "redirect :15001"
-    assert fate(both, "app tcp [::1]:80") == "local :80"
+    assert_fates(
+        both,
+        {
+            "app tcp [2001:db8::1]:80": "redirect :15001",
+            "app tcp [::1]:80": "local :80",
+        },
+    )
     assert fate({"ipv4": v4}, "app tcp [2001:db8::1]:80") == "out eth0"
 
 

@@ -257,71 +257,37 @@ def tcp(**settings):
     return [dict({"name": "x", "port": 80}, **settings)]
 
 
+def on_one_host(services, setting, value, expected):
+    """A bad setting of host a's first service: the error names hostmesh_services[0] and the setting."""
+    return (with_services(a=services), "a", "hostmesh_services[0]." + setting, value, expected)
+
+
 BAD = [
-    (with_services(a=http(lb_policy="fastest")), "a", "hostmesh_services[0].lb_policy", '"fastest"', "round_robin"),
-    (with_services(a=http(connect_timeout_s=0)), "a", "hostmesh_services[0].connect_timeout_s", "0", "0.01 to 3600"),
-    (
-        with_services(a=http(connect_timeout_s="soon")),
-        "a",
-        "hostmesh_services[0].connect_timeout_s",
-        '"soon"',
-        "a number",
-    ),
-    (with_services(a=http(request_timeout_s=-1)), "a", "hostmesh_services[0].request_timeout_s", "-1", "0 to 86400"),
-    (with_services(a=http(retries={"attempts": 11})), "a", "hostmesh_services[0].retries.attempts", "11", "0 to 10"),
-    (
-        with_services(a=http(retries={"retry_on": "5xx,sometimes"})),
-        "a",
-        "hostmesh_services[0].retries.retry_on",
-        '"5xx,sometimes"',
-        "connect-failure",
-    ),
-    (with_services(a=http(retries={"tries": 2})), "a", "hostmesh_services[0].retries.tries", "2", "attempts"),
-    (with_services(a=http(retries=3)), "a", "hostmesh_services[0].retries", "3", "a mapping"),
-    (
-        with_services(a=http(outlier_detection={"max_ejection_percent": 101})),
-        "a",
-        "hostmesh_services[0].outlier_detection.max_ejection_percent",
+    on_one_host(http(lb_policy="fastest"), "lb_policy", '"fastest"', "round_robin"),
+    on_one_host(http(connect_timeout_s=0), "connect_timeout_s", "0", "0.01 to 3600"),
+    on_one_host(http(connect_timeout_s="soon"), "connect_timeout_s", '"soon"', "a number"),
+    on_one_host(http(request_timeout_s=-1), "request_timeout_s", "-1", "0 to 86400"),
+    on_one_host(http(retries={"attempts": 11}), "retries.attempts", "11", "0 to 10"),
+    on_one_host(http(retries={"retry_on": "5xx,sometimes"}), "retries.retry_on", '"5xx,sometimes"', "connect-failure"),
+    on_one_host(http(retries={"tries": 2}), "retries.tries", "2", "attempts"),
+    on_one_host(http(retries=3), "retries", "3", "a mapping"),
+    on_one_host(
+        http(outlier_detection={"max_ejection_percent": 101}),
+        "outlier_detection.max_ejection_percent",
         "101",
         "0 to 100",
     ),
-    (
-        with_services(a=http(outlier_detection={"enabled": "perhaps"})),
-        "a",
-        "hostmesh_services[0].outlier_detection.enabled",
-        '"perhaps"',
-        "true or false",
+    on_one_host(
+        http(outlier_detection={"enabled": "perhaps"}), "outlier_detection.enabled", '"perhaps"', "true or false"
     ),
-    (
-        with_services(a=http(health_check={"type": "icmp"})),
-        "a",
-        "hostmesh_services[0].health_check.type",
-        '"icmp"',
-        "none, tcp, http",
+    on_one_host(http(health_check={"type": "icmp"}), "health_check.type", '"icmp"', "none, tcp, http"),
+    on_one_host(http(health_check={"path": "healthz"}), "health_check.path", '"healthz"', "absolute request path"),
+    on_one_host(
+        http(circuit_breakers={"max_connections": 0}), "circuit_breakers.max_connections", "0", "1 to 1000000000"
     ),
-    (
-        with_services(a=http(health_check={"path": "healthz"})),
-        "a",
-        "hostmesh_services[0].health_check.path",
-        '"healthz"',
-        "absolute request path",
-    ),
-    (
-        with_services(a=http(circuit_breakers={"max_connections": 0})),
-        "a",
-        "hostmesh_services[0].circuit_breakers.max_connections",
-        "0",
-        "1 to 1000000000",
-    ),
-    (with_services(a=http(idle_timeout_s=60)), "a", "hostmesh_services[0].idle_timeout_s", "60", "protocol tcp only"),
-    (
-        with_services(a=tcp(retries={"attempts": 1})),
-        "a",
-        "hostmesh_services[0].retries",
-        '{"attempts": 1}',
-        "protocol http only",
-    ),
-    (with_services(a=tcp(connect_attempts=0)), "a", "hostmesh_services[0].connect_attempts", "0", "1 to 10"),
+    on_one_host(http(idle_timeout_s=60), "idle_timeout_s", "60", "protocol tcp only"),
+    on_one_host(tcp(retries={"attempts": 1}), "retries", '{"attempts": 1}', "protocol http only"),
+    on_one_host(tcp(connect_attempts=0), "connect_attempts", "0", "1 to 10"),
     (
         with_services(a=tcp(lb_policy="ring_hash"), b=tcp(lb_policy="random")),
         "b",

@@ -44,6 +44,32 @@ def connect(host, target: str, port: int, uid: int | None = None) -> dict:
     return json.loads(result.stdout)
 
 
+def assert_outbound_redirected_to_15001(host1, host2, probe, port: int) -> None:
+    """host1's connection to host2:port lands on host1's outbound capture listener, its original destination kept."""
+    probe(host1, "outbound-host1", 15001)
+    target = address_of(host2)
+    answer = connect(host1, target, port)
+    assert answer["label"] == "outbound-host1"
+    assert answer["original_dst"] == f"{target}:{port}"
+
+
+def inbound_answer(host1, host2, probe, port: int, uid: int, label: str, transparent: bool = False) -> dict:
+    """As uid, host1 connects to host2:port: host2's inbound capture listener (15006) takes it from host1's address."""
+    probe(host2, label, 15006, transparent=transparent)
+    answer = connect(host1, address_of(host2), port, uid=uid)
+    assert answer["label"] == label
+    assert answer["peer"].split(":")[0] == address_of(host1)
+    return answer
+
+
+def excluded_inbound_answer(host1, host2, probe, uid: int) -> dict:
+    """As uid, host1 connects to host2's excluded port 15021: host2's listener there must answer itself."""
+    probe(host2, "direct-host2", 15021)
+    answer = connect(host1, address_of(host2), 15021, uid=uid)
+    assert answer["label"] == "direct-host2"
+    return answer
+
+
 def assert_sidecar_ready(host) -> None:
     """The agent and capture units are enabled, and the sidecar answers ready (within a minute)."""
     for unit in ("hostmesh-agent.service", "hostmesh-capture.service"):

@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sandbox_hosts import address_of, connect, controller_of
+from sandbox_hosts import (
+    address_of,
+    assert_outbound_redirected_to_15001,
+    controller_of,
+    excluded_inbound_answer,
+    inbound_answer,
+)
 
 # The seed's listing with today's Istio additions (the tunnel port, forwarded
 # traffic left alone); tests/unit/capture/test_rules.py pins it to the seed's
@@ -36,29 +42,18 @@ def test_nat_table_reads_as_the_seed(name, host1, host2) -> None:
 
 
 def test_outbound_connection_is_redirected_to_local_15001(host1, host2, probe) -> None:
-    probe(host1, "outbound-host1", 15001)
-    target = address_of(host2)
-    answer = connect(host1, target, APP_PORT)
-    assert answer["label"] == "outbound-host1"
-    assert answer["original_dst"] == f"{target}:{APP_PORT}"
+    assert_outbound_redirected_to_15001(host1, host2, probe, APP_PORT)
 
 
 def test_inbound_connection_from_peer_is_redirected_to_15006(host1, host2, probe) -> None:
-    probe(host2, "inbound-host2", 15006)
-    target = address_of(host2)
     # As the proxy user, host1's own outbound capture lets the connection leave.
-    answer = connect(host1, target, APP_PORT, uid=PROXY_UID)
-    assert answer["label"] == "inbound-host2"
-    assert answer["original_dst"] == f"{target}:{APP_PORT}"
-    assert answer["peer"].split(":")[0] == address_of(host1)
+    answer = inbound_answer(host1, host2, probe, APP_PORT, PROXY_UID, "inbound-host2")
+    assert answer["original_dst"] == f"{address_of(host2)}:{APP_PORT}"
 
 
 def test_excluded_inbound_port_is_not_redirected(host1, host2, probe) -> None:
-    probe(host2, "direct-host2", 15021)
-    target = address_of(host2)
-    answer = connect(host1, target, 15021, uid=PROXY_UID)
-    assert answer["label"] == "direct-host2"
-    assert answer["local"] == f"{target}:15021"
+    answer = excluded_inbound_answer(host1, host2, probe, PROXY_UID)
+    assert answer["local"] == f"{address_of(host2)}:15021"
 
 
 def test_ssh_port_of_a_peer_is_not_redirected(host1, host2) -> None:

@@ -12,21 +12,12 @@ import sandbox_hosts
 pytest_runtest_makereport = sandbox_hosts.pytest_runtest_makereport
 
 
-@pytest.fixture(scope="module")
-def client_a():
-    return sandbox_hosts._host("client-a")
+def _host_fixture(name: str):
+    """A module-scoped fixture, named like the host with "_" for "-", that yields the scenario's host ``name``."""
+    return pytest.fixture(scope="module", name=name.replace("-", "_"))(lambda: sandbox_hosts._host(name))
 
 
-@pytest.fixture(scope="module")
-def client_b():
-    return sandbox_hosts._host("client-b")
-
-
-@pytest.fixture(scope="module")
-def server():
-    return sandbox_hosts._host("server")
-
-
-@pytest.fixture(scope="module")
-def prom():
-    return sandbox_hosts._host("prom")
+client_a = _host_fixture("client-a")
+client_b = _host_fixture("client-b")
+server = _host_fixture("server")
+prom = _host_fixture("prom")

@@ -7,7 +7,7 @@ destination and source addresses unchanged; outbound still goes to 15001.
 from __future__ import annotations
 
 import pytest
-from sandbox_hosts import address_of, connect
+from sandbox_hosts import address_of, assert_outbound_redirected_to_15001, excluded_inbound_answer, inbound_answer
 
 APP_PORT = 8080
 PROXY_UID = 1337
@@ -21,24 +21,13 @@ def test_policy_routing_for_marked_packets(name, host1, host2) -> None:
 
 
 def test_inbound_keeps_destination_and_source(host1, host2, probe) -> None:
-    probe(host2, "tproxy-host2", 15006, transparent=True)
-    target = address_of(host2)
-    answer = connect(host1, target, APP_PORT, uid=PROXY_UID)
-    assert answer["label"] == "tproxy-host2"
-    assert answer["local"] == f"{target}:{APP_PORT}"
-    assert answer["peer"].split(":")[0] == address_of(host1)
+    answer = inbound_answer(host1, host2, probe, APP_PORT, PROXY_UID, "tproxy-host2", transparent=True)
+    assert answer["local"] == f"{address_of(host2)}:{APP_PORT}"
 
 
 def test_outbound_is_still_redirected_to_15001(host1, host2, probe) -> None:
-    probe(host1, "outbound-host1", 15001)
-    target = address_of(host2)
-    answer = connect(host1, target, APP_PORT)
-    assert answer["label"] == "outbound-host1"
-    assert answer["original_dst"] == f"{target}:{APP_PORT}"
+    assert_outbound_redirected_to_15001(host1, host2, probe, APP_PORT)
 
 
 def test_excluded_inbound_port_is_not_intercepted(host1, host2, probe) -> None:
-    probe(host2, "direct-host2", 15021)
-    target = address_of(host2)
-    answer = connect(host1, target, 15021, uid=PROXY_UID)
-    assert answer["label"] == "direct-host2"
+    excluded_inbound_answer(host1, host2, probe, PROXY_UID)
