@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration" / "agent"))
 
-from agent_netns import PROXY_UID, WEB_ID, AgentProcess, Topology, find_envoy, issue_cert, make_ca  # noqa: E402 (the test harness lives with the tests)
+from agent_netns import PROXY_UID, WEB_ID, AgentProcess, Topology, agent_config, find_envoy, issue_cert, make_ca  # noqa: E402 (the test harness lives with the tests)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -95,6 +95,14 @@ def tls_files(pki: Dict[str, Any], name: str) -> Dict[str, str]:
     """An agent config's ``tls``: ``name``'s certificate and key from ``bench_pki``, and the CA."""
     cert, key = pki[name]
     return {"cert_file": cert, "key_file": key, "ca_file": pki["ca"]}
+
+
+def bench_agent_config(envoy: str, workdir: Path, pki: Dict[str, Any], name: str, **sections: Any) -> Dict[str, Any]:
+    """An agent config for a benchmark: serving with ``name``'s certificate from ``bench_pki``, watching every 5 s.
+
+    ``sections`` (``inbound``, ``outbound``, ``dns``, ...) are merged into the config as ``agent_config`` does.
+    """
+    return agent_config(envoy, workdir, supervise={"watch_interval_s": 5.0}, tls=tls_files(pki, name), **sections)
 
 
 def remove_shared_memory(base_id: int) -> None:

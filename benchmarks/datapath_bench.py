@@ -33,6 +33,7 @@ from typing import Any, Dict, List
 
 from _netns_bench import (
     REPO,
+    bench_agent_config,
     bench_pki,
     close_agent,
     fresh_workdir,
@@ -40,7 +41,6 @@ from _netns_bench import (
     netns_run,
     percentile,
     rss_mib,
-    tls_files,
 )
 from agent_netns import (
     HOST_IP,
@@ -49,7 +49,6 @@ from agent_netns import (
     WEB_ID,
     AgentProcess,
     Topology,
-    agent_config,
     run,
 )
 
@@ -62,20 +61,20 @@ def configs(envoy: str, base: Path, telemetry: bool) -> Dict[str, Dict[str, Any]
     dns = {"enabled": True, "upstreams": ["192.0.2.53"]}  # never asked: the load uses no names
     # Off: no access-log line per request, so the agents read and count nothing.
     extra = {} if telemetry else {"telemetry": {"enabled": False}}
-    app = agent_config(
+    app = bench_agent_config(
         envoy,
         fresh_workdir(base, "app"),
-        supervise={"watch_interval_s": 5.0},
-        tls=tls_files(pki, "web"),
+        pki,
+        "web",
         inbound={"services": [{"name": "web", "port": 8080, "protocol": "http", "tls": True}]},
         dns=dns,
         **extra,
     )
-    client = agent_config(
+    client = bench_agent_config(
         envoy,
         fresh_workdir(base, "client"),
-        supervise={"watch_interval_s": 5.0},
-        tls=tls_files(pki, "client"),
+        pki,
+        "client",
         inbound={"services": []},
         outbound={
             "services": [

@@ -35,6 +35,7 @@ from typing import Any, Dict, List
 
 from _netns_bench import (
     REPO,
+    bench_agent_config,
     bench_pki,
     close_agent,
     cpu_seconds,
@@ -43,14 +44,12 @@ from _netns_bench import (
     netns_run,
     percentile,
     rss_mib,
-    tls_files,
 )
 from agent_netns import (
     HOST_IP,
     PROXY_UID,
     AgentProcess,
     Topology,
-    agent_config,
     metric_sum,
     wait_for,
 )
@@ -71,11 +70,11 @@ def bench_config(envoy: str, workdir: Path, pki: Dict[str, Any], variant: str) -
         log_dir.mkdir()
         os.chown(log_dir, PROXY_UID, PROXY_UID)
         extra["access_log"] = {"enabled": True, "destination": str(log_dir / "access.log")}
-    return agent_config(
+    return bench_agent_config(
         envoy,
         workdir,
-        supervise={"watch_interval_s": 5.0},
-        tls=tls_files(pki, "web"),
+        pki,
+        "web",
         inbound={"services": [service]},
         **extra,
     )

@@ -26,6 +26,9 @@ import time
 from tools.sandbox import commands, rootfs, suites
 from tools.sandbox.sandbox import DEFAULT_BASE, Sandbox, SandboxError, access_info, all_sandboxes
 
+# Commands that do one thing to one host, and the Sandbox method that does it.
+_HOST_ACTIONS = {"reboot": Sandbox.reboot, "stop": Sandbox.stop_host, "start": Sandbox.start_host}
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -86,9 +89,7 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("cmd", nargs=argparse.REMAINDER)
     st = sub.add_parser("status")
     st.add_argument("--json", action="store_true")
-    r = sub.add_parser("reboot")
-    r.add_argument("host")
-    for name in ("stop", "start"):
+    for name in _HOST_ACTIONS:
         sub.add_parser(name).add_argument("host")
     sh = sub.add_parser("shell")
     sh.add_argument("host")
@@ -140,14 +141,8 @@ def _dispatch(args: argparse.Namespace, sb: Sandbox) -> int:
                 kind = h["suite"] + "".join(f"+{p}" for p in h["profiles"])
                 print(f"  {host:12} {h['address']:15} {kind:18} {state}, boots: {h['boots']}")
         return 0
-    if args.command == "reboot":
-        sb.reboot(args.host)
-        return 0
-    if args.command == "stop":
-        sb.stop_host(args.host)
-        return 0
-    if args.command == "start":
-        sb.start_host(args.host)
+    if args.command in _HOST_ACTIONS:
+        _HOST_ACTIONS[args.command](sb, args.host)
         return 0
     if args.command == "shell":
         sb.leader(args.host)

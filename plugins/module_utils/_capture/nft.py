@@ -19,9 +19,9 @@ nftables' job and stays with the edge.
 """
 
 import re
-from collections import Counter
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.errors import CommandFailed
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.lines import added_removed
 
 # How we read our table back: numeric everything (protocols, ct states,
 # priorities), so the text does not depend on /etc/protocols, /etc/services
@@ -156,20 +156,7 @@ def table_entries(listing: str) -> list:
 
 def changes(current_listing: str, desired_text: str) -> tuple:
     """(added, removed) entries between the host's listing and ours, in their order."""
-    current = table_entries(current_listing)
-    desired = table_entries(desired_text)
-    return _minus(desired, current), _minus(current, desired)
-
-
-def _minus(entries, other):
-    left = Counter(other)
-    out = []
-    for entry in entries:
-        if left[entry]:
-            left[entry] -= 1
-        else:
-            out.append(entry)
-    return out
+    return added_removed(table_entries(current_listing), table_entries(desired_text))
 
 
 # -- scripts -----------------------------------------------------------------------

@@ -177,16 +177,22 @@ def _join(matches, statement):
     return "%s %s" % (matches, statement) if matches else statement
 
 
+# Verbs whose statement takes no parameter.
+_FIXED_STATEMENTS = {
+    RETURN: "return",
+    ACCEPT: "accept",
+    DROP: "drop",
+    CONNMARK_SAVE: "ct mark set meta mark",
+    CONNMARK_RESTORE: "meta mark set ct mark",
+}
+
+
 def _statement(rule, family, chain_of):
     target = rule.target
     if rule.is_jump:
         return "jump %s" % (chain_of(target) if chain_of else target)
-    if target == RETURN:
-        return "return"
-    if target == ACCEPT:
-        return "accept"
-    if target == DROP:
-        return "drop"
+    if target in _FIXED_STATEMENTS:
+        return _FIXED_STATEMENTS[target]
     if target == REDIRECT:
         return "redirect to :%d" % rule.param("to_ports")
     if target == TPROXY:
@@ -202,10 +208,6 @@ def _statement(rule, family, chain_of):
         )
     if target == MARK:
         return "meta mark set %s" % _mark(rule.param("mark"))
-    if target == CONNMARK_SAVE:
-        return "ct mark set meta mark"
-    if target == CONNMARK_RESTORE:
-        return "meta mark set ct mark"
     if target == CT_ZONE:
         return "ct zone set %d" % rule.param("zone")
     raise ValueError("no nftables form for target %r" % target)

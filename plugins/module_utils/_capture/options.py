@@ -66,6 +66,19 @@ def _port(option, value):
     return _integer(option, value, 1, 65535, "expected a port number from 1 to 65535")
 
 
+def _refuse_taken(option, value, taken, problem):
+    """Raise OptionError when ``value`` is one of ``taken`` (values other options already hold)."""
+    if value in taken:
+        raise OptionError(option, value, problem)
+
+
+def _refuse_overlap(option, items, other_option, others, kind):
+    """Raise OptionError at the first of ``items`` that ``other_option`` lists too."""
+    both = [item for item in items if item in others]
+    if both:
+        raise OptionError(option, both[0], "the %s is also in %s; list it in one of them" % (kind, other_option))
+
+
 def _boolean(option, value):
     if isinstance(value, bool):
         return value
@@ -95,11 +108,19 @@ def _unique(values):
     return tuple(seen)
 
 
-def _ports(option, value, allow_star=False):
+def _listed_or_star(option, value, allow_star, every):
+    """The items of a list option, or None for a lone ``*`` (every ``every``) where ``allow_star``."""
     items = _as_list(option, value)
     if allow_star and any(str(item).strip() == "*" for item in items):
         if len(items) != 1:
-            raise OptionError(option, value, "'*' means every port and stands alone")
+            raise OptionError(option, value, "'*' means every %s and stands alone" % every)
+        return None
+    return items
+
+
+def _ports(option, value, allow_star=False):
+    items = _listed_or_star(option, value, allow_star, "port")
+    if items is None:
         return None
     return _unique(_port(option, item) for item in items)
 
@@ -111,10 +132,8 @@ def _ids(option, value):
 
 def _networks(option, value, allow_star=False):
     """Split CIDRs by family, normalised as iptables prints them."""
-    items = _as_list(option, value)
-    if allow_star and any(str(item).strip() == "*" for item in items):
-        if len(items) != 1:
-            raise OptionError(option, value, "'*' means every address and stands alone")
+    items = _listed_or_star(option, value, allow_star, "address")
+    if items is None:
         return None
     by_family = {IPV4: [], IPV6: []}
     for item in items:
@@ -229,13 +248,16 @@ def parse_options(params, ssh_port=None, group_id=None):
     mode = _choice("mode", values["mode"], _SPEC["mode"]["choices"])
     proxy_port = _port("proxy_port", values["proxy_port"])
     inbound_capture_port = _port("inbound_capture_port", values["inbound_capture_port"])
-    if proxy_port == inbound_capture_port:
-        raise OptionError(
-            "inbound_capture_port", inbound_capture_port, "it must differ from proxy_port (%d)" % proxy_port
-        )
+    _refuse_taken(
+        "inbound_capture_port", inbound_capture_port, (proxy_port,), "it must differ from proxy_port (%d)" % proxy_port
+    )
     dns_port = _port("dns_port", values["dns_port"])
-    if dns_port in (proxy_port, inbound_capture_port):
-        raise OptionError("dns_port", dns_port, "it must differ from proxy_port and inbound_capture_port")
+    _refuse_taken(
+        "dns_port",
+        dns_port,
+        (proxy_port, inbound_capture_port),
+        "it must differ from proxy_port and inbound_capture_port",
+    )
     inbound_tunnel_port = _integer(
         "inbound_tunnel_port",
         values["inbound_tunnel_port"],
@@ -243,12 +265,13 @@ def parse_options(params, ssh_port=None, group_id=None):
         65535,
         "expected a port number from 1 to 65535, or 0 for no tunnel port",
     )
-    if inbound_tunnel_port and inbound_tunnel_port in (proxy_port, inbound_capture_port, dns_port):
-        raise OptionError(
-            "inbound_tunnel_port",
-            inbound_tunnel_port,
-            "it must differ from proxy_port, inbound_capture_port and dns_port",
-        )
+    # 0 (no tunnel port) is never taken: the ports it is checked against are from 1.
+    _refuse_taken(
+        "inbound_tunnel_port",
+        inbound_tunnel_port,
+        (proxy_port, inbound_capture_port, dns_port),
+        "it must differ from proxy_port, inbound_capture_port and dns_port",
+    )
 
     proxy_uid = _ids("proxy_uid", values["proxy_uid"])
     proxy_gid = _ids("proxy_gid", values["proxy_gid"])
@@ -259,12 +282,7 @@ def parse_options(params, ssh_port=None, group_id=None):
 
     inbound_ports = _ports("inbound_ports", values["inbound_ports"], allow_star=True)
     inbound_ports_exclude = _ports("inbound_ports_exclude", values["inbound_ports_exclude"])
-    if inbound_ports:
-        both = [port for port in inbound_ports if port in inbound_ports_exclude]
-        if both:
-            raise OptionError(
-                "inbound_ports", both[0], "the port is also in inbound_ports_exclude; list it in one of them"
-            )
+    _refuse_overlap("inbound_ports", inbound_ports or (), "inbound_ports_exclude", inbound_ports_exclude, "port")
     for option, port in (
         ("proxy_port", proxy_port),
         ("inbound_capture_port", inbound_capture_port),
@@ -291,22 +309,18 @@ def parse_options(params, ssh_port=None, group_id=None):
     outbound_cidrs_exclude = _networks("outbound_cidrs_exclude", values["outbound_cidrs_exclude"])
     outbound_ports = _ports("outbound_ports", values["outbound_ports"])
     outbound_ports_exclude = _ports("outbound_ports_exclude", values["outbound_ports_exclude"])
-    both = [port for port in outbound_ports if port in outbound_ports_exclude]
-    if both:
-        raise OptionError(
-            "outbound_ports", both[0], "the port is also in outbound_ports_exclude; list it in one of them"
-        )
+    _refuse_overlap("outbound_ports", outbound_ports, "outbound_ports_exclude", outbound_ports_exclude, "port")
 
     tproxy_mark = _integer(
         "tproxy_mark", values["tproxy_mark"], 1, 0xFFFFFFFF, "expected a firewall mark from 1 to 4294967295"
     )
-    if tproxy_mark == OUTBOUND_MARK:
-        raise OptionError(
-            "tproxy_mark",
-            tproxy_mark,
-            "%d marks the proxy's own connections to this host in tproxy mode (as in Istio); pick another mark"
-            % OUTBOUND_MARK,
-        )
+    _refuse_taken(
+        "tproxy_mark",
+        tproxy_mark,
+        (OUTBOUND_MARK,),
+        "%d marks the proxy's own connections to this host in tproxy mode (as in Istio); pick another mark"
+        % OUTBOUND_MARK,
+    )
     tproxy_route_table = _integer(
         "tproxy_route_table",
         values["tproxy_route_table"],
@@ -314,12 +328,12 @@ def parse_options(params, ssh_port=None, group_id=None):
         0xFFFFFFFF,
         "expected a routing table id from 1 to 4294967295 other than 253 (default), 254 (main), 255 (local)",
     )
-    if tproxy_route_table in _RESERVED_ROUTE_TABLES:
-        raise OptionError(
-            "tproxy_route_table",
-            tproxy_route_table,
-            "253 (default), 254 (main) and 255 (local) belong to the system; pick another table",
-        )
+    _refuse_taken(
+        "tproxy_route_table",
+        tproxy_route_table,
+        _RESERVED_ROUTE_TABLES,
+        "253 (default), 254 (main) and 255 (local) belong to the system; pick another table",
+    )
 
     dns_redirect = _boolean("dns_redirect", values["dns_redirect"])
     dns_capture_all = _boolean("dns_capture_all", values["dns_capture_all"])
@@ -338,11 +352,7 @@ def parse_options(params, ssh_port=None, group_id=None):
 
     exclude_interfaces = _interfaces(values["exclude_interfaces"])
     virtual_interfaces = _interfaces(values["virtual_interfaces"], "virtual_interfaces")
-    both = [name for name in virtual_interfaces if name in exclude_interfaces]
-    if both:
-        raise OptionError(
-            "virtual_interfaces", both[0], "the interface is also in exclude_interfaces; list it in one of them"
-        )
+    _refuse_overlap("virtual_interfaces", virtual_interfaces, "exclude_interfaces", exclude_interfaces, "interface")
     lookup = group_id or _group_id_from_host
     owner_groups = _groups("outbound_owner_groups", values["outbound_owner_groups"], lookup)
     owner_groups_exclude = _groups("outbound_owner_groups_exclude", values["outbound_owner_groups_exclude"], lookup)

@@ -11,7 +11,7 @@ as plain data (restore text, nft script, ip changes); apply.py runs them.
 Check mode stops at the plan.
 """
 
-from collections import Counter, namedtuple
+from collections import namedtuple
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import iptables as ipt
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture import nft
@@ -26,6 +26,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.host imp
     nft_family_word,
     routing_command,
 )
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.lines import added_removed
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._capture.model import (
     BUILTIN_CHAINS,
     FAMILIES,
@@ -222,8 +223,7 @@ def _iptables_step(options, snapshot, variant, family, have, want):
         backward,
         before_lines,
         after_lines,
-        _minus(after_lines, before_lines),
-        _minus(before_lines, after_lines),
+        *added_removed(before_lines, after_lines),
     )
 
 
@@ -345,21 +345,8 @@ def _routing_step(family, have, want):
         _routing_changes(want, have),
         before_lines,
         after_lines,
-        _minus(after_lines, before_lines),
-        _minus(before_lines, after_lines),
+        *added_removed(before_lines, after_lines),
     )
-
-
-def _minus(lines, other):
-    """``lines`` not in ``other``, counting repeats (a rule twice where once is wanted)."""
-    left = Counter(other)
-    out = []
-    for line in lines:
-        if left[line]:
-            left[line] -= 1
-        else:
-            out.append(line)
-    return out
 
 
 def capture_differences(plan, rules_file_text) -> list:
