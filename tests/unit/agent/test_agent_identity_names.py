@@ -1,8 +1,9 @@
-"""The agent's names and SPIFFE IDs agree with the controller's (_mesh_identity).
+"""The agent's names, SPIFFE IDs and resilience words agree with the controller's.
 
 The agent runs on hosts with the standard library only and cannot import the
-collection, so it keeps its own copy of the name rule and of the SPIFFE ID
-format; these tests fail as soon as either copy drifts from the other.
+collection, so it keeps its own copy of the name rule, of the SPIFFE ID
+format (_mesh_identity) and of the load-balancing, health-check and retry
+words (_mesh_registry.resilience); these tests fail as soon as either copy drifts from the other.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils import _mesh_identity as identity
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._mesh_registry import resilience
 from hostmesh_agent import config as agent_config
 from hostmesh_agent.config import ConfigError, parse_config
 
@@ -74,3 +76,8 @@ def test_the_agent_spells_the_spiffe_id_as_the_controller_does(trust_domain, nam
         {"trust_domain": trust_domain, "node": {"namespace": namespace, "service_account": service_account}}
     )
     assert agent_config.spiffe_id(cfg) == identity.spiffe_id(trust_domain, namespace, service_account)
+
+
+@pytest.mark.parametrize("name", ["LB_POLICIES", "HEALTH_CHECK_TYPES", "RETRY_ON"])
+def test_the_agent_accepts_the_resilience_words_the_registry_accepts(name):
+    assert getattr(agent_config, name) == getattr(resilience, name)
